@@ -1,0 +1,3 @@
+from lookalike.main import main
+
+main()

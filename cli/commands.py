@@ -1,0 +1,489 @@
+"""What the `lookalike` subcommands do, kept apart from argument parsing (main.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lookalike.producer.catalog import CatalogReport
+from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+Note = Callable[[str], None]
+
+
+def _now_version() -> int:
+    return int(time.time() * 1000)
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+class IngestSession:
+    """Broker (maybe embedded), workers (maybe local), and the run of one `lookalike ingest`."""
+
+    def __init__(self, *, wait: bool, quiet: bool, note: Note) -> None:
+        self.want_wait = wait
+        self.quiet = quiet
+        self.note = note
+        self.runtime: Runtime | None = None
+        self.group: Any = None
+        self.waiting = wait
+
+    def __enter__(self) -> IngestSession:
+        self.runtime = resolve_broker()
+        for message in self.runtime.notes:
+            self.note(message)
+        from lookalike.worker import pipeline
+        from lookalike.worker.app import ALL_QUEUES, app
+        from lookalike.worker.client import CeleryPublisher, live_workers
+
+        self.app = app
+        self.ctx = pipeline.current_context()
+        self.publisher = CeleryPublisher(app, self.ctx.redis)
+        # With an embedded broker, queued jobs would die with this command: it always waits.
+        self.waiting = self.want_wait or self.runtime.broker_is_embedded
+        workers = live_workers(app)
+        if self.waiting and not workers:
+            self.group = start_local_workers(self.ctx.settings, self.note, quiet=True)
+        elif not workers:
+            self.note("no worker is running: the jobs wait in the queue until you start `lookalike worker`")
+        else:
+            consumed = {q for queues in workers.values() for q in queues}
+            missing = [q for q in ALL_QUEUES if q not in consumed]
+            if missing:
+                self.note(f"no running worker consumes {', '.join(missing)}; start one with `lookalike worker`")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.group is not None:
+                self.group.stop()
+        finally:
+            if self.runtime is not None:
+                self.runtime.close()
+
+    def run(self, report: CatalogReport, *, version: int | None, full: bool, prune: bool) -> dict[str, Any]:
+        from lookalike.producer.enqueue import Backpressure, carry_out
+        from lookalike.producer.sync import plan_deletes, plan_upserts
+
+        ctx = self.ctx
+        version = version or _now_version()
+        run_id = ctx.ledger.start_run("ingest", report.source, status="enqueuing", version=version)
+        plan = plan_upserts(ctx.registry, ((p, version) for p in report.products), run_id, full=full)
+        pruned = None
+        if prune:
+            listed = {p.id for p in report.products}
+            gone = sorted(ctx.registry.live_ids() - listed)
+            deletes = plan_deletes(ctx.registry, ((pid, version) for pid in gone))
+            pruned = deletes.outcomes.get("deleted", 0)
+            plan.merge(deletes)
+        ctx.ledger.add(
+            run_id,
+            {
+                "rows_read": report.rows_read,
+                "products": len(report.products),
+                "rows_skipped": sum(report.skipped.values()),
+                **{f"skipped:{reason}": count for reason, count in report.skipped.items()},
+            },
+            global_too=False,
+        )
+
+        def waiting_for_room(depth: int) -> None:
+            if not backpressure.waited:
+                self.note(f"{depth} jobs waiting in the fetch queue: pausing until workers catch up")
+
+        backpressure = Backpressure(ctx.settings.fetch_high_water, on_wait=waiting_for_room)
+        with _progress(self.quiet or not plan.jobs) as bar:
+            task = bar.add_task("enqueueing", total=len(plan.jobs))
+
+            def published(count: int) -> None:
+                ctx.ledger.add(run_id, {"enqueued": count})
+                bar.advance(task, count)
+
+            carry_out(plan, self.publisher, ctx.registry, backpressure, on_published=published)
+        ctx.ledger.set_meta(run_id, status="enqueued", enqueued_total=len(plan.jobs))
+        if not plan.jobs:
+            ctx.ledger.set_meta(run_id, finished_at=time.time())
+        images = report.images
+        return {
+            "run_id": run_id,
+            "source": report.source,
+            "encoding": report.encoding,
+            "version": version,
+            "rows_read": report.rows_read,
+            "rows_selected": report.rows_selected,
+            "malformed_lines": report.malformed_lines,
+            "rows_skipped": dict(report.skipped),
+            "products": {"total": len(report.products), **dict(plan.outcomes)},
+            "images_enqueued": len(plan.jobs),
+            "image_entries": {
+                "entries": images.entries,
+                "kept": images.kept,
+                "placeholders": images.placeholders,
+                "duplicates": images.duplicates,
+                "invalid": images.invalid,
+                "empty": images.empty,
+                "in_skipped_rows": images.in_skipped_rows,
+            },
+            "shared_placeholders": report.shared_placeholders,
+            "reconciled_products": len(plan.reconcile),
+            "pruned": pruned,
+            "backpressure_seconds": round(backpressure.waited, 3),
+        }
+
+    def wait_until_done(self, run_id: str, total: int, *, progress: bool) -> dict[str, Any]:
+        from lookalike.worker.ledger import finished, is_complete
+        from lookalike.worker.tasks import optimize
+
+        ledger = self.ctx.ledger
+        started = time.monotonic()
+        with _progress(not progress) as bar:
+            task = bar.add_task("indexing", total=total)
+            while True:
+                run = ledger.run(run_id) or {}
+                bar.update(
+                    task,
+                    completed=finished(run),
+                    description=f"indexed {run.get('indexed', 0)}, failed {run.get('failed', 0)}",
+                )
+                if is_complete(run):
+                    break
+                if self.group is not None and self.group.dead():
+                    spec, code = self.group.dead()[0]
+                    raise RuntimeError(f"the local {spec.name} worker exited with code {code}")
+                time.sleep(0.25)
+        seconds = time.monotonic() - started
+        if total and self.ctx.settings.uses_embedded_store:
+            # Build the search index over the new points now, while nobody waits on a query.
+            optimize.apply_async()
+        run = ledger.run(run_id) or {}
+        ledger.set_meta(run_id, finished_at=time.time())
+        return {
+            "indexed": int(run.get("indexed", 0)),
+            "failed": int(run.get("failed", 0)),
+            "superseded": int(run.get("superseded", 0)),
+            "failed_by_reason": {k.split(":", 1)[1]: int(v) for k, v in run.items() if k.startswith("failed:")},
+            "cache_hits": int(run.get("cache_hits", 0)),
+            "embed_calls": int(run.get("embed_calls", 0)),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(finished(run) / seconds, 2) if seconds > 0 else 0.0,
+        }
+
+
+def _progress(disabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=disabled,
+        transient=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ worker
+def start_local_workers(settings: Any, note: Note, *, quiet: bool) -> Any:
+    from lookalike.worker.runner import WorkerGroup, parse_queues, plan_pools
+
+    pools = plan_pools(settings, parse_queues(None), concurrency=None, fetch_threads=None)
+    group = WorkerGroup(pools, loglevel="WARNING", quiet=quiet)
+    group.start()
+    described = ", ".join(f"{p.name} ({p.pool} x{p.concurrency})" for p in pools)
+    note(f"no worker is running: started local workers for this command: {described}")
+    return group
+
+
+def start_worker(
+    *, queues: str | None, concurrency: int | None, fetch_threads: int | None, loglevel: str, note: Note
+) -> int:
+    from lookalike.config.settings import get_settings
+    from lookalike.worker.app import INDEX_QUEUE, QUERY_QUEUE
+    from lookalike.worker.runner import WorkerGroup, parse_queues, plan_pools
+    from lookalike.worker.store import StoreLocked, open_store
+
+    settings = get_settings()
+    url = settings.broker_url.get_secret_value()
+    if not redis_answers(url):
+        raise RuntimeError(
+            f"no broker answers at {_safe_url(url)}: start Redis (or `docker compose up redis`), "
+            "or set LOOKALIKE_BROKER_URL"
+        )
+    chosen = parse_queues(queues)
+    if settings.uses_embedded_store and chosen & {INDEX_QUEUE, QUERY_QUEUE}:
+        try:
+            open_store(settings).close()
+        except StoreLocked:
+            if queues:
+                raise
+            note(
+                f"the embedded store {settings.qdrant_path} is owned by another worker: this one runs fetch and "
+                "embed only (use a Qdrant server to run several store workers)"
+            )
+            chosen -= {INDEX_QUEUE, QUERY_QUEUE}
+    _check_model(settings)
+    pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
+    group = WorkerGroup(pools, loglevel=loglevel)
+    group.start()
+    note(
+        "started "
+        + ", ".join(f"{p.name} pool ({p.pool} x{p.concurrency}) on {','.join(p.queues)}" for p in pools)
+        + f" against {_safe_url(url)}; Ctrl-C stops them"
+    )
+    return group.supervise()
+
+
+def _check_model(settings: Any) -> None:
+    """Fail before starting anything when the model cannot load (offline without a local directory...)."""
+    from lookalike.worker.embed import ModelSpec, get_embedder
+
+    get_embedder(ModelSpec.from_settings(settings))
+
+
+def _safe_url(url: str) -> str:
+    """A broker URL fit for printing: no password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+# ------------------------------------------------------------------------------------------------ search
+class QueryFailed(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _query_source(image: str, max_bytes: int) -> dict[str, Any]:
+    import base64
+
+    if image.startswith(("http://", "https://")):
+        return {"url": image}
+    path = Path(image)
+    if not path.is_file():
+        raise QueryFailed(f"{image}: no such file (give an image path or an http(s) URL)")
+    if path.stat().st_size > max_bytes:
+        raise QueryFailed(f"{image}: larger than {max_bytes} bytes (LOOKALIKE_QUERY_MAX_BYTES)")
+    return {"image_b64": base64.b64encode(path.read_bytes()).decode("ascii")}
+
+
+def run_query(image: str, *, k: int, category: str | None, timeout: float | None, note: Note) -> list[dict[str, Any]]:
+    from lookalike.config.settings import get_settings
+    from lookalike.worker.query import QueryError
+
+    settings = get_settings()
+    source = _query_source(image, settings.query_max_bytes)
+    timeout = timeout or settings.query_timeout
+    url = settings.broker_url.get_secret_value()
+    if redis_answers(url):
+        from celery.exceptions import TimeoutError as CeleryTimeout
+        from lookalike.worker.app import QUERY_QUEUE, app
+        from lookalike.worker.client import live_workers, send_query
+
+        workers = live_workers(app)
+        if any(QUERY_QUEUE in queues for queues in workers.values()):
+            result = send_query(app, source, k, category)
+            try:
+                return list(result.get(timeout=timeout))
+            except CeleryTimeout:
+                raise QueryFailed(
+                    f"no worker answered the query within {timeout:g}s; is the worker on the query queue busy or "
+                    "stuck? (start one with `lookalike worker --queues query,index`)",
+                    3,
+                ) from None
+            except QueryError as exc:
+                raise QueryFailed(f"query refused: {exc}") from None
+            except Exception as exc:
+                if type(exc).__name__ == "QueryError":
+                    raise QueryFailed(f"query refused: {exc}") from None
+                raise
+        if workers:
+            raise QueryFailed(
+                "workers are running but none consumes the query queue; start one with "
+                "`lookalike worker --queues query,index`",
+                3,
+            )
+    elif settings.broker_url_is_set:
+        raise QueryFailed(f"no broker answers at {_safe_url(url)} (LOOKALIKE_BROKER_URL)", 3)
+    note("no worker is running: answering in this process")
+    return answer_in_process(source, k=k, category=category)
+
+
+def answer_in_process(source: dict[str, Any], *, k: int, category: str | None) -> list[dict[str, Any]]:
+    from lookalike.worker import pipeline
+    from lookalike.worker.embed import ModelUnavailable
+    from lookalike.worker.query import QueryError
+    from lookalike.worker.store import StoreError
+
+    ctx = pipeline.current_context()
+    try:
+        return pipeline.answer_query(ctx, source, k=k, category=category)
+    except QueryError as exc:
+        raise QueryFailed(f"query refused: {exc}") from None
+    except (StoreError, ModelUnavailable) as exc:
+        raise QueryFailed(str(exc), 3) from None
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------------------------------------ status
+def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
+    from lookalike.worker.ledger import STAGES, finished
+
+    enqueued = int(run.get("enqueued", 0))
+    done = finished(run)
+    created = float(run.get("created", time.time()))
+    end = float(run.get("finished_at") or time.time())
+    elapsed = max(end - created, 1e-9)
+    rate = done / elapsed if done else 0.0
+    complete = run.get("status") == "enqueued" and done >= enqueued
+    return {
+        "run_id": run["run_id"],
+        "kind": run.get("kind"),
+        "source": run.get("source"),
+        "status": "done" if complete else str(run.get("status", "unknown")),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        "enqueued": enqueued,
+        "indexed": int(run.get("indexed", 0)),
+        "failed": int(run.get("failed", 0)),
+        "superseded": int(run.get("superseded", 0)),
+        "skipped_rows": int(run.get("rows_skipped", 0)),
+        "failed_by_reason": {k.split(":", 1)[1]: int(v) for k, v in run.items() if k.startswith("failed:")},
+        "cache_hits": int(run.get("cache_hits", 0)),
+        "embed_calls": int(run.get("embed_calls", 0)),
+        "progress": round(done / enqueued, 4) if enqueued else 1.0,
+        "images_per_second": round(rate, 2),
+        "eta_seconds": None if complete or not rate else round((enqueued - done) / rate, 1),
+        "stage_seconds": {stage: round(float(run.get(f"seconds:{stage}", 0.0)), 3) for stage in STAGES},
+    }
+
+
+def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
+    from lookalike.worker import pipeline
+    from lookalike.worker.app import ALL_QUEUES, app
+    from lookalike.worker.client import live_workers
+    from lookalike.worker.queues import oldest_age, queue_depth
+
+    settings = pipeline.current_context().settings
+    url = settings.broker_url.get_secret_value()
+    if not redis_answers(url):
+        raise LookupError(f"no broker answers at {_safe_url(url)}")
+    ctx = pipeline.current_context()
+    ids = [run_id] if run_id else ctx.ledger.run_ids(runs)
+    found = []
+    for rid in ids:
+        run = ctx.ledger.run(rid)
+        if run is None:
+            if run_id:
+                raise LookupError(f"no run {run_id!r} (runs are kept {settings.run_ttl}s)")
+            continue
+        found.append(_run_summary(run))
+    stats = ctx.ledger.stats()
+    return {
+        "runs": found,
+        "queues": {
+            queue: {"depth": queue_depth(ctx.redis, queue), "oldest_age_seconds": _round(oldest_age(ctx.redis, queue))}
+            for queue in ALL_QUEUES
+        },
+        "workers": live_workers(app),
+        "events": {name.split(":", 1)[1]: value for name, value in stats.items() if name.startswith("events:")},
+        "failures_recorded": ctx.failures.count(),
+        "products_registered": ctx.registry.count(),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def render_status(data: dict[str, Any], console: Console) -> None:
+    runs = Table(title="runs", show_edge=False)
+    for column in ("run", "status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):
+        runs.add_column(column)
+    for run in data["runs"]:
+        eta = run["eta_seconds"]
+        runs.add_row(
+            run["run_id"],
+            run["status"],
+            f"{run['progress'] * 100:.1f}%",
+            str(run["indexed"]),
+            str(run["failed"]),
+            str(run["enqueued"]),
+            f"{run['images_per_second']:.1f}",
+            "-" if eta is None else f"{eta:.0f}s",
+        )
+    console.print(runs)
+    queues = Table(title="queues", show_edge=False)
+    for column in ("queue", "waiting", "oldest (s)"):
+        queues.add_column(column)
+    for name, queue in data["queues"].items():
+        age = queue["oldest_age_seconds"]
+        queues.add_row(name, str(queue["depth"]), "-" if age is None else f"{age:.1f}")
+    console.print(queues)
+    workers = Table(title="workers", show_edge=False)
+    workers.add_column("worker")
+    workers.add_column("queues")
+    for node, node_queues in data["workers"].items():
+        workers.add_row(node, ", ".join(node_queues))
+    if not data["workers"]:
+        workers.add_row("(none answering)", "")
+    console.print(workers)
+    events = data["events"]
+    console.print(
+        f"events: {events or 'none'}   failures recorded: {data['failures_recorded']}   "
+        f"products registered: {data['products_registered']}",
+        markup=False,
+        highlight=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def list_failures(reason: str | None, limit: int | None) -> list[dict[str, Any]]:
+    from lookalike.worker import pipeline
+
+    return [failure.public() for failure in pipeline.current_context().failures.entries(reason, limit)]
+
+
+def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
+    """Re-enqueue failed images whose product still wants them, as a new run."""
+    from lookalike.producer.enqueue import Backpressure, carry_out
+    from lookalike.producer.sync import SyncPlan
+    from lookalike.worker import pipeline
+    from lookalike.worker.app import app
+    from lookalike.worker.client import CeleryPublisher
+    from lookalike.worker.jobs import Job
+
+    ctx = pipeline.current_context()
+    taken = ctx.failures.take(reason)
+    run_id = ctx.ledger.start_run("retry", f"failures{':' + reason if reason else ''}", status="enqueuing")
+    states = ctx.registry.get_many(f.product_id for f in taken)
+    plan = SyncPlan()
+    seen: set[tuple[str, str]] = set()
+    dropped = 0
+    for failure in taken:
+        state = states.get(failure.product_id)
+        key = (failure.product_id, failure.image_url)
+        if state is None or not state.wants(failure.image_url) or key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        plan.jobs.append(
+            Job(run_id=run_id, product_id=failure.product_id, image_url=failure.image_url, version=state.version)
+        )
+    carry_out(
+        plan,
+        CeleryPublisher(app, ctx.redis),
+        ctx.registry,
+        Backpressure(ctx.settings.fetch_high_water),
+        on_published=lambda n: ctx.ledger.add(run_id, {"enqueued": n}),
+    )
+    ctx.ledger.set_meta(run_id, status="enqueued")
+    return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped}

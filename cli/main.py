@@ -1,0 +1,268 @@
+"""The `lookalike` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from lookalike import __version__
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Reverse image search for e-commerce catalogues: ingest a catalogue, run workers, search by image.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def note(message: str) -> None:
+    err.print(f"lookalike: {message}", markup=False, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"lookalike {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    from lookalike.config.settings import get_settings
+    from lookalike.worker.logs import configure_logging
+
+    configure_logging(get_settings().log_level)
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+@app.command()
+def ingest(
+    catalog: Annotated[Path, typer.Argument(help="Catalogue CSV, or a zip holding one CSV at any depth.")],
+    fraction: Annotated[float | None, typer.Option(help="Sample this share of the rows (0-1].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --fraction.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Keep only the first N rows (after sampling).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until every job is finished.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Re-enqueue every image, even ones already indexed.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete products that are no longer in the catalogue.")
+    ] = False,
+    version: Annotated[
+        int | None, typer.Option("--catalog-version", help="Version of this catalogue (default: now, in ms).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Read a catalogue and enqueue one download-and-embed job per new product image.
+
+    Re-running it enqueues only what changed since the last run (a price change updates the points in place);
+    --full re-enqueues everything. With no broker configured and none at the default address, an embedded
+    broker and local workers run the whole ingest in this command.
+    """
+    from lookalike.producer.catalog import CatalogError, read_catalog
+
+    try:
+        report = read_catalog(catalog, fraction=fraction, seed=seed, limit=limit)
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+
+    from lookalike.commands import IngestSession
+
+    with IngestSession(wait=wait, quiet=as_json, note=note) as session:
+        summary = session.run(report, version=version, full=full, prune=prune)
+        if session.waiting:
+            summary["result"] = session.wait_until_done(
+                summary["run_id"], summary["images_enqueued"], progress=not as_json
+            )
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_ingest_summary(summary)
+
+
+def _counts(counts: dict[str, int], skip: str = "") -> str:
+    return ", ".join(f"{value} {name}" for name, value in counts.items() if name != skip)
+
+
+def _print_ingest_summary(summary: dict[str, Any]) -> None:
+    images = summary["image_entries"]
+    products = summary["products"]
+    skipped = summary["rows_skipped"]
+    lines = [
+        f"run       {summary['run_id']}",
+        f"catalog   {summary['source']} ({summary['encoding']})",
+        f"rows      {summary['rows_read']} read, {summary['rows_selected']} selected, "
+        f"{summary['malformed_lines']} malformed lines skipped by the CSV parser",
+        f"products  {products['total']} ({_counts(products, skip='total') or 'none'})",
+        f"images    {summary['images_enqueued']} enqueued; of {images['entries']} image entries: "
+        f"{images['kept']} usable, {images['placeholders']} placeholders, {images['duplicates']} duplicates, "
+        f"{images['invalid']} invalid, {images['empty']} empty, {images['in_skipped_rows']} in skipped rows",
+        f"skipped   {sum(skipped.values())} rows"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""),
+    ]
+    if summary.get("reconciled_products"):
+        lines.append(f"updated   {summary['reconciled_products']} products in place (payload or removed images)")
+    if summary.get("pruned") is not None:
+        lines.append(f"pruned    {summary['pruned']} products no longer in the catalogue")
+    result = summary.get("result")
+    if result:
+        failed = result.get("failed_by_reason") or {}
+        lines.append(
+            f"done      {result['indexed']} indexed, {result['failed']} failed, {result['superseded']} superseded"
+            f" in {result['seconds']:.1f}s ({result['images_per_second']:.1f} images/s)"
+        )
+        if failed:
+            lines.append("failed    " + ", ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
+            lines.append("          (details: lookalike failures --json; retry: lookalike failures --retry)")
+    for line in lines:
+        print(line)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated stages to run: fetch, embed, index, query (default: all).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Embedding processes (default: cores / LOOKALIKE_ONNX_THREADS).")
+    ] = None,
+    fetch_threads: Annotated[
+        int | None, typer.Option(help="Download threads (default: LOOKALIKE_FETCH_CONCURRENCY).")
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Start Celery workers: a thread pool for downloads, a process pool for embedding, and the store owner.
+
+    With no options it consumes every queue, so one command runs a complete system on one machine.
+    Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
+    """
+    from lookalike.commands import start_worker
+
+    try:
+        code = start_worker(
+            queues=queues, concurrency=concurrency, fetch_threads=fetch_threads, loglevel=loglevel, note=note
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------------------------ search
+@app.command()
+def search(
+    image: Annotated[str, typer.Argument(help="Image file path, or an http(s) URL.")],
+    k: Annotated[int, typer.Option("-k", "--top", help="How many products to return.")] = 5,
+    category: Annotated[
+        str | None, typer.Option(help="Only products with this category (any level of the path).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly the result list as JSON on stdout.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for a worker (default: LOOKALIKE_QUERY_TIMEOUT).")
+    ] = None,
+) -> None:
+    """Find the catalogue products that look most like IMAGE: one entry per product, best image, by score."""
+    from lookalike.commands import QueryFailed, run_query
+
+    try:
+        results = run_query(image, k=k, category=category, timeout=timeout, note=note)
+    except QueryFailed as exc:
+        raise fail(str(exc), exc.code) from None
+    if as_json:
+        print(json.dumps(results, ensure_ascii=False))
+        return
+    if not results:
+        print("no matches (is the catalogue ingested?)")
+        return
+    table = Table(show_edge=False)
+    for column in ("#", "score", "product id", "name", "image"):
+        table.add_column(column, overflow="fold")
+    for rank, hit in enumerate(results, 1):
+        table.add_row(
+            str(rank), f"{hit['score']:.4f}", str(hit["product_id"]), str(hit["name"] or "")[:60], str(hit["image_url"])
+        )
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------------ status
+@app.command()
+def status(
+    run: Annotated[str | None, typer.Argument(help="A run id (default: the latest runs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
+) -> None:
+    """Runs (progress, throughput, ETA), queue depths and ages, event counts, and the live workers."""
+    from lookalike.commands import collect_status, render_status
+
+    try:
+        data = collect_status(run, runs)
+    except LookupError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render_status(data, out)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+@app.command()
+def failures(
+    reason: Annotated[str | None, typer.Option(help="Only failures with this reason (e.g. http_404, http).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per failed image.")] = False,
+    retry: Annotated[bool, typer.Option("--retry", help="Re-enqueue the (matching) failed images.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Show at most N.")] = None,
+) -> None:
+    """List the images that failed for good (product, URL, stage, reason, time), or re-enqueue them."""
+    from lookalike.commands import list_failures, retry_failures
+
+    if retry:
+        summary = retry_failures(reason, note=note)
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print(
+                f"re-enqueued {summary['requeued']} images as run {summary['run_id']}"
+                + (
+                    f"; {summary['dropped']} dropped (product deleted or image removed since)"
+                    if summary["dropped"]
+                    else ""
+                )
+            )
+        return
+    items = list_failures(reason, limit)
+    if as_json:
+        print(json.dumps(items, ensure_ascii=False))
+        return
+    if not items:
+        print("no failures recorded")
+        return
+    table = Table(show_edge=False)
+    for column in ("time", "stage", "reason", "product id", "url"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        table.add_row(item["time"], item["stage"], item["reason"], item["product_id"], item["image_url"])
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The one settings object: every knob is an environment variable with the ``LOOKALIKE_`` prefix.
+
+A ``.env`` file in the working directory is read when present. Read the settings through
+:func:`get_settings`; nothing else in lookalike reads ``os.environ`` for its own configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MODEL = "Qdrant/clip-ViT-B-32-vision"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKALIKE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- broker and keys -------------------------------------------------------------------------------
+    broker_url: SecretStr = Field(
+        SecretStr(DEFAULT_BROKER_URL),
+        description="Redis URL for the Celery broker, results and lookalike's own state "
+        "(redis://, rediss:// for TLS; a password goes in the URL).",
+    )
+    key_prefix: str = Field("lookalike", description="Prefix of every Redis key lookalike writes itself.")
+    embedded_broker: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: when no broker URL is set and nothing answers at the default, start an embedded "
+        "Valkey server for the duration of the command; never: fail instead.",
+    )
+    embedded_broker_dir: Path = Field(
+        Path("./data/broker"),
+        description="Where the embedded broker keeps its append-only file, so the product registry (and with "
+        "it incremental re-runs) survives between commands.",
+    )
+
+    # --- vector store ----------------------------------------------------------------------------------
+    qdrant_url: str | None = Field(None, description="Qdrant server URL (http:// or https://); unset = embedded.")
+    qdrant_path: Path = Field(Path("./data/qdrant"), description="Directory of the embedded store.")
+    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    qdrant_timeout: float = Field(10.0, description="Seconds per request to the Qdrant server.")
+    embedded_store: Literal["edge", "local"] = Field(
+        "edge",
+        description="Engine behind the embedded store: edge = qdrant-edge-py (Qdrant's own engine, "
+        "in-process); local = qdrant-client's pure-Python local mode.",
+    )
+    collection: str = Field("products", description="Collection (embedded: sub-directory) holding the points.")
+
+    # --- model -------------------------------------------------------------------------------------------
+    model: str = Field(DEFAULT_MODEL, description="fastembed image model name.")
+    model_dir: Path | None = Field(
+        None,
+        description="Local model directory (model.onnx + preprocessor_config.json) used instead of "
+        "downloading the model.",
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where fastembed caches downloaded models (default: fastembed's own cache)."
+    )
+    onnx_threads: int = Field(1, ge=1, description="ONNX Runtime threads per embedding process.")
+    batch_size: int = Field(16, ge=1, le=256, description="Images per embedding call.")
+    batch_linger: float = Field(
+        0.05, ge=0, description="Seconds a fetch process waits to fill a batch before sending a partial one."
+    )
+    embed_cache_ttl: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="Seconds an embedding stays cached under its image's content hash (0 disables).",
+    )
+
+    # --- workers -----------------------------------------------------------------------------------------
+    fetch_concurrency: int = Field(64, ge=1, description="Download threads per fetch worker process.")
+    embed_concurrency: int = Field(
+        0, ge=0, description="Embedding processes per worker (0 = one per core / onnx_threads)."
+    )
+    visibility_timeout: int = Field(
+        300,
+        ge=60,
+        description="Seconds before Redis hands an unacknowledged job of a dead worker to another worker.",
+    )
+    task_time_limit: int = Field(120, ge=10, description="Hard limit in seconds for any one task.")
+    store_retries: int = Field(
+        12, ge=0, description="Retries (backoff 2 s doubling to 60 s) of a batch the store could not take."
+    )
+    fetch_high_water: int = Field(
+        20000, ge=100, description="The producer pauses while more jobs than this wait in the fetch queue."
+    )
+    embed_high_water: int = Field(
+        64, ge=2, description="Fetch workers pause while more batches than this wait in the embed queue."
+    )
+
+    # --- fetching ----------------------------------------------------------------------------------------
+    fetch_connect_timeout: float = Field(5.0, gt=0)
+    fetch_read_timeout: float = Field(15.0, gt=0)
+    fetch_deadline: float = Field(30.0, gt=0, description="Overall seconds allowed for one download.")
+    fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image download in bytes.")
+    fetch_max_redirects: int = Field(5, ge=0)
+    fetch_retries: int = Field(5, ge=0, description="Retries of a download on connection errors, 429 and 5xx.")
+    fetch_backoff_max: int = Field(60, ge=1, description="Longest wait in seconds between download retries.")
+    fetch_allow_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs that downloads may reach although they are loopback, private, "
+        "link-local or reserved (default: none).",
+    )
+    fetch_user_agent: str = Field("lookalike/0.1 (+https://github.com/lookalike)")
+
+    # --- images ------------------------------------------------------------------------------------------
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are refused before decoding.")
+    image_formats: str = Field("JPEG,PNG,GIF,WEBP,BMP", description="Image formats accepted (Pillow names).")
+    query_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest query image in bytes.")
+
+    # --- queries -----------------------------------------------------------------------------------------
+    query_timeout: float = Field(15.0, gt=0, description="Seconds `lookalike search` waits for a worker.")
+    query_result_ttl: int = Field(300, ge=10, description="Seconds a query result is kept in Redis.")
+
+    # --- events, failures, operations ----------------------------------------------------------------
+    events_stream: str = Field("lookalike:events", description="Redis Stream of catalogue change events.")
+    events_group: str = Field("lookalike", description="Consumer group reading the event stream.")
+    events_claim_idle: int = Field(
+        60, ge=1, description="Seconds before a dead listener's pending events are claimed by another."
+    )
+    failures_cap: int = Field(100_000, ge=100, description="Failed images kept in the dead-letter list.")
+    run_ttl: int = Field(14 * 24 * 3600, ge=60, description="Seconds a run's counters are kept.")
+    log_format: Literal["kv", "json"] = Field("kv", description="Job outcome log lines: key=value or JSON.")
+    log_level: str = Field("INFO")
+    flower_basic_auth: SecretStr | None = Field(None, description="user:password that Flower requires.")
+    flower_address: str = Field("127.0.0.1", description="Address Flower listens on.")
+    flower_allow_unauthenticated: bool = Field(
+        False, description="Let Flower listen on a non-loopback address without basic auth."
+    )
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)
+        return value
+
+    # --- derived ---------------------------------------------------------------------------------------
+    @property
+    def broker_url_is_set(self) -> bool:
+        return "broker_url" in self.model_fields_set
+
+    @property
+    def uses_embedded_store(self) -> bool:
+        return not self.qdrant_url
+
+    @property
+    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.fetch_allow_networks.split(",")
+            if part.strip()
+        ]
+
+    @property
+    def allowed_image_formats(self) -> frozenset[str]:
+        return frozenset(part.strip().upper() for part in self.image_formats.split(",") if part.strip())
+
+    @property
+    def effective_embed_concurrency(self) -> int:
+        if self.embed_concurrency:
+            return self.embed_concurrency
+        return max(1, (os.cpu_count() or 1) // self.onnx_threads)
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under lookalike's prefix."""
+        return ":".join((self.key_prefix, *parts))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests, and the CLI after it starts an embedded broker)."""
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Producers: the catalogue CSV and change events turned into jobs."""

@@ -1,0 +1,128 @@
+"""A catalogue product, the payload its points carry, and the identity of those points."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+# Payload text is capped: a catalogue field can run to megabytes, Qdrant payloads should not.
+MAX_NAME_CHARS = 1_000
+MAX_DESCRIPTION_CHARS = 4_000
+MAX_CATEGORY_CHARS = 500
+MAX_URL_CHARS = 2_048
+
+# Fixed namespace: point ids must be the same on every machine and every run.
+POINT_NAMESPACE = uuid.UUID("6f3b8a52-1c1e-4b8e-9a57-3f6c1d0e2b71")
+
+# "$19.99", "$2,497.50", and the split form "$ 19 99" / "$ 6 . 94" that the scraped pages produce.
+_PRICE_RE = re.compile(r"\$\s*(\d{1,3}(?:,\d{3})*|\d+)\s*(?:\.|\s)\s*(\d\d)(?!\d)")
+
+
+def point_id_for(product_id: str, image_url: str) -> str:
+    """The Qdrant point id of one (product, image URL): the same on every run, so re-runs never duplicate."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{product_id}\x1f{image_url}"))
+
+
+def parse_price(text: str | None) -> tuple[str | None, float | None]:
+    """Clean a scraped price into (display text, lowest amount); (None, None) when it holds no price."""
+    if not text:
+        return None, None
+    amounts = sorted({float(f"{whole.replace(',', '')}.{cents}") for whole, cents in _PRICE_RE.findall(text)})
+    if not amounts:
+        return None, None
+    if len(amounts) == 1 or " - " not in text:
+        return f"${amounts[0]:,.2f}", amounts[0]
+    return f"${amounts[0]:,.2f} - ${amounts[-1]:,.2f}", amounts[0]
+
+
+def is_http_url(url: str) -> bool:
+    if len(url) > MAX_URL_CHARS or any(ch.isspace() for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Product:
+    id: str
+    name: str
+    image_urls: tuple[str, ...]
+    description: str | None = None
+    category: str | None = None
+    price: str | None = None
+    price_value: float | None = None
+    product_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        id: str,
+        name: str | None,
+        image_urls: list[str] | tuple[str, ...],
+        description: str | None = None,
+        category: str | None = None,
+        price: str | None = None,
+        product_url: str | None = None,
+    ) -> Product:
+        """A product with its text capped and its price parsed; image URLs are kept as given, in order."""
+        price_text, price_value = parse_price(price)
+        url = _clip(product_url, MAX_URL_CHARS)
+        return cls(
+            id=id.strip(),
+            name=_clip(name, MAX_NAME_CHARS) or "",
+            image_urls=tuple(image_urls),
+            description=_clip(description, MAX_DESCRIPTION_CHARS),
+            category=_clip(category, MAX_CATEGORY_CHARS),
+            price=price_text,
+            price_value=price_value,
+            product_url=url if url and is_http_url(url) else None,
+        )
+
+    @property
+    def categories(self) -> list[str]:
+        """Every level of the category path ("A | B | C" -> ["A", "B", "C"]): a filter matches any level."""
+        if not self.category:
+            return []
+        return [level.strip() for level in self.category.split("|") if level.strip()]
+
+    def payload(self) -> dict[str, Any]:
+        """The product-level payload shared by every point of the product (the image URL is per point)."""
+        return {
+            "product_id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "category": self.category,
+            "categories": self.categories,
+            "price": self.price,
+            "price_value": self.price_value,
+            "product_url": self.product_url,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event form of the product (see README, "Catalogue change events")."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "category": self.category,
+            "price": self.price,
+            "product_url": self.product_url,
+            "image_urls": list(self.image_urls),
+        }

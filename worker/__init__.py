@@ -1,0 +1,1 @@
+"""Workers: fetch, decode, embed and index stages, and the Celery tasks over them."""

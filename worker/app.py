@@ -1,0 +1,91 @@
+"""The Celery application: queues, routes and the delivery guarantees lookalike relies on."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from celery import Celery
+from kombu import Queue
+from lookalike.config.settings import Settings, get_settings
+
+FETCH_QUEUE = "lookalike.fetch"
+EMBED_QUEUE = "lookalike.embed"
+INDEX_QUEUE = "lookalike.index"
+QUERY_QUEUE = "lookalike.query"
+ALL_QUEUES = (FETCH_QUEUE, EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE)
+
+# Short names for `lookalike worker --queues`.
+QUEUE_ALIASES = {"fetch": FETCH_QUEUE, "embed": EMBED_QUEUE, "index": INDEX_QUEUE, "query": QUERY_QUEUE}
+
+TASK_ROUTES = {
+    "lookalike.fetch": {"queue": FETCH_QUEUE},
+    "lookalike.embed": {"queue": EMBED_QUEUE},
+    "lookalike.index": {"queue": INDEX_QUEUE},
+    "lookalike.reconcile": {"queue": INDEX_QUEUE},
+    "lookalike.optimize": {"queue": INDEX_QUEUE},
+    "lookalike.search": {"queue": QUERY_QUEUE},
+}
+
+
+def _tls_options(url: str) -> dict[str, Any] | None:
+    """rediss:// without ssl_cert_reqs in the URL: verify certificates (Celery insists on an explicit choice)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.broker_url.get_secret_value()
+    transport = {
+        # A job of a dead worker goes back to the queue after this long; every task is far shorter.
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 15,
+    }
+    config: dict[str, Any] = {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"socket_connect_timeout": 5, "retry_policy": {"timeout": 10.0}},
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload from anyone who can write to Redis would be code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Acknowledge after the work is done, and put the job back if the worker process dies mid-task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "result_expires": settings.query_result_ttl,
+        "task_time_limit": settings.task_time_limit,
+        "task_routes": TASK_ROUTES,
+        "task_default_queue": FETCH_QUEUE,
+        "task_queues": [Queue(name) for name in ALL_QUEUES],
+        "task_create_missing_queues": False,
+        # Flower (and `lookalike status`) see every stage.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+    }
+    tls = _tls_options(url)
+    if tls:
+        config["broker_use_ssl"] = tls
+        config["redis_backend_use_ssl"] = tls
+    return config
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("lookalike", include=["lookalike.worker.tasks"])
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = create_app()

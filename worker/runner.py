@@ -1,0 +1,149 @@
+"""`lookalike worker`: one command that starts a Celery worker per pool type and supervises them.
+
+Downloads are I/O-bound and embedding is CPU-bound, so they never share a slot:
+
+* ``fetch``  - thread pool, many threads (downloads, decoding to model size, batching);
+* ``embed``  - prefork pool, one process per core (ONNX threads x processes <= cores), model loaded after fork;
+* ``store``  - the ``index`` and ``query`` queues. With the embedded store it is a single process (solo pool),
+  because an embedded store directory admits one process; with a Qdrant server it is a small thread pool and
+  any number of machines may run one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lookalike.config.settings import Settings
+from lookalike.worker.app import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    queues: tuple[str, ...]
+    pool: str
+    concurrency: int
+
+    def command(self, loglevel: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "lookalike.worker.app",
+            "worker",
+            "--queues",
+            ",".join(self.queues),
+            "--pool",
+            self.pool,
+            "--concurrency",
+            str(self.concurrency),
+            "--hostname",
+            f"{self.name}.{os.getpid()}@%h",
+            "--prefetch-multiplier",
+            "1",
+            "--loglevel",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
+            "--task-events",
+        ]
+
+
+def parse_queues(text: str | None) -> set[str]:
+    """``fetch,embed`` or full queue names -> queue names; empty means every queue."""
+    if not text:
+        return set(QUEUE_ALIASES.values())
+    chosen = set()
+    for part in text.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        queue = QUEUE_ALIASES.get(name, name)
+        if queue not in QUEUE_ALIASES.values():
+            raise ValueError(f"unknown queue {name!r}; choose from {', '.join(QUEUE_ALIASES)}")
+        chosen.add(queue)
+    return chosen
+
+
+def plan_pools(
+    settings: Settings, queues: Iterable[str], *, concurrency: int | None, fetch_threads: int | None
+) -> list[PoolSpec]:
+    queues = set(queues)
+    pools = []
+    if FETCH_QUEUE in queues:
+        pools.append(PoolSpec("fetch", (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency))
+    if EMBED_QUEUE in queues:
+        pools.append(PoolSpec("embed", (EMBED_QUEUE,), "prefork", concurrency or settings.effective_embed_concurrency))
+    store_queues = tuple(q for q in (INDEX_QUEUE, QUERY_QUEUE) if q in queues)
+    if store_queues:
+        if settings.uses_embedded_store:
+            pools.append(PoolSpec("store", store_queues, "solo", 1))
+        else:
+            pools.append(PoolSpec("store", store_queues, "threads", 4))
+    return pools
+
+
+class WorkerGroup:
+    """Child Celery workers, started together and stopped together."""
+
+    def __init__(self, pools: list[PoolSpec], *, loglevel: str = "WARNING", quiet: bool = False) -> None:
+        self.pools = pools
+        self.loglevel = loglevel
+        self.quiet = quiet
+        self.processes: list[tuple[PoolSpec, subprocess.Popen[bytes]]] = []
+
+    def start(self) -> None:
+        for spec in self.pools:
+            output = subprocess.DEVNULL if self.quiet else None
+            process = subprocess.Popen(spec.command(self.loglevel), stdout=output, stderr=output)
+            self.processes.append((spec, process))
+
+    def pids(self) -> dict[str, int]:
+        return {spec.name: process.pid for spec, process in self.processes}
+
+    def dead(self) -> list[tuple[PoolSpec, int]]:
+        return [(spec, process.returncode) for spec, process in self.processes if process.poll() is not None]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (SIGTERM: finish running tasks), then SIGKILL what is left after ``timeout``."""
+        for _spec, process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _spec, process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def supervise(self) -> int:
+        """Run until a signal or until one child dies; then stop the rest. Returns the exit code."""
+        stopping = False
+
+        def _stop(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stopping:
+                dead = self.dead()
+                if dead:
+                    spec, code = dead[0]
+                    print(f"lookalike worker: the {spec.name} pool exited with code {code}; stopping", file=sys.stderr)
+                    self.stop()
+                    return code or 1
+                time.sleep(0.5)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.stop()
+        return 0
