@@ -24,6 +24,7 @@ class Route:
     fail_status: int = 500
     redirect_to: str | None = None
     trickle_seconds: float = 0.0  # spread the body over this long (a slow server)
+    chunked: bool = False  # no Content-Length: the size is known only while streaming
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -57,6 +58,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if route.status != 200:
             self._send(route.status, b"error", "text/plain", route.headers)
+            return
+        if route.chunked:
+            self.send_response(200)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for start in range(0, len(route.body), 65536):
+                    piece = route.body[start : start + 65536]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
             return
         if route.trickle_seconds:
             self.send_response(200)

@@ -1,0 +1,214 @@
+"""Shared fixtures: a real Redis (own database, flushed before and after each test), a tiny CLIP-shaped model,
+a real HTTP image server on 127.0.0.1, a fresh embedded store per test, and helpers to run the installed
+`lookalike` command and real Celery workers.
+
+The environment is set before lookalike is imported, because the Celery app reads its settings at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+TEST_DB = int(os.environ.get("LOOKALIKE_TEST_REDIS_DB", "13"))
+REDIS_URL = f"redis://127.0.0.1:6379/{TEST_DB}"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLE_CSV = SHARED_DATA / "amazon-2020-sample1000.csv"
+
+_session_dir = Path(tempfile.mkdtemp(prefix="lookalike-tests-"))
+BASE_ENV = {
+    "LOOKALIKE_BROKER_URL": REDIS_URL,
+    "LOOKALIKE_KEY_PREFIX": "lookalike-test",
+    "LOOKALIKE_MODEL_DIR": str(_session_dir / "model"),
+    "LOOKALIKE_QDRANT_PATH": str(_session_dir / "qdrant-default"),
+    "LOOKALIKE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
+    "LOOKALIKE_FETCH_RETRIES": "2",
+    "LOOKALIKE_FETCH_BACKOFF_MAX": "1",
+    "LOOKALIKE_FETCH_CONNECT_TIMEOUT": "2",
+    "LOOKALIKE_FETCH_READ_TIMEOUT": "1",
+    "LOOKALIKE_FETCH_DEADLINE": "2",
+    "LOOKALIKE_FETCH_MAX_BYTES": str(2 * 1024 * 1024),
+    "LOOKALIKE_FETCH_CONCURRENCY": "16",
+    "LOOKALIKE_EMBED_CONCURRENCY": "1",
+    "LOOKALIKE_BATCH_LINGER": "0.02",
+    "LOOKALIKE_STORE_RETRIES": "3",
+    "LOOKALIKE_EMBEDDED_BROKER": "never",
+    "LOOKALIKE_QUERY_TIMEOUT": "20",
+}
+for _name in [n for n in os.environ if n.startswith("LOOKALIKE_")]:
+    del os.environ[_name]
+os.environ.update(BASE_ENV)
+
+from lookalike.testing.tiny_model import build_tiny_model  # noqa: E402
+
+build_tiny_model(_session_dir / "model")
+
+from lookalike.config.settings import get_settings, reset_settings  # noqa: E402
+from lookalike.testing.server import ImageServer  # noqa: E402
+from lookalike.worker import pipeline  # noqa: E402
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_session_dir, ignore_errors=True)
+
+
+def _redis_or_skip() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:  # pragma: no cover - CI starts Redis first
+        pytest.fail(f"the tests need Redis at {REDIS_URL}: {exc}")
+    return client
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = _redis_or_skip()
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A clean world per test: own store directory, flushed Redis database, fresh settings and context."""
+    values = {
+        "LOOKALIKE_QDRANT_PATH": str(tmp_path / "qdrant"),
+        "LOOKALIKE_EMBEDDED_BROKER_DIR": str(tmp_path / "broker"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    pipeline.reset_context()
+    yield {**BASE_ENV, **values}
+    pipeline.reset_context()
+    reset_settings()
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], **values: str) -> None:
+    """Change settings for this test (and for the commands and workers it starts)."""
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+        environment[name] = value
+    reset_settings()
+    pipeline.reset_context()
+
+
+@pytest.fixture
+def image_server() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield server
+
+
+# ------------------------------------------------------------------------------------------ the command
+LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_cli(args: list[str], environment: dict[str, str], *, timeout: float = 180, cwd: Path | None = None) -> Result:
+    """Run the installed `lookalike` command as a user would."""
+    completed = subprocess.run(
+        [LOOKALIKE, *args],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Any:
+    def call(*args: str, timeout: float = 180, extra: dict[str, str] | None = None, cwd: Path | None = None) -> Result:
+        return run_cli(list(args), {**env, **(extra or {})}, timeout=timeout, cwd=cwd)
+
+    return call
+
+
+# ------------------------------------------------------------------------------------------ real workers
+class WorkerProcess:
+    """`lookalike worker` as a subprocess (real Celery workers), with its output kept for diagnosis."""
+
+    def __init__(self, environment: dict[str, str], *args: str) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="lookalike-worker-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [LOOKALIKE, "worker", "--loglevel", "WARNING", *args],
+            env={**os.environ, **environment},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, queues: int = 4, timeout: float = 60) -> None:
+        from lookalike.worker.app import app
+        from lookalike.worker.client import live_workers
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+            consumed = {q for qs in live_workers(app, timeout=0.5).values() for q in qs}
+            if len(consumed) >= queues:
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        Path(self.log.name).unlink(missing_ok=True)
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str]) -> Iterator[Any]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, ready_queues: int = 4, extra: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess({**env, **(extra or {})}, *args)
+        started.append(worker)
+        if ready_queues:
+            worker.wait_ready(ready_queues)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def open_test_store() -> Any:
+    """The store the current settings name (the workers must have released it)."""
+    from lookalike.worker.store import open_store
+
+    return open_store(get_settings())

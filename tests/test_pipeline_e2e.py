@@ -1,0 +1,228 @@
+"""The whole pipeline through the installed command: CSV -> Redis -> real Celery workers -> Qdrant -> query."""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import open_test_store
+
+from lookalike.producer.product import point_id_for
+from lookalike.testing import images
+from lookalike.testing.catalogs import PLACEHOLDER_PATH, catalog_row, write_catalog
+from lookalike.testing.server import ImageServer, Route
+
+PLACEHOLDER = "https://images-na.ssl-images-amazon.com" + PLACEHOLDER_PATH
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+
+
+def build_catalog(
+    server: ImageServer, directory: Path, faults: bool = True
+) -> tuple[Path, dict[str, list[str]], dict[str, str]]:
+    """50 products: 42 with only good images (1-3 each, four formats), 8 whose images go wrong in every way
+    (without ``faults``, just the 42).
+
+    Returns the CSV, product id -> good image URLs, and bad URL -> expected failure reason.
+    """
+    good: dict[str, list[str]] = {}
+    bad: dict[str, str] = {}
+    rows = []
+    for i in range(42):
+        urls = []
+        for j in range(1 + i % 3):
+            fmt = images.FORMATS[(i + j) % 4]
+            path = f"/images/I/p{i:02d}-{j}.{fmt.lower()}"
+            urls.append(server.add(path, Route(body=images.product_bytes(i * 10 + j, fmt), content_type=MIME[fmt])))
+        good[f"p{i:02d}"] = urls
+        rows.append(catalog_row(f"p{i:02d}", f"Product {i}", [*urls, PLACEHOLDER], price=f"${10 + i}.99"))
+
+    def add_bad(product: str, path: str, route: Route, reason: str | None) -> str:
+        url = server.add(path, route)
+        if reason is None:
+            good.setdefault(product, []).append(url)
+        else:
+            bad[url] = reason
+        return url
+
+    cases = [
+        ("b-404", "/images/I/missing.jpg", Route(status=404), "http_404"),
+        ("b-flaky", "/images/I/flaky.jpg", Route(body=images.product_bytes(900), fail_first=1), None),
+        (
+            "b-429",
+            "/images/I/throttled.png",
+            Route(body=images.product_bytes(901, "PNG"), fail_first=1, fail_status=429),
+            None,
+        ),
+        ("b-slow", "/images/I/slow.jpg", Route(body=images.product_bytes(902), trickle_seconds=4), "deadline_exceeded"),
+        (
+            "b-html",
+            "/images/I/page.jpg",
+            Route(body=b"<html><body>Robot check</body></html>", content_type="text/html"),
+            "not_an_image",
+        ),
+        ("b-huge", "/images/I/huge.jpg", Route(body=b"\xff" * (3 * 1024 * 1024)), "too_large"),
+        (
+            "b-cut",
+            "/images/I/cut.jpg",
+            Route(body=images.truncated(images.product_bytes(903, size=(800, 600)), 0.4)),
+            "truncated",
+        ),
+        ("b-bomb", "/images/I/bomb.png", Route(body=images.png_bomb(), content_type="image/png"), "too_many_pixels"),
+    ]
+    for product, path, route, reason in cases if faults else []:
+        url = add_bad(product, path, route, reason)
+        rows.append(catalog_row(product, f"Case {product}", [url, PLACEHOLDER]))
+    csv_path = write_catalog(directory / "catalog.csv", rows)
+    return csv_path, good, bad
+
+
+def test_ingest_indexes_every_good_image_once_and_counts_every_bad_one(cli, env, image_server, tmp_path):
+    catalog, good, bad = build_catalog(image_server, tmp_path)
+    expected_points = {point_id_for(pid, url): (pid, url) for pid, urls in good.items() for url in urls}
+
+    first = cli("ingest", str(catalog), "--wait", "--json")
+    assert first.code == 0, first.stderr
+    summary = first.json()
+    assert summary["rows_read"] == 50
+    assert summary["products"] == {"total": 50, "new": 50}
+    assert summary["images_enqueued"] == len(expected_points) + len(bad)
+    assert summary["image_entries"]["placeholders"] == 50
+    result = summary["result"]
+    assert result["indexed"] == len(expected_points)
+    assert result["failed"] == len(bad)
+    assert result["failed_by_reason"] == dict(Counter(bad.values()))
+    assert not any(reason.startswith("internal") for reason in result["failed_by_reason"]), "a worker crashed"
+    # Batches, not one model call per image.
+    assert result["embed_calls"] < len(expected_points)
+
+    store = open_test_store()
+    try:
+        points = {pid: payload for pid, payload, _ in store.scroll()}
+        assert set(points) == set(expected_points)
+        for point_id, (product_id, url) in expected_points.items():
+            payload = points[point_id]
+            assert payload["product_id"] == product_id
+            assert payload["image_url"] == url
+            assert payload["product_url"] == f"https://www.example.com/dp/{product_id}"
+            assert payload["category"] == "Toys & Games | Building Toys"
+            assert payload["categories"] == ["Toys & Games", "Building Toys"]
+        assert points[point_id_for("p07", good["p07"][0])]["price"] == "$17.99"
+        assert points[point_id_for("p07", good["p07"][0])]["name"] == "Product 7"
+    finally:
+        store.close()
+
+    failures = cli("failures", "--json")
+    assert failures.code == 0, failures.stderr
+    recorded = {item["image_url"]: item for item in failures.json()}
+    assert {url: item["reason"] for url, item in recorded.items()} == bad
+    assert recorded[next(u for u, r in bad.items() if r == "http_404")]["stage"] == "fetch"
+    assert recorded[next(u for u, r in bad.items() if r == "truncated")]["stage"] == "decode"
+    for item in recorded.values():
+        assert set(item) >= {"product_id", "image_url", "stage", "reason", "time"}
+
+    # The flaky URLs were fetched again after their first failure; the 404 was not retried.
+    assert image_server.hits("/images/I/flaky.jpg") == 2
+    assert image_server.hits("/images/I/throttled.png") == 2
+    assert image_server.hits("/images/I/missing.jpg") == 1
+
+    hits_before = image_server.hits()
+    second = cli("ingest", str(catalog), "--wait", "--json")
+    assert second.code == 0, second.stderr
+    again = second.json()
+    assert again["images_enqueued"] == 0
+    assert again["products"] == {"total": 50, "unchanged": 50}
+    assert image_server.hits() == hits_before, "an unchanged catalogue downloaded something"
+    store = open_test_store()
+    try:
+        assert store.count() == len(expected_points)
+    finally:
+        store.close()
+
+
+def test_query_with_a_resized_reencoded_copy_ranks_its_product_first(cli, env, image_server, tmp_path):
+    catalog, good, _bad = build_catalog(image_server, tmp_path, faults=False)
+    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+    for product in ("p03", "p18", "p40"):
+        original = images.product_bytes(int(product[1:]) * 10, images.FORMATS[int(product[1:]) % 4])
+        query = tmp_path / f"{product}.jpg"
+        query.write_bytes(images.resized_copy(original, scale=0.55, fmt="JPEG", quality=70))
+        found = cli("search", str(query), "-k", "5", "--json")
+        assert found.code == 0, found.stderr
+        ranked = found.json()
+        assert ranked[0]["product_id"] == product
+        assert ranked[0]["image_url"] == good[product][0]
+        assert len({r["product_id"] for r in ranked}) == len(ranked) == 5, "one entry per product"
+        assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+        assert set(ranked[0]) == {"product_id", "name", "score", "image_url", "product_url", "category", "price"}
+
+
+def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp_path, start_worker):
+    catalog, good, _bad = build_catalog(image_server, tmp_path, faults=False)
+    worker = start_worker()
+    ingested = cli("ingest", str(catalog), "--wait", "--json")
+    assert ingested.code == 0, ingested.stderr
+    assert "started local workers" not in ingested.stderr
+
+    query = tmp_path / "query.png"
+    query.write_bytes(images.resized_copy(images.product_bytes(250, images.FORMATS[25 % 4]), 0.7, "PNG"))
+    found = cli("search", str(query), "--json", "-k", "3")
+    assert found.code == 0, found.stderr
+    assert "answering in this process" not in found.stderr
+    assert found.json()[0]["product_id"] == "p25"
+
+    # A URL query is fetched by the worker, through the same guarded downloader.
+    by_url = cli("search", good["p11"][0], "--json", "-k", "1")
+    assert by_url.code == 0, by_url.stderr
+    assert by_url.json()[0]["product_id"] == "p11"
+
+    # The category filter matches any level of the category path.
+    filtered = cli("search", str(query), "--json", "--category", "Nothing Like This")
+    assert filtered.code == 0 and filtered.json() == []
+    assert worker.process.poll() is None
+
+
+def test_query_task_accepts_base64_and_refuses_garbage(env, image_server, tmp_path, start_worker, cli):
+    from lookalike.worker.app import app
+    from lookalike.worker.client import send_query
+    from lookalike.worker.query import QueryError
+
+    catalog, _good, _bad = build_catalog(image_server, tmp_path, faults=False)
+    start_worker()
+    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+    data = images.resized_copy(images.product_bytes(50, images.FORMATS[5 % 4]), 0.8)
+    answer = send_query(app, {"image_b64": base64.b64encode(data).decode()}, 2, None).get(timeout=20)
+    assert answer[0]["product_id"] == "p05"
+    with pytest.raises(QueryError) as refused:
+        send_query(app, {"image_b64": base64.b64encode(b"not an image").decode()}, 2, None).get(timeout=20)
+    assert refused.value.reason == "not_an_image"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "Uniq Id,Product Name,Category,Selling Price,About Product,Product Url\nx,y,z,1,d,u\n",
+            "missing required column(s): Image",
+        ),
+        ("", "the file is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "not a CSV file"),
+    ],
+    ids=["missing-column", "empty", "binary"],
+)
+def test_bad_catalogue_is_one_line_error_and_enqueues_nothing(cli, env, redis_client, tmp_path, content, message):
+    path = tmp_path / "catalog.csv"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    result = cli("ingest", str(path), "--wait")
+    assert result.code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert result.stdout == ""
+    assert redis_client.dbsize() == 0, "something was written or enqueued"
+
+
+def test_missing_catalogue_file(cli, env, tmp_path):
+    result = cli("ingest", str(tmp_path / "nope.csv"))
+    assert result.code == 2
+    assert "no such file" in result.stderr
