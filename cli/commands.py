@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lookalike.producer.catalog import CatalogReport
-from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from lookalike.producer.catalog import CatalogReport
+from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 
 Note = Callable[[str], None]
 
@@ -285,6 +286,7 @@ def run_query(image: str, *, k: int, category: str | None, timeout: float | None
     url = settings.broker_url.get_secret_value()
     if redis_answers(url):
         from celery.exceptions import TimeoutError as CeleryTimeout
+
         from lookalike.worker.app import QUERY_QUEUE, app
         from lookalike.worker.client import live_workers, send_query
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from lookalike import __version__
 from rich.console import Console
 from rich.table import Table
+
+from lookalike import __version__
 
 app = typer.Typer(
     add_completion=False,

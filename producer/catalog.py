@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 import pandas as pd
+
 from lookalike.producer.product import Product, is_http_url
 
 ID_COLUMN = "Uniq Id"

@@ -153,7 +153,7 @@ class WorkerProcess:
     """`lookalike worker` as a subprocess (real Celery workers), with its output kept for diagnosis."""
 
     def __init__(self, environment: dict[str, str], *args: str) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="lookalike-worker-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="lookalike-worker-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
             [LOOKALIKE, "worker", "--loglevel", "WARNING", *args],
             env={**os.environ, **environment},

@@ -7,12 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import open_test_store
 
 from lookalike.producer.product import point_id_for
 from lookalike.testing import images
 from lookalike.testing.catalogs import PLACEHOLDER_PATH, catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
+
+from conftest import open_test_store
 
 PLACEHOLDER = "https://images-na.ssl-images-amazon.com" + PLACEHOLDER_PATH
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from kombu import Queue
+
 from lookalike.config.settings import Settings, get_settings
 
 FETCH_QUEUE = "lookalike.fetch"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
+
 from lookalike.worker.app import FETCH_QUEUE
 from lookalike.worker.jobs import Job
 from lookalike.worker.queues import queue_depth

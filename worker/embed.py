@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from lookalike.config.settings import Settings
 from PIL import Image
+
+from lookalike.config.settings import Settings
 
 
 class ModelUnavailable(RuntimeError):

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any
 
 import redis
+
 from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.product import point_id_for
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lookalike.config.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from celery import Task, signals
+
 from lookalike.config.settings import get_settings
 from lookalike.worker import pipeline
 from lookalike.worker.app import EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE, app
