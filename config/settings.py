@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     )
     failures_cap: int = Field(100_000, ge=100, description="Failed images kept in the dead-letter list.")
     run_ttl: int = Field(14 * 24 * 3600, ge=60, description="Seconds a run's counters are kept.")
+    task_events: bool = Field(
+        True, description="Workers send task events (Flower shows every stage); off saves a few Redis writes per job."
+    )
     log_format: Literal["kv", "json"] = Field("kv", description="Job outcome log lines: key=value or JSON.")
     log_level: str = Field("INFO")
     flower_basic_auth: SecretStr | None = Field(None, description="user:password that Flower requires.")

@@ -52,7 +52,6 @@ class PoolSpec:
             loglevel,
             "--without-mingle",
             "--without-gossip",
-            "--task-events",
         ]
 
 

@@ -7,7 +7,8 @@
   API and is how the tests cover the server code path without a server.
 
 Both keep one collection of cosine vectors whose payload is the product's fields plus ``image_url``, with
-payload indexes on ``product_id``, ``category`` and ``categories``.
+payload indexes on ``product_id``, ``category`` and ``categories``. A payload key whose value is None is not
+stored (upserts leave it out, payload updates delete it), so "missing" is the one way to say "no value".
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ class PointRecord:
     id: str
     vector: Sequence[float] | np.ndarray
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+def present(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload without its top-level None values."""
+    return {key: value for key, value in payload.items() if value is not None}
+
+
+def absent(payload: dict[str, Any]) -> list[str]:
+    return [key for key, value in payload.items() if value is None]
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,7 @@ class EdgeStore(VectorStore):
 
         if not points:
             return
-        batch = [Point(p.id, np.asarray(p.vector, dtype=np.float32).tolist(), p.payload) for p in points]
+        batch = [Point(p.id, np.asarray(p.vector, dtype=np.float32).tolist(), present(p.payload)) for p in points]
         self.shard.update(UpdateOperation.upsert_points(batch))
 
     @staticmethod
@@ -205,8 +215,13 @@ class EdgeStore(VectorStore):
     def set_product_payload(self, product_id: str, payload: dict[str, Any]) -> None:
         from qdrant_edge import UpdateOperation
 
-        if self._shard is not None:
-            self.shard.update(UpdateOperation.set_payload_by_filter(self._match("product_id", product_id), payload))
+        if self._shard is None:
+            return
+        selector = self._match("product_id", product_id)
+        if present(payload):
+            self.shard.update(UpdateOperation.set_payload_by_filter(selector, present(payload)))
+        if absent(payload):
+            self.shard.update(UpdateOperation.delete_payload_by_filter(selector, absent(payload)))
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         from qdrant_edge import UpdateOperation
@@ -369,7 +384,9 @@ class ClientStore(VectorStore):
         if not points:
             return
         structs = [
-            models.PointStruct(id=p.id, vector=np.asarray(p.vector, dtype=np.float32).tolist(), payload=p.payload)
+            models.PointStruct(
+                id=p.id, vector=np.asarray(p.vector, dtype=np.float32).tolist(), payload=present(p.payload)
+            )
             for p in points
         ]
         self._call("upsert", self.client.upsert, self.collection, points=structs, wait=True)
@@ -389,13 +406,25 @@ class ClientStore(VectorStore):
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def set_product_payload(self, product_id: str, payload: dict[str, Any]) -> None:
-        if self._exists():
+        if not self._exists():
+            return
+        selector = self._filter("product_id", product_id)
+        if present(payload):
             self._call(
                 "set payload",
                 self.client.set_payload,
                 self.collection,
-                payload=payload,
-                points=self._filter("product_id", product_id),
+                payload=present(payload),
+                points=selector,
+                wait=True,
+            )
+        if absent(payload):
+            self._call(
+                "delete payload",
+                self.client.delete_payload,
+                self.collection,
+                keys=absent(payload),
+                points=selector,
                 wait=True,
             )
 
