@@ -17,8 +17,8 @@ MAX_URL_CHARS = 2_048
 # Fixed namespace: point ids must be the same on every machine and every run.
 POINT_NAMESPACE = uuid.UUID("6f3b8a52-1c1e-4b8e-9a57-3f6c1d0e2b71")
 
-# "$19.99", "$2,497.50", and the split form "$ 19 99" / "$ 6 . 94" that the scraped pages produce.
-_PRICE_RE = re.compile(r"\$\s*(\d{1,3}(?:,\d{3})*|\d+)\s*(?:\.|\s)\s*(\d\d)(?!\d)")
+# "$19.99", "$2,497.50", "$20", and the split form "$ 19 99" / "$ 6 . 94" that the scraped pages produce.
+_PRICE_RE = re.compile(r"\$\s*(\d{1,3}(?:,\d{3})+|\d+)(?:\s*(?:\.|\s)\s*(\d\d)(?!\d))?")
 
 
 def point_id_for(product_id: str, image_url: str) -> str:
@@ -26,16 +26,25 @@ def point_id_for(product_id: str, image_url: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{product_id}\x1f{image_url}"))
 
 
+def _amounts(text: str) -> list[float]:
+    return [float(f"{whole.replace(',', '')}.{cents or '00'}") for whole, cents in _PRICE_RE.findall(text)]
+
+
 def parse_price(text: str | None) -> tuple[str | None, float | None]:
-    """Clean a scraped price into (display text, lowest amount); (None, None) when it holds no price."""
+    """Clean a scraped price into (display text, lowest amount); (None, None) when it holds no price.
+
+    The selling price is the first amount ("$ 19 99 $39.95 ... Save $19.96" is 19.99: what follows is the list
+    price and the saving); a range "$74.99 - $249.99" keeps both ends.
+    """
     if not text:
         return None, None
-    amounts = sorted({float(f"{whole.replace(',', '')}.{cents}") for whole, cents in _PRICE_RE.findall(text)})
-    if not amounts:
+    low_text, dash, high_text = text.partition(" - ")
+    low, high = _amounts(low_text), _amounts(high_text) if dash else []
+    if not low:
         return None, None
-    if len(amounts) == 1 or " - " not in text:
-        return f"${amounts[0]:,.2f}", amounts[0]
-    return f"${amounts[0]:,.2f} - ${amounts[-1]:,.2f}", amounts[0]
+    if high:
+        return f"${low[-1]:,.2f} - ${high[0]:,.2f}", low[-1]
+    return f"${low[0]:,.2f}", low[0]
 
 
 def is_http_url(url: str) -> bool:
@@ -83,7 +92,7 @@ class Product:
     ) -> Product:
         """A product with its text capped and its price parsed; image URLs are kept as given, in order."""
         price_text, price_value = parse_price(price)
-        url = _clip(product_url, MAX_URL_CHARS)
+        url = (product_url or "").strip()
         return cls(
             id=id.strip(),
             name=_clip(name, MAX_NAME_CHARS) or "",
@@ -92,7 +101,7 @@ class Product:
             category=_clip(category, MAX_CATEGORY_CHARS),
             price=price_text,
             price_value=price_value,
-            product_url=url if url and is_http_url(url) else None,
+            product_url=url if is_http_url(url) else None,
         )
 
     @property

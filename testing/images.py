@@ -74,7 +74,7 @@ def la_png(seed: int) -> bytes:
 
 def sixteen_bit_png(seed: int) -> bytes:
     grey = np.asarray(product_image(seed).convert("L"), dtype=np.uint16) * 257
-    return encode(Image.fromarray(grey.astype(np.uint16), "I;16"), "PNG")
+    return encode(Image.fromarray(grey.astype(np.uint16)), "PNG")
 
 
 def animated_gif(seed: int, frames: int = 3) -> bytes:

@@ -123,17 +123,19 @@ def decode_image(
 
 
 def fit_to_edge(image: Image.Image, edge: int) -> Image.Image:
-    """Resize so the shortest side is ``edge`` (bicubic), then centre-crop to a square."""
+    """The centred square of the image, resized to ``edge`` x ``edge`` (bicubic) in one step.
+
+    The same geometry as resizing the shortest side to ``edge`` and centre-cropping, but the crop comes first,
+    so a sliver of an image (20000 x 2 pixels) never asks for a 2,240,000 x 224 intermediate.
+    """
     width, height = image.size
-    scale = edge / min(width, height)
-    new_size = (max(edge, round(width * scale)), max(edge, round(height * scale)))
-    if new_size != (width, height):
-        image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    width, height = image.size
-    left, top = (width - edge) // 2, (height - edge) // 2
-    if (width, height) != (edge, edge):
-        image = image.crop((left, top, left + edge, top + edge))
-    return image
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    if (width, height) == (edge, edge):
+        return image
+    return image.resize(
+        (edge, edge), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0
+    )
 
 
 def encode_for_transport(image: Image.Image) -> bytes:

@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, DecodeError, HTTPError, NewConnectionError, ReadTimeoutError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -244,7 +244,7 @@ def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> Fet
     except FetchError:
         raise
     except requests.TooManyRedirects as exc:
-        raise PermanentFetchError("too_many_redirects", f"more than {limits.max_redirects}") from exc
+        raise PermanentFetchError("too_many_redirects", f"more than {session.max_redirects}") from exc
     except requests.exceptions.InvalidSchema as exc:
         raise PermanentFetchError("bad_scheme", "redirected to a scheme other than http(s)") from exc
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
@@ -273,7 +273,12 @@ def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> Fet
         chunks: list[bytes] = []
         received = 0
         try:
-            for chunk in response.iter_content(CHUNK_BYTES):
+            while True:
+                # read1 returns as soon as any data arrives, so a server trickling bytes just inside the read
+                # timeout still meets the deadline check; the byte cap counts decoded (decompressed) bytes.
+                chunk = response.raw.read1(CHUNK_BYTES, decode_content=True)
+                if not chunk:
+                    break
                 received += len(chunk)
                 if received > limits.max_bytes:
                     raise DownloadTooLarge(f"more than {limits.max_bytes} bytes")
@@ -282,11 +287,11 @@ def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> Fet
                 chunks.append(chunk)
         except FetchError:
             raise
-        except requests.exceptions.ConnectionError as exc:
-            if "timed out" in str(exc).lower():
-                raise TransientFetchError("read_timeout", url) from exc
-            raise TransientFetchError("connection_error", str(exc)[:200]) from exc
-        except requests.RequestException as exc:
+        except (ReadTimeoutError, TimeoutError) as exc:
+            raise TransientFetchError("read_timeout", url) from exc
+        except DecodeError as exc:
+            raise PermanentFetchError("bad_encoding", str(exc)[:200]) from exc
+        except (HTTPError, OSError) as exc:
             raise TransientFetchError("connection_error", str(exc)[:200]) from exc
         if time.monotonic() - started > limits.deadline:
             raise TransientFetchError("deadline_exceeded", f"download took over {limits.deadline:g}s")

@@ -1,0 +1,309 @@
+"""Download stage against a real HTTP server on 127.0.0.1: status codes, byte caps, the deadline, redirects,
+schemes, refused connections and connection pooling."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+
+import pytest
+import requests
+
+from lookalike.testing import images
+from lookalike.testing.server import ImageServer, Route
+from lookalike.worker.fetch import (
+    AddressPolicy,
+    DownloadTooLarge,
+    FetchLimits,
+    ForbiddenAddress,
+    PermanentFetchError,
+    TransientFetchError,
+    fetch_image,
+    make_session,
+)
+
+LOOPBACK = AddressPolicy.from_networks([ipaddress.ip_network("127.0.0.0/8")])
+MAX_BYTES = 1_000_000
+LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=MAX_BYTES, max_redirects=3)
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    with make_session(LOOPBACK, user_agent="t", max_redirects=3) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ImageServer]:
+    # One server for the module (stopping one takes half a second); every test uses its own paths.
+    with ImageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(shared_server: ImageServer) -> ImageServer:
+    shared_server.reset_hits()
+    return shared_server
+
+
+# ------------------------------------------------------------------------------------------ status codes
+def test_ok_returns_exact_bytes(server: ImageServer, session: requests.Session) -> None:
+    body = images.product_bytes(1, "PNG")
+    url = server.add("/images/I/a.png", Route(body=body, content_type="image/png"))
+    fetched = fetch_image(url, session, LIMITS)
+    assert fetched.data == body
+    assert fetched.url == fetched.final_url == url
+    assert fetched.content_type == "image/png"
+    assert fetched.seconds < LIMITS.deadline
+    assert server.hits("/images/I/a.png") == 1
+
+
+def test_empty_body_is_returned_as_is(server: ImageServer, session: requests.Session) -> None:
+    url = server.add("/empty.jpg", Route(body=b""))
+    assert fetch_image(url, session, LIMITS).data == b""
+
+
+def test_404_is_permanent(server: ImageServer, session: requests.Session) -> None:
+    with pytest.raises(PermanentFetchError) as excinfo:
+        fetch_image(server.url("/images/I/missing.jpg"), session, LIMITS)
+    assert excinfo.value.reason == "http_404"
+    assert not excinfo.value.retryable
+    assert not isinstance(excinfo.value, TransientFetchError)
+
+
+@pytest.mark.parametrize("status", [403, 410])
+def test_other_4xx_are_permanent(server: ImageServer, session: requests.Session, status: int) -> None:
+    url = server.add(f"/s{status}.jpg", Route(status=status))
+    with pytest.raises(PermanentFetchError) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert excinfo.value.reason == f"http_{status}"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_5xx_and_429_are_transient(server: ImageServer, session: requests.Session, status: int) -> None:
+    url = server.add(f"/s{status}.jpg", Route(status=status))
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert excinfo.value.reason == f"http_{status}"
+    assert excinfo.value.retryable
+    assert excinfo.value.retry_after is None
+
+
+def test_429_retry_after_seconds(server: ImageServer, session: requests.Session) -> None:
+    url = server.add("/throttled.jpg", Route(status=429, headers={"Retry-After": "7"}))
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert excinfo.value.reason == "http_429"
+    assert excinfo.value.retry_after == 7
+
+
+def test_429_retry_after_http_date_and_cap(server: ImageServer, session: requests.Session) -> None:
+    url = server.add("/date.jpg", Route(status=429, headers={"Retry-After": formatdate(time.time() + 60, usegmt=True)}))
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert excinfo.value.retry_after is not None and 55 <= excinfo.value.retry_after <= 61
+
+    capped = server.add("/capped.jpg", Route(status=503, headers={"Retry-After": "86400"}))
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(capped, session, LIMITS)
+    assert excinfo.value.retry_after == LIMITS.retry_after_cap
+
+
+def test_fail_then_succeed(server: ImageServer, session: requests.Session) -> None:
+    body = images.product_bytes(2)
+    url = server.add("/flaky.jpg", Route(body=body, fail_first=1))
+    with pytest.raises(TransientFetchError):
+        fetch_image(url, session, LIMITS)
+    assert fetch_image(url, session, LIMITS).data == body
+    assert server.hits("/flaky.jpg") == 2
+
+
+# ------------------------------------------------------------------------------------------ size cap
+def test_declared_content_length_over_cap_reads_only_headers(server: ImageServer, session: requests.Session) -> None:
+    # Reading the body would take 5 s (it trickles): refusing within 1 s proves only the headers were read.
+    url = server.add("/huge.jpg", Route(body=b"\xff" * (MAX_BYTES * 3), trickle_seconds=5))
+    started = time.monotonic()
+    with pytest.raises(DownloadTooLarge) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert time.monotonic() - started < 1.0
+    assert excinfo.value.reason == "too_large"
+    assert "Content-Length" in str(excinfo.value)
+    assert not excinfo.value.retryable
+
+
+def test_body_exactly_at_cap_is_accepted(server: ImageServer, session: requests.Session) -> None:
+    body = bytes(range(256)) * (MAX_BYTES // 256) + b"x" * (MAX_BYTES % 256)
+    assert len(body) == MAX_BYTES
+    url = server.add("/exact.bin", Route(body=body))
+    assert fetch_image(url, session, LIMITS).data == body
+
+
+def test_chunked_over_cap_is_refused_while_streaming(server: ImageServer, session: requests.Session) -> None:
+    url = server.add("/chunked-huge.jpg", Route(body=b"\x00" * (MAX_BYTES * 4), chunked=True))
+    started = time.monotonic()
+    with pytest.raises(DownloadTooLarge) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert time.monotonic() - started < 1.0
+    assert excinfo.value.reason == "too_large"
+    assert "Content-Length" not in str(excinfo.value)  # no header to go by: the stream was counted
+
+
+def test_chunked_under_cap_is_read(server: ImageServer, session: requests.Session) -> None:
+    body = images.product_bytes(3, size=(1200, 900))
+    url = server.add("/chunked.jpg", Route(body=body, chunked=True))
+    assert fetch_image(url, session, LIMITS).data == body
+
+
+# ------------------------------------------------------------------------------------------ the deadline
+SLOW_LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=0.5, deadline=1.0, max_bytes=MAX_BYTES, max_redirects=3)
+
+
+def _assert_deadline(server: ImageServer, session: requests.Session, path: str, size: int) -> None:
+    # 20 pieces over 3 s: a piece every 0.15 s, so the read timeout (0.5 s) never fires; only the deadline can.
+    url = server.add(path, Route(body=b"\x01" * size, trickle_seconds=3.0))
+    started = time.monotonic()
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(url, session, SLOW_LIMITS)
+    elapsed = time.monotonic() - started
+    assert excinfo.value.reason == "deadline_exceeded"
+    assert elapsed <= SLOW_LIMITS.deadline + SLOW_LIMITS.read_timeout + 1.0, f"returned after {elapsed:.2f}s"
+
+
+def test_slow_large_body_hits_the_deadline(server: ImageServer, session: requests.Session) -> None:
+    _assert_deadline(server, session, "/slow-large.jpg", 600_000)  # 30 kB pieces: 64 kB reads end often
+
+
+def test_slow_small_body_hits_the_deadline(server: ImageServer, session: requests.Session) -> None:
+    _assert_deadline(server, session, "/slow-small.jpg", 30_000)  # under one 64 kB read
+
+
+def test_fast_body_within_the_deadline(server: ImageServer, session: requests.Session) -> None:
+    body = images.product_bytes(4)
+    url = server.add("/slowish.jpg", Route(body=body, trickle_seconds=0.3))
+    assert fetch_image(url, session, SLOW_LIMITS).data == body
+
+
+# ------------------------------------------------------------------------------------------ redirects
+def _chain(server: ImageServer, name: str, hops: int, body: bytes) -> str:
+    final = server.add(f"/{name}/final.jpg", Route(body=body))
+    target = final
+    for hop in range(hops, 0, -1):
+        target = server.add(f"/{name}/hop{hop}", Route(redirect_to=target))
+    return target
+
+
+def test_redirects_within_the_limit(server: ImageServer, session: requests.Session) -> None:
+    body = images.product_bytes(5)
+    start = _chain(server, "ok", 3, body)
+    fetched = fetch_image(start, session, LIMITS)
+    assert fetched.data == body
+    assert fetched.url == start
+    assert fetched.final_url == server.url("/ok/final.jpg")
+
+
+def test_relative_redirect(server: ImageServer, session: requests.Session) -> None:
+    body = images.product_bytes(6)
+    server.add("/rel/final.jpg", Route(body=body))
+    url = server.add("/rel/start", Route(redirect_to="/rel/final.jpg"))
+    assert fetch_image(url, session, LIMITS).data == body
+
+
+def test_too_many_redirects(server: ImageServer, session: requests.Session) -> None:
+    start = _chain(server, "long", 4, b"never")
+    with pytest.raises(PermanentFetchError) as excinfo:
+        fetch_image(start, session, LIMITS)
+    assert excinfo.value.reason == "too_many_redirects"
+    assert server.hits("/long/final.jpg") == 0
+
+
+def test_redirect_loop(server: ImageServer, session: requests.Session) -> None:
+    server.add("/loop/a", Route(redirect_to=server.url("/loop/b")))
+    url = server.add("/loop/b", Route(redirect_to=server.url("/loop/a")))
+    with pytest.raises(PermanentFetchError) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert excinfo.value.reason == "too_many_redirects"
+
+
+def test_redirect_to_file_scheme(server: ImageServer, session: requests.Session) -> None:
+    url = server.add("/to-file", Route(redirect_to="file:///etc/passwd"))
+    with pytest.raises(PermanentFetchError) as excinfo:
+        fetch_image(url, session, LIMITS)
+    assert excinfo.value.reason == "bad_scheme"
+    assert "root:" not in str(excinfo.value)
+
+
+# ------------------------------------------------------------------------------------------ schemes, addresses
+@pytest.mark.parametrize(
+    "template",
+    [
+        "ftp://127.0.0.1:{port}/a.jpg",
+        "file:///etc/passwd",
+        "file://127.0.0.1:{port}/a.jpg",
+        "gopher://127.0.0.1:{port}/",
+    ],
+)
+def test_bad_scheme_before_any_request(
+    server: ImageServer, session: requests.Session, monkeypatch: pytest.MonkeyPatch, template: str
+) -> None:
+    server.add("/a.jpg", Route(body=b"x"))
+    connects: list[object] = []
+    original = socket.socket.connect
+
+    def counting_connect(self: socket.socket, address: object) -> None:
+        connects.append(address)
+        original(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", counting_connect)
+    with pytest.raises(PermanentFetchError) as excinfo:
+        fetch_image(template.format(port=server.port), session, LIMITS)
+    assert excinfo.value.reason == "bad_scheme"
+    assert server.hits() == 0
+    assert connects == []
+
+
+def test_connection_refused_is_transient(session: requests.Session) -> None:
+    # A socket bound but not listening: the port is ours, and connecting to it is refused at once.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(TransientFetchError) as excinfo:
+            fetch_image(f"http://127.0.0.1:{port}/a.jpg", session, LIMITS)
+        assert time.monotonic() - started < LIMITS.connect_timeout + 0.5
+    assert excinfo.value.reason == "connection_error"
+    assert excinfo.value.retryable
+
+
+def test_loopback_refused_without_an_allowed_network(server: ImageServer) -> None:
+    url = server.add("/private.jpg", Route(body=b"secret"))
+    with (
+        make_session(AddressPolicy(), user_agent="t", max_redirects=3) as strict,
+        pytest.raises(ForbiddenAddress) as excinfo,
+    ):
+        fetch_image(url, strict, LIMITS)
+    assert excinfo.value.reason == "forbidden_address"
+    assert server.hits() == 0
+
+
+# ------------------------------------------------------------------------------------------ pooling
+def test_session_reuses_connections(
+    server: ImageServer, session: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = images.product_bytes(7)
+    paths = [server.add(f"/pool/{i}.jpg", Route(body=body)) for i in range(4)]
+    connects: list[object] = []
+    original = socket.socket.connect
+
+    def counting_connect(self: socket.socket, address: object) -> None:
+        if isinstance(address, tuple) and address[1] == server.port:
+            connects.append(address)
+        original(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", counting_connect)
+    for i in range(20):
+        assert fetch_image(paths[i % 4], session, LIMITS).data == body
+    assert server.hits() == 20
+    assert 1 <= len(connects) <= 2, f"{len(connects)} TCP connections for 20 sequential fetches"
