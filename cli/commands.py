@@ -100,13 +100,17 @@ class IngestSession:
         with _progress(self.quiet or not plan.jobs) as bar:
             task = bar.add_task("enqueueing", total=len(plan.jobs))
 
-            def published(count: int) -> None:
-                ctx.ledger.add(run_id, {"enqueued": count})
-                bar.advance(task, count)
-
-            carry_out(plan, self.publisher, ctx.registry, backpressure, on_published=published)
-        ctx.ledger.set_meta(run_id, status="enqueued", enqueued_total=len(plan.jobs))
-        if not plan.jobs:
+            carry_out(
+                plan,
+                self.publisher,
+                ctx.registry,
+                backpressure,
+                run_id=run_id,
+                ledger=ctx.ledger,
+                on_published=lambda count: bar.advance(task, count),
+            )
+        ctx.ledger.set_meta(run_id, status="enqueued")
+        if not plan.jobs and not plan.reconcile:
             ctx.ledger.set_meta(run_id, finished_at=time.time())
         images = report.images
         return {
@@ -157,7 +161,7 @@ class IngestSession:
                     raise RuntimeError(f"the local {spec.name} worker exited with code {code}")
                 time.sleep(0.25)
         seconds = time.monotonic() - started
-        if total and self.ctx.settings.uses_embedded_store:
+        if finished(ledger.run(run_id) or {}) and self.ctx.settings.uses_embedded_store:
             # Build the search index over the new points now, while nobody waits on a query.
             optimize.apply_async()
         run = ledger.run(run_id) or {}
@@ -338,7 +342,7 @@ def answer_in_process(source: dict[str, Any], *, k: int, category: str | None) -
 
 # ------------------------------------------------------------------------------------------------ status
 def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
-    from lookalike.worker.ledger import STAGES, finished
+    from lookalike.worker.ledger import STAGES, finished, is_complete
 
     enqueued = int(run.get("enqueued", 0))
     done = finished(run)
@@ -346,7 +350,7 @@ def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
     end = float(run.get("finished_at") or time.time())
     elapsed = max(end - created, 1e-9)
     rate = done / elapsed if done else 0.0
-    complete = run.get("status") == "enqueued" and done >= enqueued
+    complete = is_complete(run)
     return {
         "run_id": run["run_id"],
         "kind": run.get("kind"),
@@ -447,6 +451,85 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------------ events
+def run_listener(consumer: str | None, stop_when_idle: float | None, batch: int, note: Note) -> None:
+    import signal
+    import socket
+    import threading
+
+    from lookalike.producer.enqueue import Backpressure
+    from lookalike.producer.listener import EventListener
+    from lookalike.worker import pipeline
+    from lookalike.worker.app import app
+    from lookalike.worker.client import CeleryPublisher
+
+    ctx = pipeline.current_context()
+    settings = ctx.settings
+    url = settings.broker_url.get_secret_value()
+    if not redis_answers(url):
+        raise RuntimeError(f"no broker answers at {_safe_url(url)}")
+    listener = EventListener(
+        ctx.redis,
+        stream=settings.events_stream,
+        group=settings.events_group,
+        consumer=consumer or socket.gethostname(),
+        registry=ctx.registry,
+        ledger=ctx.ledger,
+        publisher=CeleryPublisher(app, ctx.redis),
+        backpressure=Backpressure(settings.fetch_high_water),
+        rejected_key=settings.key("events", "rejected"),
+        claim_idle=settings.events_claim_idle,
+        batch=batch,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    note(f"listening on stream {settings.events_stream} (group {settings.events_group}, consumer {listener.consumer})")
+
+    def report(batch: Any) -> None:
+        outcomes = ", ".join(f"{n} {name}" for name, n in sorted(batch.outcomes.items()))
+        rejected = sum(batch.rejected.values())
+        note(
+            f"{batch.entries} events: {outcomes or 'nothing to do'}; {batch.jobs} images enqueued; {rejected} rejected"
+        )
+
+    listener.run(stop, stop_when_idle=stop_when_idle, on_batch=report)
+
+
+def publish_events_file(file: str, note: Note) -> dict[str, Any]:
+    import sys
+
+    from lookalike.producer.events import EventRejected, parse_event, publish_event
+    from lookalike.worker import pipeline
+
+    ctx = pipeline.current_context()
+    stream = ctx.settings.events_stream
+    published = rejected = 0
+    handle = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    try:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                publish_event(parse_event(line), client=ctx.redis, stream=stream)
+                published += 1
+            except EventRejected as exc:
+                rejected += 1
+                note(f"line {number}: not published: {exc}")
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+    return {"stream": stream, "published": published, "rejected": rejected}
+
+
+def list_rejected_events() -> list[dict[str, Any]]:
+    from lookalike.producer.listener import rejected_events
+    from lookalike.worker import pipeline
+
+    ctx = pipeline.current_context()
+    return rejected_events(ctx.redis, ctx.settings.key("events", "rejected"))
+
+
 # ---------------------------------------------------------------------------------------------- failures
 def list_failures(reason: str | None, limit: int | None) -> list[dict[str, Any]]:
     from lookalike.worker import pipeline
@@ -485,7 +568,8 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
         CeleryPublisher(app, ctx.redis),
         ctx.registry,
         Backpressure(ctx.settings.fetch_high_water),
-        on_published=lambda n: ctx.ledger.add(run_id, {"enqueued": n}),
+        run_id=run_id,
+        ledger=ctx.ledger,
     )
     ctx.ledger.set_meta(run_id, status="enqueued")
     return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped}

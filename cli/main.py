@@ -258,6 +258,69 @@ def failures(
     out.print(table)
 
 
+# ------------------------------------------------------------------------------------------------ events
+@app.command()
+def listen(
+    consumer: Annotated[
+        str | None, typer.Option(help="Consumer name in the group (default: this host's name); keep it stable.")
+    ] = None,
+    stop_when_idle: Annotated[
+        float | None, typer.Option(help="Exit once the stream has had nothing new for this many seconds.")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Events read and acknowledged together.")] = 100,
+) -> None:
+    """Consume catalogue change events from the Redis Stream and keep the index in step.
+
+    Each event is acknowledged only after its work is enqueued; a restarted listener re-reads its own
+    unacknowledged events, and events a dead listener left pending are claimed after LOOKALIKE_EVENTS_CLAIM_IDLE.
+    """
+    from lookalike.commands import run_listener
+
+    try:
+        run_listener(consumer, stop_when_idle, batch, note)
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def events(
+    file: Annotated[str | None, typer.Argument(help="JSON lines file of events to publish ('-' = stdin).")] = None,
+    rejected: Annotated[
+        bool, typer.Option("--rejected", help="List the events the listener rejected instead.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Publish change events (one JSON object per line) to the event stream, after validating each.
+
+    Lines that are not valid events are reported with their line number and reason and are not published;
+    the exit code is then 1.
+    """
+    from lookalike.commands import list_rejected_events, publish_events_file
+
+    if rejected:
+        items = list_rejected_events()
+        if as_json:
+            print(json.dumps(items, ensure_ascii=False))
+        else:
+            for item in items:
+                print(f"{item['stream_id']}  {item['reason']}: {item.get('field') or '-'}  {item.get('detail') or ''}")
+            if not items:
+                print("no rejected events")
+        return
+    if file is None:
+        raise fail("give a JSON lines file (or - for stdin), or --rejected")
+    try:
+        summary = publish_events_file(file, note)
+    except OSError as exc:
+        raise fail(f"{file}: {exc.strerror or exc}") from None
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(f"published {summary['published']} events to {summary['stream']}; rejected {summary['rejected']}")
+    if summary["rejected"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from lookalike.producer.sync import SyncPlan
 from lookalike.worker.jobs import Job
+from lookalike.worker.ledger import Ledger
 from lookalike.worker.queues import wait_below
 from lookalike.worker.registry import ProductRegistry
 
@@ -22,7 +23,7 @@ RECONCILE_CHUNK = 100
 class Publisher(Protocol):
     def publish_jobs(self, jobs: Sequence[Job]) -> None: ...
 
-    def publish_reconcile(self, product_ids: Sequence[str]) -> None: ...
+    def publish_reconcile(self, product_ids: Sequence[str], run_id: str) -> None: ...
 
     def fetch_depth(self) -> int: ...
 
@@ -39,15 +40,24 @@ def carry_out(
     publisher: Publisher,
     registry: ProductRegistry,
     backpressure: Backpressure,
+    *,
+    run_id: str,
+    ledger: Ledger,
     on_published: Callable[[int], None] | None = None,
 ) -> None:
-    """Publish everything the plan asks for, pausing while the fetch queue is above its high-water mark."""
+    """Publish everything the plan asks for, pausing while the fetch queue is above its high-water mark.
+
+    The run's counters grow as messages go out (``enqueued`` jobs, ``reconciles`` batches), so a run is never
+    seen finished while part of it is still unpublished.
+    """
     for start in range(0, len(plan.jobs), JOB_CHUNK):
         backpressure.waited += wait_below(publisher.fetch_depth, backpressure.high_water, on_wait=backpressure.on_wait)
         chunk = plan.jobs[start : start + JOB_CHUNK]
+        ledger.add(run_id, {"enqueued": len(chunk)})
         publisher.publish_jobs(chunk)
         if on_published:
             on_published(len(chunk))
     for start in range(0, len(plan.reconcile), RECONCILE_CHUNK):
-        publisher.publish_reconcile(plan.reconcile[start : start + RECONCILE_CHUNK])
+        ledger.add(run_id, {"reconciles": 1}, global_too=False)
+        publisher.publish_reconcile(plan.reconcile[start : start + RECONCILE_CHUNK], run_id)
     registry.settle(plan.settle)

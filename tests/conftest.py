@@ -207,6 +207,29 @@ def start_worker(env: dict[str, str]) -> Iterator[Any]:
         worker.stop()
 
 
+def wait_for_run(run_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Until every job of the run has an outcome and no queue holds work; returns the run's counters."""
+    from lookalike.worker.app import ALL_QUEUES
+    from lookalike.worker.ledger import finished
+
+    ctx = pipeline.current_context()
+    from lookalike.worker.queues import queue_depth
+
+    def idle() -> bool:
+        # Nothing waiting, and nothing delivered but unacknowledged (kombu's "unacked" hash): no task running.
+        return all(queue_depth(ctx.redis, q) == 0 for q in ALL_QUEUES) and ctx.redis.hlen("unacked") == 0
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = ctx.ledger.run(run_id) or {}
+        if finished(run) >= int(run.get("enqueued", 0)) and idle():
+            time.sleep(0.3)
+            if idle():
+                return run
+        time.sleep(0.2)
+    raise TimeoutError(f"run {run_id} did not finish: {ctx.ledger.run(run_id)}")
+
+
 def open_test_store() -> Any:
     """The store the current settings name (the workers must have released it)."""
     from lookalike.worker.store import open_store

@@ -26,10 +26,12 @@ class CeleryPublisher:
             for job in jobs:
                 fetch.apply_async(args=[job.to_message()], producer=producer, argsrepr=job.describe())
 
-    def publish_reconcile(self, product_ids: Sequence[str]) -> None:
+    def publish_reconcile(self, product_ids: Sequence[str], run_id: str) -> None:
         from lookalike.worker.tasks import reconcile
 
-        reconcile.apply_async(args=[list(product_ids)], argsrepr=f"[{len(product_ids)} products: {product_ids[0]} ...]")
+        reconcile.apply_async(
+            args=[list(product_ids), run_id], argsrepr=f"[{len(product_ids)} products: {product_ids[0]} ...]"
+        )
 
     def fetch_depth(self) -> int:
         return queue_depth(self.redis, FETCH_QUEUE)

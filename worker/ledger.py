@@ -231,4 +231,9 @@ def finished(run: dict[str, Any]) -> int:
 
 
 def is_complete(run: dict[str, Any]) -> bool:
-    return run.get("status") == "enqueued" and finished(run) >= int(run.get("enqueued", 0))
+    """Every job has an outcome and every reconcile batch has run (once everything was published)."""
+    return (
+        run.get("status") == "enqueued"
+        and finished(run) >= int(run.get("enqueued", 0))
+        and int(run.get("reconciles_done", 0)) >= int(run.get("reconciles", 0))
+    )

@@ -151,8 +151,12 @@ def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     retry_jitter=True,
     max_retries=settings.store_retries,
 )
-def reconcile(self: Task, product_ids: list[str]) -> dict[str, Any]:
-    return {"changed": pipeline.reconcile_stage(pipeline.current_context(), [str(p) for p in product_ids])}
+def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> dict[str, Any]:
+    ctx = pipeline.current_context()
+    changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
+    if run_id:
+        ctx.ledger.add(run_id, {"reconciles_done": 1}, global_too=False)
+    return {"changed": changed}
 
 
 @app.task(name="lookalike.optimize", autoretry_for=(StoreUnavailable,), retry_backoff=2, max_retries=5)
