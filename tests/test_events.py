@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from conftest import LOOKALIKE, open_test_store, wait_for_run
 
 from lookalike.producer.events import DELETED, UPSERTED, publish_event
 from lookalike.producer.product import Product, point_id_for
@@ -19,6 +18,8 @@ from lookalike.testing import images
 from lookalike.testing.catalogs import catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
+
+from conftest import LOOKALIKE, open_test_store, wait_for_run
 
 POOL = 4  # images available per product
 
