@@ -47,17 +47,18 @@ def carry_out(
 ) -> None:
     """Publish everything the plan asks for, pausing while the fetch queue is above its high-water mark.
 
-    The run's counters grow as messages go out (``enqueued`` jobs, ``reconciles`` batches), so a run is never
-    seen finished while part of it is still unpublished.
+    The run's counters grow as messages go out (``enqueued`` jobs, ``reconciles`` batches), counted after each
+    publish: a producer killed in between can leave a count short, never one that waits for jobs that do not
+    exist. An ingest run is only finished once its status says everything was published.
     """
     for start in range(0, len(plan.jobs), JOB_CHUNK):
         backpressure.waited += wait_below(publisher.fetch_depth, backpressure.high_water, on_wait=backpressure.on_wait)
         chunk = plan.jobs[start : start + JOB_CHUNK]
-        ledger.add(run_id, {"enqueued": len(chunk)})
         publisher.publish_jobs(chunk)
+        ledger.add(run_id, {"enqueued": len(chunk)})
         if on_published:
             on_published(len(chunk))
     for start in range(0, len(plan.reconcile), RECONCILE_CHUNK):
-        ledger.add(run_id, {"reconciles": 1}, global_too=False)
         publisher.publish_reconcile(plan.reconcile[start : start + RECONCILE_CHUNK], run_id)
+        ledger.add(run_id, {"reconciles": 1}, global_too=False)
     registry.settle(plan.settle)
