@@ -412,7 +412,8 @@ def _round(value: float | None) -> float | None:
 
 def render_status(data: dict[str, Any], console: Console) -> None:
     runs = Table(title="runs", show_edge=False)
-    for column in ("run", "status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):
+    runs.add_column("run", no_wrap=True, min_width=20)
+    for column in ("status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):
         runs.add_column(column)
     for run in data["runs"]:
         eta = run["eta_seconds"]
@@ -449,6 +450,70 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         markup=False,
         highlight=False,
     )
+
+
+# ------------------------------------------------------------------------------------------- operations
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def start_flower(port: int, address: str | None, note: Note) -> None:
+    """Replace this process with Flower on the lookalike app; the login travels in FLOWER_BASIC_AUTH."""
+    import os
+    import sys
+
+    from lookalike.config.settings import get_settings
+
+    settings = get_settings()
+    address = address or settings.flower_address
+    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
+    if auth and ":" not in auth:
+        raise RuntimeError("LOOKALIKE_FLOWER_BASIC_AUTH must be user:password")
+    if not auth and address not in LOOPBACK and not settings.flower_allow_unauthenticated:
+        raise RuntimeError(
+            f"refusing to serve Flower on {address} without a login: set LOOKALIKE_FLOWER_BASIC_AUTH=user:password "
+            "(or LOOKALIKE_FLOWER_ALLOW_UNAUTHENTICATED=true if something in front of it authenticates)"
+        )
+    url = settings.broker_url.get_secret_value()
+    if not redis_answers(url):
+        raise RuntimeError(f"no broker answers at {_safe_url(url)}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    if auth:
+        env["FLOWER_BASIC_AUTH"] = auth
+    note(f"Flower on http://{address}:{port}/ ({'basic auth' if auth else 'NO LOGIN'}) for {_safe_url(url)}")
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "lookalike.worker.app",
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def serve_metrics_forever(address: str, port: int, note: Note) -> None:
+    import signal
+    import threading
+
+    from lookalike.worker import pipeline
+    from lookalike.worker.app import ALL_QUEUES
+    from lookalike.worker.metrics import serve_metrics
+
+    ctx = pipeline.current_context()
+    url = ctx.settings.broker_url.get_secret_value()
+    if not redis_answers(url):
+        raise RuntimeError(f"no broker answers at {_safe_url(url)}")
+    server = serve_metrics(ctx, ALL_QUEUES, address, port)
+    note(f"Prometheus metrics on http://{address}:{port}/metrics")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------ events

@@ -258,6 +258,44 @@ def failures(
     out.print(table)
 
 
+# ------------------------------------------------------------------------------------------- operations
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5555,
+    address: Annotated[
+        str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_FLOWER_ADDRESS, 127.0.0.1).")
+    ] = None,
+) -> None:
+    """Start Flower on lookalike's workers, with basic auth from LOOKALIKE_FLOWER_BASIC_AUTH (user:password).
+
+    It refuses to listen on a non-loopback address without a login unless LOOKALIKE_FLOWER_ALLOW_UNAUTHENTICATED
+    is true. The login reaches Flower through its environment, never its command line.
+    """
+    from lookalike.commands import start_flower
+
+    try:
+        start_flower(port, address, note)
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9808,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve Prometheus metrics at /metrics: counters, stage-time histograms, queue depths and ages.
+
+    Every worker writes to Redis, so one exporter reports the whole cluster. See README, "Operating".
+    """
+    from lookalike.commands import serve_metrics_forever
+
+    try:
+        serve_metrics_forever(address, port, note)
+    except (RuntimeError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------------------------ events
 @app.command()
 def listen(

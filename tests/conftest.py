@@ -187,7 +187,6 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
-        Path(self.log.name).unlink(missing_ok=True)
         return self.process.returncode
 
 
@@ -205,6 +204,7 @@ def start_worker(env: dict[str, str]) -> Iterator[Any]:
     yield start
     for worker in started:
         worker.stop()
+        Path(worker.log.name).unlink(missing_ok=True)
 
 
 def wait_for_run(run_id: str, timeout: float = 120) -> dict[str, Any]:

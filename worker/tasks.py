@@ -19,6 +19,7 @@ from lookalike.worker.batcher import Batcher
 from lookalike.worker.decode import ImageRejected
 from lookalike.worker.fetch import FetchError, PermanentFetchError, TransientFetchError
 from lookalike.worker.jobs import Job
+from lookalike.worker.logs import configure_logging
 from lookalike.worker.queues import queue_depth, wait_below
 from lookalike.worker.store import StoreUnavailable
 
@@ -178,6 +179,8 @@ _consumes: set[str] = set()
 @signals.celeryd_after_setup.connect
 def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     _consumes.update(q.name for q in instance.app.amqp.queues.consume_from.values())
+    # One structured line per job outcome, whatever Celery's own log level is.
+    configure_logging(settings.log_level)
 
 
 @signals.worker_process_init.connect
