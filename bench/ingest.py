@@ -1,0 +1,401 @@
+"""Ingestion throughput: lookalike beside its ceiling and beside the seed notebook's way, on the same images.
+
+    python bench/ingest.py --images 2000 --latency-ms 100 [--workers W]
+
+* ceiling   - the CPU work that cannot be avoided: decode the image files from local disk (the workers' own
+              decode) and embed them with fastembed at the workers' batch size, one process per core; no
+              network, no queue.
+* seed      - the seed notebook's way: download one image at a time, one embed call per image (fastembed
+              decoding the full-size image), one upsert per image.
+* lookalike - `lookalike ingest --wait` end to end through the real Redis, real Celery workers (`lookalike
+              worker`, started and warmed first) and the embedded store; stage seconds from the run's
+              counters, peak RSS of each worker process.
+
+Images are served by a local HTTP server on 127.0.0.1 that adds --latency-ms to every response (a CDN's
+round trip). The tiny test model is used unless LOOKALIKE_MODEL_DIR points at a real one. Prints a table and
+writes bench/results/ingest-N<images>-L<latency>.json. Needs the test extras (`pip install -e '.[test]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / "work"
+RESULTS = ROOT / "results"
+FORMAT_MIX = [("JPEG", 0.7), ("PNG", 0.15), ("WEBP", 0.1), ("GIF", 0.05)]
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def generate_images(count: int, seed: int) -> list[Path]:
+    """Product-like images, 300-1500 px, mixed formats; cached between runs."""
+    from lookalike.testing.images import encode, product_image
+
+    folder = WORK / f"images-{count}-{seed}"
+    done = folder / ".complete"
+    if done.exists():
+        return sorted(p for p in folder.iterdir() if p.suffix != "")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = random.Random(seed)
+    names, weights = zip(*FORMAT_MIX, strict=True)
+    paths = []
+    for i in range(count):
+        fmt = rng.choices(names, weights)[0]
+        width = rng.randint(300, 1500)
+        height = int(width * rng.uniform(0.6, 1.4))
+        data = encode(
+            product_image(seed * 1_000_000 + i, (width, height)),
+            fmt,
+            **({"quality": 88} if fmt in ("JPEG", "WEBP") else {}),
+        )
+        path = folder / f"{i:06d}.{fmt.lower()}"
+        path.write_bytes(data)
+        paths.append(path)
+    done.write_text("ok")
+    return paths
+
+
+def write_catalog(paths: list[Path], base_url: str, target: Path, per_product: int = 3) -> None:
+    from lookalike.testing.catalogs import PLACEHOLDER_PATH, catalog_row
+    from lookalike.testing.catalogs import write_catalog as write
+
+    placeholder = "https://images-na.ssl-images-amazon.com" + PLACEHOLDER_PATH
+    rows = []
+    for start in range(0, len(paths), per_product):
+        group = paths[start : start + per_product]
+        urls = [f"{base_url}/img/{p.name}" for p in group]
+        rows.append(catalog_row(f"bench-{start:06d}", f"Bench product {start}", [*urls, placeholder]))
+    write(target, rows)
+
+
+def serve(paths: list[Path], latency_ms: float) -> Any:
+    from lookalike.testing.server import ImageServer, Route
+
+    mime = {".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif"}
+    server = ImageServer(latency_ms=latency_ms).start()
+    for path in paths:
+        server.add(f"/img/{path.name}", Route(body=path.read_bytes(), content_type=mime[path.suffix]))
+    return server
+
+
+# ----------------------------------------------------------------------------------------------- ceiling
+def _ceiling_worker(args: tuple[list[str], int, str, str | None, int]) -> tuple[int, float]:
+    files, batch, model, model_dir, threads = args
+    from lookalike.worker.decode import MODEL_INPUT_EDGE, decode_image
+    from lookalike.worker.embed import Embedder, ModelSpec
+
+    embedder = Embedder(ModelSpec(model, Path(model_dir) if model_dir else None, None, threads))
+    embedder.embed(
+        [decode_image(Path(files[0]).read_bytes(), max_pixels=10**9, formats={"JPEG", "PNG", "WEBP", "GIF"})]
+    )
+    started = time.perf_counter()
+    for start in range(0, len(files), batch):
+        prepared = [
+            decode_image(
+                Path(f).read_bytes(), max_pixels=10**9, formats={"JPEG", "PNG", "WEBP", "GIF"}, edge=MODEL_INPUT_EDGE
+            )
+            for f in files[start : start + batch]
+        ]
+        embedder.embed(prepared)
+    return len(files), time.perf_counter() - started
+
+
+def run_ceiling(paths: list[Path], processes: int, settings: Any) -> dict[str, Any]:
+    shares = [[str(p) for p in paths[i::processes]] for i in range(processes)]
+    model_dir = str(settings.model_dir) if settings.model_dir else None
+    jobs = [(share, settings.batch_size, settings.model, model_dir, settings.onnx_threads) for share in shares]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        results = pool.map(_ceiling_worker, jobs)
+    # Every process starts timing after its model is loaded; the slowest one bounds the wall time.
+    wall = max(seconds for _, seconds in results)
+    images = sum(count for count, _ in results)
+    return {
+        "images": images,
+        "seconds": round(wall, 3),
+        "images_per_second": round(images / wall, 2),
+        "processes": processes,
+    }
+
+
+# -------------------------------------------------------------------------------------------------- seed
+def run_seed(urls: list[str], settings: Any, store_dir: Path) -> dict[str, Any]:
+    """Sequential download, one fastembed call per image on the full-size image, one upsert per image."""
+    import requests
+    from fastembed import ImageEmbedding
+    from PIL import Image
+
+    from lookalike.worker.store import EdgeStore, PointRecord
+
+    model = ImageEmbedding(
+        model_name=settings.model,
+        specific_model_path=str(settings.model_dir) if settings.model_dir else None,
+        threads=os.cpu_count(),
+    )
+    store = EdgeStore(store_dir, "seed")
+    store.ensure_collection(ImageEmbedding.get_embedding_size(settings.model))
+    session = requests.Session()
+    started = time.perf_counter()
+    for i, url in enumerate(urls):
+        data = session.get(url, timeout=30).content
+        image = Image.open(io.BytesIO(data))
+        vector = next(iter(model.embed([image], batch_size=1)))
+        store.upsert([PointRecord(f"00000000-0000-4000-8000-{i:012d}", vector, {"image_url": url})])
+    seconds = time.perf_counter() - started
+    store.close()
+    return {"images": len(urls), "seconds": round(seconds, 3), "images_per_second": round(len(urls) / seconds, 2)}
+
+
+# --------------------------------------------------------------------------------------------- lookalike
+class RssSampler(threading.Thread):
+    """Peak RSS of every process under the worker command, plus snapshots on request."""
+
+    def __init__(self, root_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(root_pid)
+        self.peak: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}
+        self.stop_event = threading.Event()
+
+    def current(self) -> dict[str, int]:
+        sizes = {}
+        try:
+            for child in self.root.children(recursive=True):
+                try:
+                    cmd = " ".join(child.cmdline())
+                    role = "fetch" if "lookalike.fetch" in cmd else "store" if "lookalike.index" in cmd else "embed"
+                    parent_is_embed = "lookalike.embed" in cmd
+                    name = f"{role}:{child.pid}" if not parent_is_embed else f"embed-main:{child.pid}"
+                    sizes[name] = child.memory_info().rss
+                    times = child.cpu_times()
+                    self.cpu[name] = times.user + times.system
+                except psutil.Error:
+                    continue
+        except psutil.Error:
+            pass
+        return sizes
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.5):
+            for name, rss in self.current().items():
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+
+
+def run_lookalike(catalog: Path, env: dict[str, str], expected: int, workers: int | None) -> dict[str, Any]:
+    lookalike = str(Path(sys.executable).with_name("lookalike"))
+    args = [lookalike, "worker", "--loglevel", "WARNING"]
+    if workers:
+        args += ["--concurrency", str(workers)]
+    worker = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    sampler = RssSampler(worker.pid)
+    try:
+        _wait_ready(env)
+        sampler.start()
+        marks: dict[str, Any] = {}
+
+        def watch() -> None:
+            import redis
+
+            client = redis.Redis.from_url(env["LOOKALIKE_BROKER_URL"])
+            prefix = env["LOOKALIKE_KEY_PREFIX"]
+            while "done" not in marks:
+                run_ids = client.zrevrange(f"{prefix}:runs", 0, 0)
+                if run_ids:
+                    counts = client.hmget(f"{prefix}:run:{run_ids[0].decode()}", "indexed", "failed", "superseded")
+                    finished = sum(int(c or 0) for c in counts)
+                    if finished >= min(1000, expected) and "rss_at_1000" not in marks:
+                        marks["rss_at_1000"] = sampler.current()
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.perf_counter()
+        done = subprocess.run(
+            [lookalike, "ingest", str(catalog), "--wait", "--json"], env=env, capture_output=True, text=True
+        )
+        wall = time.perf_counter() - started
+        marks["done"] = True
+        if done.returncode != 0:
+            raise RuntimeError(f"lookalike ingest failed: {done.stderr}")
+        summary = json.loads(done.stdout)
+        time.sleep(1.0)
+        rss_end = sampler.current()
+        status = json.loads(
+            subprocess.run(
+                [lookalike, "status", summary["run_id"], "--json"], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+    finally:
+        sampler.stop_event.set()
+        worker.terminate()
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, 9)
+    run = status["runs"][0]
+    result = summary["result"]
+    return {
+        "images": result["indexed"] + result["failed"],
+        "indexed": result["indexed"],
+        "failed": result["failed"],
+        "seconds": result["seconds"],
+        "seconds_with_enqueue": round(wall, 3),
+        "images_per_second": result["images_per_second"],
+        "embed_calls": result["embed_calls"],
+        "stage_seconds": run["stage_seconds"],
+        "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sorted(sampler.peak.items())},
+        "cpu_seconds": {k: round(v, 2) for k, v in sorted(sampler.cpu.items())},
+        "rss_after_1000_mb": {k: round(v / 2**20, 1) for k, v in sorted(marks.get("rss_at_1000", {}).items())},
+        "rss_after_run_mb": {k: round(v / 2**20, 1) for k, v in sorted(rss_end.items())},
+    }
+
+
+def _wait_ready(env: dict[str, str], timeout: float = 90) -> None:
+    os.environ.update(env)
+    from lookalike.config.settings import reset_settings
+
+    reset_settings()
+    from lookalike.worker.app import ALL_QUEUES, app
+    from lookalike.worker.client import live_workers
+
+    app.conf.broker_url = env["LOOKALIKE_BROKER_URL"]
+    app.conf.result_backend = env["LOOKALIKE_BROKER_URL"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        consumed = {q for qs in live_workers(app, 0.5).values() for q in qs}
+        if consumed >= set(ALL_QUEUES):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("lookalike worker did not come up")
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--workers", type=int, default=None, help="embedding processes (default: one per core)")
+    parser.add_argument("--seed-images", type=int, default=300, help="images the (slow, sequential) seed way runs on")
+    parser.add_argument("--skip", action="append", default=[], choices=["ceiling", "seed", "lookalike"])
+    parser.add_argument("--redis-db", type=int, default=14)
+    parser.add_argument("--random-seed", type=int, default=7)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="lookalike-bench-", dir=WORK if WORK.exists() else None))
+    model_dir = os.environ.get("LOOKALIKE_MODEL_DIR")
+    model_kind = "real" if model_dir else "tiny test model"
+    if not model_dir:
+        from lookalike.testing.tiny_model import build_tiny_model
+
+        model_dir = str(build_tiny_model(scratch / "model"))
+    env = {
+        **os.environ,
+        "LOOKALIKE_BROKER_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
+        "LOOKALIKE_KEY_PREFIX": "lookalike-bench",
+        "LOOKALIKE_MODEL_DIR": model_dir,
+        "LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant"),
+        "LOOKALIKE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LOOKALIKE_LOG_LEVEL": "WARNING",
+        "LOOKALIKE_EMBED_CACHE_TTL": "0",
+    }
+    os.environ.update({k: v for k, v in env.items() if k.startswith("LOOKALIKE_")})
+    import redis
+
+    from lookalike.config.settings import get_settings
+
+    settings = get_settings()
+    redis.Redis.from_url(env["LOOKALIKE_BROKER_URL"]).flushdb()
+
+    print(f"generating {args.images} images ...", file=sys.stderr)
+    paths = generate_images(args.images, args.random_seed)
+    server = serve(paths, args.latency_ms)
+    catalog = scratch / "catalog.csv"
+    write_catalog(paths, server.base_url, catalog)
+    cores = os.cpu_count() or 1
+    report: dict[str, Any] = {
+        "images": len(paths),
+        "latency_ms": args.latency_ms,
+        "cores": cores,
+        "model": model_kind,
+        "batch_size": settings.batch_size,
+        "bytes_total": sum(p.stat().st_size for p in paths),
+    }
+    try:
+        if "ceiling" not in args.skip:
+            print("ceiling ...", file=sys.stderr)
+            report["ceiling"] = run_ceiling(paths, max(1, cores // settings.onnx_threads), settings)
+        if "seed" not in args.skip:
+            sample = paths[: args.seed_images]
+            print(f"seed way on {len(sample)} images ...", file=sys.stderr)
+            report["seed"] = run_seed(
+                [f"{server.base_url}/img/{p.name}" for p in sample], settings, scratch / "seed-store"
+            )
+        if "lookalike" not in args.skip:
+            print("lookalike ...", file=sys.stderr)
+            report["lookalike"] = run_lookalike(catalog, env, len(paths), args.workers)
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    rate = report.get("lookalike", {}).get("images_per_second")
+    if rate and "ceiling" in report:
+        report["lookalike_over_ceiling"] = round(rate / report["ceiling"]["images_per_second"], 3)
+    if rate and "seed" in report:
+        report["lookalike_over_seed"] = round(rate / report["seed"]["images_per_second"], 2)
+    print_table(report)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"ingest-N{args.images}-L{int(args.latency_ms)}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {out.relative_to(ROOT.parent)}")
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(
+        f"\n{report['images']} images, {report['latency_ms']:g} ms latency, {report['cores']} cores, {report['model']}"
+    )
+    print(f"{'way':<10} {'images/s':>10} {'seconds':>9}  notes")
+    for way in ("ceiling", "seed", "lookalike"):
+        if way not in report:
+            continue
+        row = report[way]
+        notes = ""
+        if way == "ceiling":
+            notes = f"{row['processes']} processes, decode + embed only"
+        elif way == "seed":
+            notes = f"sequential, on {row['images']} images"
+        else:
+            stages = ", ".join(f"{k} {v:.1f}s" for k, v in row["stage_seconds"].items())
+            notes = f"{row['indexed']} indexed, {row['embed_calls']} embed calls; stage seconds: {stages}"
+        print(f"{way:<10} {row['images_per_second']:>10.1f} {row['seconds']:>9.1f}  {notes}")
+    if "lookalike_over_ceiling" in report:
+        print(f"lookalike / ceiling = {report['lookalike_over_ceiling']:.0%}")
+    if "lookalike_over_seed" in report:
+        print(f"lookalike / seed    = {report['lookalike_over_seed']:.1f}x")
+    if "lookalike" in report:
+        print("peak RSS (MB):", report["lookalike"]["peak_rss_mb"])
+        print("CPU seconds per worker process:", report["lookalike"]["cpu_seconds"])
+        print("RSS after 1000 images (MB):", report["lookalike"]["rss_after_1000_mb"])
+        print("RSS after the run (MB):", report["lookalike"]["rss_after_run_mb"])
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
