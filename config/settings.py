@@ -81,14 +81,16 @@ class Settings(BaseSettings):
         0, ge=0, description="Embedding processes per worker (0 = one per core / onnx_threads)."
     )
     visibility_timeout: int = Field(
-        300,
+        240,
         ge=60,
-        description="Seconds before Redis hands an unacknowledged job of a dead worker to another worker.",
+        description="Seconds before Redis hands an unacknowledged job of a dead worker to another worker "
+        "(plus at most a tenth of it until the next sweep); every task and retry delay is far shorter.",
     )
     task_time_limit: int = Field(120, ge=10, description="Hard limit in seconds for any one task.")
     store_retries: int = Field(
-        12, ge=0, description="Retries (backoff 2 s doubling to 60 s) of a batch the store could not take."
+        12, ge=0, description="Retries of a batch the store could not take (exponential backoff, full jitter)."
     )
+    store_backoff_max: int = Field(60, ge=1, description="Longest wait in seconds between store retries.")
     fetch_high_water: int = Field(
         20000, ge=100, description="The producer pauses while more jobs than this wait in the fetch queue."
     )

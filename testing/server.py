@@ -106,6 +106,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that vanish mid-request (a killed worker, a refused download) are expected here.
+        pass
+
     def __init__(self, latency: float) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes: dict[str, Route] = {}

@@ -180,8 +180,10 @@ class WorkerProcess:
         )
 
     def wait_ready(self, queues: int = 4, timeout: float = 60) -> None:
-        from lookalike.worker.app import app
+        from lookalike.worker.app import create_app
         from lookalike.worker.client import live_workers
+
+        app = create_app(get_settings())  # the broker the test points at now
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

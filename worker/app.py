@@ -41,9 +41,16 @@ def _tls_options(url: str) -> dict[str, Any] | None:
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.broker_url.get_secret_value()
     transport = {
-        # A job of a dead worker goes back to the queue after this long; every task is far shorter.
+        # A job of a dead worker goes back to the queue after this long; every task (a download has a 30 s
+        # deadline, a batch is 16 images, a retry waits at most 60 s) is far shorter, so a job still running
+        # is never handed out twice.
         "visibility_timeout": settings.visibility_timeout,
+        # Sweep for such jobs every tenth of the timeout (kombu's default sweep is every 100 s), so they run
+        # again within visibility_timeout * 1.1: 264 s with the defaults, inside five minutes.
+        "unacked_restore_interval": max(1, settings.visibility_timeout // 10),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
+        "socket_timeout": 30,
         "health_check_interval": 15,
     }
     config: dict[str, Any] = {
@@ -73,7 +80,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Tasks running when Redis goes away finish; their messages stay unacknowledged in Redis and come back
+        # after the visibility timeout (cancelling them is not possible in the thread pool anyway).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
     tls = _tls_options(url)
     if tls:

@@ -123,9 +123,17 @@ class WorkerGroup:
                 process.kill()
                 process.wait()
 
-    def supervise(self) -> int:
-        """Run until a signal or until one child dies; then stop the rest. Returns the exit code."""
+    def restart(self, index: int) -> None:
+        spec, _old = self.processes[index]
+        output = subprocess.DEVNULL if self.quiet else None
+        self.processes[index] = (spec, subprocess.Popen(spec.command(self.loglevel), stdout=output, stderr=output))
+
+    def supervise(self, max_restarts: int = 5, window: float = 60.0) -> int:
+        """Run until SIGINT/SIGTERM, restarting a pool that dies (its unfinished jobs come back to the queue by
+        themselves); a pool that dies ``max_restarts`` times within ``window`` seconds stops everything.
+        Returns the exit code."""
         stopping = False
+        deaths: dict[str, list[float]] = {}
 
         def _stop(signum: int, _frame: object) -> None:
             nonlocal stopping
@@ -134,12 +142,27 @@ class WorkerGroup:
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not stopping:
-                dead = self.dead()
-                if dead:
-                    spec, code = dead[0]
-                    print(f"lookalike worker: the {spec.name} pool exited with code {code}; stopping", file=sys.stderr)
-                    self.stop()
-                    return code or 1
+                for index, (spec, process) in enumerate(self.processes):
+                    code = process.poll()
+                    if code is None or stopping:
+                        continue
+                    now = time.monotonic()
+                    recent = [t for t in deaths.get(spec.name, []) if now - t < window] + [now]
+                    deaths[spec.name] = recent
+                    if len(recent) >= max_restarts:
+                        print(
+                            f"lookalike worker: the {spec.name} pool exited with code {code} {len(recent)} times "
+                            f"in {window:g}s; stopping",
+                            file=sys.stderr,
+                        )
+                        self.stop()
+                        return code or 1
+                    print(
+                        f"lookalike worker: the {spec.name} pool exited with code {code}; restarting it",
+                        file=sys.stderr,
+                    )
+                    time.sleep(1.0)
+                    self.restart(index)
                 time.sleep(0.5)
         finally:
             for sig, handler in previous.items():

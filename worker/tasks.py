@@ -1,23 +1,44 @@
 """Thin Celery tasks over the pipeline stages: parse the message, call a plain function, return JSON.
 
-Retries come from Celery itself (``autoretry_for`` with exponential backoff and jitter); when they run out,
-``on_failure`` records every job of the message as failed, so nothing ends silently.
+How a message ends (acks_late throughout, so a message is removed only when one of these happens):
+
+* done, or failed for a known reason - the failure is recorded (dead-letter list, counters) and the message
+  is acknowledged;
+* a transient error (download 5xx/429/timeouts, store unreachable) - Celery's own ``retry`` with its
+  exponential backoff and full jitter (``get_exponential_backoff_interval``, what ``retry_backoff`` uses)
+  until the retries run out, then recorded as failed. The retry is written in the task rather than with
+  ``autoretry_for`` so that running out of retries records the failure instead of raising;
+* Redis itself unreachable (broker restart, network) - the message is rejected with requeue, or, if even
+  that cannot reach Redis, stays unacknowledged and comes back after the visibility timeout. It is never
+  recorded as failed: the image did nothing wrong;
+* the worker process dies (SIGKILL, OOM, segfault) - ``task_reject_on_worker_lost`` puts it back; a message
+  that kills its worker ``MAX_DELIVERIES`` times is recorded as failed rather than looping forever;
+* anything unexpected (a bug) - ``on_failure`` records each job as failed with ``internal_<Error>``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import kombu.exceptions
+import redis
 from celery import Task, signals
+from celery.exceptions import Reject, Retry
+from celery.utils.time import get_exponential_backoff_interval
 
 from lookalike.config.settings import get_settings
 from lookalike.worker import pipeline
 from lookalike.worker.app import EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE, app
 from lookalike.worker.batcher import Batcher
 from lookalike.worker.decode import ImageRejected
-from lookalike.worker.fetch import FetchError, PermanentFetchError, TransientFetchError
+from lookalike.worker.embed import ModelUnavailable
+from lookalike.worker.fetch import PermanentFetchError, TransientFetchError
 from lookalike.worker.jobs import Job
 from lookalike.worker.logs import configure_logging
 from lookalike.worker.queues import queue_depth, wait_below
@@ -25,6 +46,15 @@ from lookalike.worker.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+
+MAX_DELIVERIES = 5
+INFRASTRUCTURE_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+)
 
 
 def _jobs_of(args: tuple[Any, ...]) -> list[Job]:
@@ -41,7 +71,7 @@ def _jobs_of(args: tuple[Any, ...]) -> list[Job]:
 
 
 class RecordingTask(Task):
-    """A task whose final failure is recorded for each of its jobs (dead-letter list and counters)."""
+    """A task whose unexpected failure is recorded for each of its jobs (dead-letter list and counters)."""
 
     stage = "task"
 
@@ -49,11 +79,8 @@ class RecordingTask(Task):
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
         jobs = _jobs_of(args)
-        reason = getattr(exc, "reason", None) or (
-            "store_unavailable" if isinstance(exc, StoreUnavailable) else f"internal_{type(exc).__name__}"
-        )
         try:
-            pipeline.fail_jobs(pipeline.current_context(), jobs, self.stage, reason, str(exc))
+            pipeline.fail_jobs(pipeline.current_context(), jobs, self.stage, f"internal_{type(exc).__name__}", str(exc))
         except Exception:
             log.exception("could not record the failure of %d job(s) of task %s", len(jobs), task_id)
 
@@ -70,6 +97,38 @@ class IndexTask(RecordingTask):
     stage = "index"
 
 
+@contextmanager
+def redelivered_on_infrastructure_errors() -> Iterator[None]:
+    """Redis unreachable: hand the message back instead of failing it (see the module docstring)."""
+    try:
+        yield
+    except (Retry, Reject):
+        raise
+    except INFRASTRUCTURE_ERRORS as exc:
+        log.warning("Redis unreachable (%s): the message goes back to its queue", exc)
+        time.sleep(1.0)  # not a hot loop while Redis restarts
+        raise Reject(exc, requeue=True) from exc
+
+
+def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
+    """True (and the jobs recorded as failed) when this message has already killed its worker repeatedly."""
+    ctx = pipeline.current_context()
+    key = ctx.settings.key("deliveries", f"{task.request.id}:{task.request.retries}")
+    pipe = ctx.redis.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 24 * 3600)
+    deliveries = int(pipe.execute()[0])
+    if deliveries <= MAX_DELIVERIES:
+        return False
+    pipeline.fail_jobs(ctx, jobs, stage, "worker_lost_repeatedly", f"delivered {deliveries - 1} times")
+    return True
+
+
+def retry_later(task: Task, exc: Exception, cap: int, at_least: float | None = None) -> None:
+    countdown = get_exponential_backoff_interval(factor=1, retries=task.request.retries, maximum=cap, full_jitter=True)
+    raise task.retry(exc=exc, countdown=max(countdown, at_least or 0))
+
+
 # ------------------------------------------------------------------------------------------------- fetch
 _batcher_lock = threading.Lock()
 _batcher: tuple[int, Batcher] | None = None
@@ -84,83 +143,90 @@ def _send_embed_batch(items: list[dict[str, Any]]) -> None:
 
 def _fetch_batcher() -> Batcher:
     global _batcher
-    import os
-
     with _batcher_lock:
         if _batcher is None or _batcher[0] != os.getpid():
             _batcher = (os.getpid(), Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger))
         return _batcher[1]
 
 
-@app.task(
-    name="lookalike.fetch",
-    base=FetchTask,
-    bind=True,
-    autoretry_for=(TransientFetchError,),
-    retry_backoff=1,
-    retry_backoff_max=settings.fetch_backoff_max,
-    retry_jitter=True,
-    max_retries=settings.fetch_retries,
-)
+@app.task(name="lookalike.fetch", base=FetchTask, bind=True, max_retries=settings.fetch_retries)
 def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    ctx = pipeline.current_context()
     parsed = Job.from_message(job)
-    try:
-        item = pipeline.fetch_stage(ctx, parsed)
-    except PermanentFetchError as exc:
-        pipeline.fail_jobs(ctx, [parsed], "fetch", exc.reason, exc.detail)
-        return {"outcome": "failed", "reason": exc.reason}
-    except ImageRejected as exc:
-        pipeline.fail_jobs(ctx, [parsed], "decode", exc.reason, exc.detail)
-        return {"outcome": "failed", "reason": exc.reason}
-    _fetch_batcher().submit(item)
+    with redelivered_on_infrastructure_errors():
+        ctx = pipeline.current_context()
+        if too_many_deliveries(self, "fetch", [parsed]):
+            return {"outcome": "failed", "reason": "worker_lost_repeatedly"}
+        try:
+            item = pipeline.fetch_stage(ctx, parsed)
+        except TransientFetchError as exc:
+            if self.request.retries < self.max_retries:
+                retry_later(self, exc, settings.fetch_backoff_max, exc.retry_after)
+            pipeline.fail_jobs(ctx, [parsed], "fetch", exc.reason, exc.detail)
+            return {"outcome": "failed", "reason": exc.reason}
+        except PermanentFetchError as exc:
+            pipeline.fail_jobs(ctx, [parsed], "fetch", exc.reason, exc.detail)
+            return {"outcome": "failed", "reason": exc.reason}
+        except ImageRejected as exc:
+            pipeline.fail_jobs(ctx, [parsed], "decode", exc.reason, exc.detail)
+            return {"outcome": "failed", "reason": exc.reason}
+        _fetch_batcher().submit(item)
     return {"outcome": "sent_to_embed", "cached": "vector" in item}
 
 
 # ------------------------------------------------------------------------------------------------- embed
 @app.task(name="lookalike.embed", base=EmbedTask, bind=True)
 def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
-    ctx = pipeline.current_context()
-    points = pipeline.embed_stage(ctx, items)
-    first = points[0]["job"] if points else {"product_id": "-", "image_url": "-"}
-    index.apply_async(args=[points], argsrepr=f"[{len(points)} points: {first['product_id']} {first['image_url']} ...]")
+    with redelivered_on_infrastructure_errors():
+        ctx = pipeline.current_context()
+        if too_many_deliveries(self, "embed", _jobs_of((items,))):
+            return {"embedded": 0}
+        try:
+            points = pipeline.embed_stage(ctx, items)
+        except ModelUnavailable as exc:
+            log.error("%s", exc)
+            pipeline.fail_jobs(ctx, _jobs_of((items,)), "embed", "model_unavailable", str(exc))
+            return {"embedded": 0}
+        first = points[0]["job"] if points else {"product_id": "-", "image_url": "-"}
+        index.apply_async(
+            args=[points], argsrepr=f"[{len(points)} points: {first['product_id']} {first['image_url']} ...]"
+        )
     return {"embedded": len(points)}
 
 
 # ------------------------------------------------------------------------------------------------- index
-@app.task(
-    name="lookalike.index",
-    base=IndexTask,
-    bind=True,
-    autoretry_for=(StoreUnavailable,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=settings.store_retries,
-)
+@app.task(name="lookalike.index", base=IndexTask, bind=True, max_retries=settings.store_retries)
 def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
-    report = pipeline.index_stage(pipeline.current_context(), points)
+    with redelivered_on_infrastructure_errors():
+        ctx = pipeline.current_context()
+        if too_many_deliveries(self, "index", _jobs_of((points,))):
+            return {"indexed": 0}
+        try:
+            report = pipeline.index_stage(ctx, points)
+        except StoreUnavailable as exc:
+            # The vectors ride along with the retry: a store outage never throws a batch away.
+            if self.request.retries < self.max_retries:
+                retry_later(self, exc, settings.store_backoff_max)
+            pipeline.fail_jobs(ctx, _jobs_of((points,)), "index", "store_unavailable", str(exc))
+            return {"indexed": 0}
     return report.__dict__
 
 
-@app.task(
-    name="lookalike.reconcile",
-    bind=True,
-    autoretry_for=(StoreUnavailable,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=settings.store_retries,
-)
+@app.task(name="lookalike.reconcile", bind=True, max_retries=settings.store_retries)
 def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> dict[str, Any]:
-    ctx = pipeline.current_context()
-    changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
-    if run_id:
-        ctx.ledger.add(run_id, {"reconciles_done": 1}, global_too=False)
+    with redelivered_on_infrastructure_errors():
+        ctx = pipeline.current_context()
+        try:
+            changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
+        except StoreUnavailable as exc:
+            if self.request.retries < self.max_retries:
+                retry_later(self, exc, settings.store_backoff_max)
+            raise
+        if run_id:
+            ctx.ledger.add(run_id, {"reconciles_done": 1}, global_too=False)
     return {"changed": changed}
 
 
-@app.task(name="lookalike.optimize", autoretry_for=(StoreUnavailable,), retry_backoff=2, max_retries=5)
+@app.task(name="lookalike.optimize")
 def optimize() -> dict[str, Any]:
     pipeline.current_context().store.optimize()
     return {"optimized": True}
@@ -203,4 +269,4 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["FetchError", "embed", "fetch", "index", "optimize", "reconcile", "search"]
+__all__ = ["embed", "fetch", "index", "optimize", "reconcile", "search"]

