@@ -99,11 +99,11 @@ class Settings(BaseSettings):
     )
 
     # --- fetching ----------------------------------------------------------------------------------------
-    fetch_connect_timeout: float = Field(5.0, gt=0)
-    fetch_read_timeout: float = Field(15.0, gt=0)
+    fetch_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a download connection.")
+    fetch_read_timeout: float = Field(15.0, gt=0, description="Seconds a download may go without receiving data.")
     fetch_deadline: float = Field(30.0, gt=0, description="Overall seconds allowed for one download.")
     fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image download in bytes.")
-    fetch_max_redirects: int = Field(5, ge=0)
+    fetch_max_redirects: int = Field(5, ge=0, description="Redirects a download may follow (each hop re-checked).")
     fetch_retries: int = Field(5, ge=0, description="Retries of a download on connection errors, 429 and 5xx.")
     fetch_backoff_max: int = Field(60, ge=1, description="Longest wait in seconds between download retries.")
     fetch_allow_networks: str = Field(
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         description="Comma-separated CIDRs that downloads may reach although they are loopback, private, "
         "link-local or reserved (default: none).",
     )
-    fetch_user_agent: str = Field("lookalike/0.1 (+https://github.com/lookalike)")
+    fetch_user_agent: str = Field("lookalike/0.1", description="User-Agent header of downloads.")
 
     # --- images ------------------------------------------------------------------------------------------
     max_image_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are refused before decoding.")
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         True, description="Workers send task events (Flower shows every stage); off saves a few Redis writes per job."
     )
     log_format: Literal["kv", "json"] = Field("kv", description="Job outcome log lines: key=value or JSON.")
-    log_level: str = Field("INFO")
+    log_level: str = Field("INFO", description="Level of lookalike's own log lines (job outcomes are INFO).")
     flower_basic_auth: SecretStr | None = Field(None, description="user:password that Flower requires.")
     flower_address: str = Field("127.0.0.1", description="Address Flower listens on.")
     flower_allow_unauthenticated: bool = Field(

@@ -125,8 +125,11 @@ def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
 
 
 def retry_later(task: Task, exc: Exception, cap: int, at_least: float | None = None) -> None:
+    """Retry with exponential backoff and full jitter, never sooner than ``at_least`` (a server's Retry-After)
+    and never later than ``cap``: a retry waits in its worker unacknowledged, and must come well inside the
+    visibility timeout."""
     countdown = get_exponential_backoff_interval(factor=1, retries=task.request.retries, maximum=cap, full_jitter=True)
-    raise task.retry(exc=exc, countdown=max(countdown, at_least or 0))
+    raise task.retry(exc=exc, countdown=min(cap, max(countdown, at_least or 0)))
 
 
 # ------------------------------------------------------------------------------------------------- fetch
