@@ -12,7 +12,7 @@ How a message ends (acks_late throughout, so a message is removed only when one 
   that cannot reach Redis, stays unacknowledged and comes back after the visibility timeout. It is never
   recorded as failed: the image did nothing wrong;
 * the worker process dies (SIGKILL, OOM, segfault) - ``task_reject_on_worker_lost`` puts it back; a message
-  that kills its worker ``MAX_DELIVERIES`` times is recorded as failed rather than looping forever;
+  that comes back more than ``MAX_DELIVERIES`` times is recorded as failed rather than looping forever;
 * anything unexpected (a bug) - ``on_failure`` records each job as failed with ``internal_<Error>``.
 """
 
@@ -111,7 +111,13 @@ def redelivered_on_infrastructure_errors() -> Iterator[None]:
 
 
 def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
-    """True (and the jobs recorded as failed) when this message has already killed its worker repeatedly."""
+    """True (and the jobs recorded as failed) when this message keeps coming back (it kills its worker).
+
+    Only messages that were handed back (kombu marks them redelivered) are counted, so the normal path costs
+    no Redis round trip.
+    """
+    if not (task.request.delivery_info or {}).get("redelivered"):
+        return False
     ctx = pipeline.current_context()
     key = ctx.settings.key("deliveries", f"{task.request.id}:{task.request.retries}")
     pipe = ctx.redis.pipeline(transaction=False)
@@ -120,7 +126,7 @@ def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
     deliveries = int(pipe.execute()[0])
     if deliveries <= MAX_DELIVERIES:
         return False
-    pipeline.fail_jobs(ctx, jobs, stage, "worker_lost_repeatedly", f"delivered {deliveries - 1} times")
+    pipeline.fail_jobs(ctx, jobs, stage, "redelivered_too_often", f"handed back {deliveries} times")
     return True
 
 
@@ -158,7 +164,7 @@ def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
         if too_many_deliveries(self, "fetch", [parsed]):
-            return {"outcome": "failed", "reason": "worker_lost_repeatedly"}
+            return {"outcome": "failed", "reason": "redelivered_too_often"}
         try:
             item = pipeline.fetch_stage(ctx, parsed)
         except TransientFetchError as exc:
