@@ -15,6 +15,8 @@ from lookalike import __version__
 
 app = typer.Typer(
     add_completion=False,
+    # Plain tracebacks: rich ones print local variables, and locals can hold secrets.
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     rich_markup_mode=None,
     help="Reverse image search for e-commerce catalogues: ingest a catalogue, run workers, search by image.",
@@ -360,10 +362,31 @@ def events(
 
 
 def main() -> None:
+    import kombu.exceptions
+    import redis
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
+        _broker_failed(
+            f"the broker refused the connection ({_first_line(exc)}); check the password in LOOKALIKE_BROKER_URL"
+        )
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as exc:
+        _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL")
+
+
+def _first_line(exc: BaseException) -> str:
+    from lookalike.commands import _safe_url
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return " ".join(_safe_url(word) if "://" in word else word for word in text.split())
+
+
+def _broker_failed(message: str) -> None:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -442,19 +442,11 @@ def _cap_encoded(fmt: str, **options: Any) -> bytes:
     return images.encode(image, fmt, **options)
 
 
-SIXTEEN_BIT_BUG = (
-    "bug: worker/decode.py:65-69 _to_rgb scales 16-bit greyscale through float64 numpy copies of the whole "
-    "canvas: a 320 kB PNG at the pixel cap takes ~900 MiB and over 2 s"
-)
-
-
 @pytest.mark.parametrize(
     "build",
     [
         pytest.param(lambda: _cap_png(8, 0, 1), id="png-grey8"),
-        pytest.param(
-            lambda: _cap_png(16, 0, 1), id="png-grey16", marks=pytest.mark.xfail(strict=True, reason=SIXTEEN_BIT_BUG)
-        ),
+        pytest.param(lambda: _cap_png(16, 0, 1), id="png-grey16"),
         pytest.param(lambda: _cap_png(8, 6, 4), id="png-rgba8"),
         pytest.param(lambda: _cap_png(16, 6, 4), id="png-rgba16"),
         pytest.param(lambda: _cap_png(16, 2, 3), id="png-rgb16"),

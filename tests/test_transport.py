@@ -61,6 +61,28 @@ def assert_no_secret(*texts: str) -> None:
             assert secret not in text, f"a secret ({secret[:4]}...) was printed: {text[:2000]}"
 
 
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Any name lookup, or a connect anywhere but 127.0.0.1, fails the test (nothing leaves the machine)."""
+    attempts: list[str] = []
+    real_connect = socket.socket.connect
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(f"getaddrinfo {host!r}")
+        raise socket.gaierror(socket.EAI_NONAME, "lookups are disabled in this test")
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        if isinstance(address, tuple) and address[0] == "127.0.0.1":
+            return real_connect(sock, address)
+        attempts.append(f"connect {address!r}")
+        raise ConnectionRefusedError("connects are disabled in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield attempts
+    assert attempts == [], f"network attempted: {attempts}"
+
+
 # ================================================================================ (a) JSON only, no pickle
 def test_celery_accepts_and_sends_json_only() -> None:
     conf = app.conf
@@ -246,12 +268,6 @@ def test_a_wrong_broker_password_is_never_printed(
     assert_no_secret(result.stdout, result.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: worker/embedded.py:40-41 redis_answers takes -NOAUTH/-ERR for a usable broker, and the callers "
-    "(collect_status cli/commands.py:383-386, IngestSession.__enter__ cli/commands.py:45-49, run_query) then die "
-    "with an unhandled AuthenticationError/OperationalError traceback instead of a one-line error",
-)
 def test_a_wrong_broker_password_gives_a_clear_error(cli: Any, env: dict[str, str], password_redis: LocalRedis) -> None:
     wrong = f"redis://:not-the-password@127.0.0.1:{password_redis.port}/0"
     result = cli("status", extra={"LOOKALIKE_BROKER_URL": wrong}, timeout=60)
@@ -322,7 +338,7 @@ def test_published_jobs_carry_identity_only_and_no_secret(
 
 
 # ================================================================================ (c) Redis over TLS
-def test_tls_options_verify_certificates() -> None:
+def test_tls_options_verify_certificates(no_network: list[str]) -> None:
     assert _tls_options("redis://127.0.0.1:6379/0") is None
     assert _tls_options("rediss://cache.example:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     # An explicit choice in the URL is left to Celery and redis-py, which read it from the query.
@@ -342,7 +358,7 @@ def test_tls_options_verify_certificates() -> None:
         "rediss://:pw@cache.example:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/lookalike/ca.pem",
     ],
 )
-def test_every_redis_connection_verifies_tls_for_rediss(url: str) -> None:
+def test_every_redis_connection_verifies_tls_for_rediss(url: str, no_network: list[str]) -> None:
     """Broker (kombu), result backend and lookalike's own client all end up with CERT_REQUIRED (and the CA of
     the URL): kombu alone would fall back to CERT_NONE for a bare rediss:// URL. No connection is opened."""
     from lookalike.worker.pipeline import redis_client
@@ -613,28 +629,6 @@ def test_a_certificate_from_another_ca_is_refused(
 
 
 # ================================================================================ (d) Qdrant: API key over https
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Any name lookup, or a connect anywhere but 127.0.0.1, fails the test (nothing leaves the machine)."""
-    attempts: list[str] = []
-    real_connect = socket.socket.connect
-
-    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
-        attempts.append(f"getaddrinfo {host!r}")
-        raise socket.gaierror(socket.EAI_NONAME, "lookups are disabled in this test")
-
-    def connect(sock: socket.socket, address: Any) -> Any:
-        if isinstance(address, tuple) and address[0] == "127.0.0.1":
-            return real_connect(sock, address)
-        attempts.append(f"connect {address!r}")
-        raise ConnectionRefusedError("connects are disabled in this test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    yield attempts
-    assert attempts == [], f"network attempted: {attempts}"
-
-
 def test_qdrant_server_store_uses_https_and_the_api_key(monkeypatch: pytest.MonkeyPatch, no_network: list[str]) -> None:
     from qdrant_client.qdrant_remote import QdrantRemote
 
@@ -672,7 +666,7 @@ def test_qdrant_server_store_uses_https_and_the_api_key(monkeypatch: pytest.Monk
         store.close()
 
 
-def test_settings_never_show_secrets() -> None:
+def test_settings_never_show_secrets(no_network: list[str]) -> None:
     settings = Settings(
         broker_url=f"redis://:{PASSWORD}@cache.internal:6379/0",
         qdrant_url="https://qdrant.example:6333",
@@ -697,7 +691,7 @@ def test_settings_never_show_secrets() -> None:
     assert settings.qdrant_api_key is not None and settings.qdrant_api_key.get_secret_value() == API_KEY
 
 
-def test_worker_banner_and_cli_notes_mask_the_broker_password() -> None:
+def test_worker_banner_and_cli_notes_mask_the_broker_password(no_network: list[str]) -> None:
     from lookalike.commands import _safe_url
 
     masked = _safe_url(f"redis://:{PASSWORD}@cache.internal:6379/0")

@@ -62,17 +62,21 @@ def open_checked(data: bytes, *, max_pixels: int, formats: Iterable[str]) -> Ima
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency is flattened onto white, as catalogue pages show it."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit (and 32-bit int) greyscale: scale to 8 bits instead of clipping everything above 255 to white.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if mode.startswith("I;16"):
+        # 16-bit greyscale: keep the high byte (integer work, no float copies of a 40 Mpx canvas) instead of
+        # clipping everything above 255 to white.
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+        mode = "L"
+    elif mode == "I":
+        array = np.asarray(image, dtype=np.int32)
+        shift = 8 if array.max(initial=0) > 255 else 0
+        image = Image.fromarray(np.clip(array >> shift, 0, 255).astype(np.uint8))
         mode = "L"
     elif mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
         low, high = float(array.min(initial=0)), float(array.max(initial=0))
         scale = 255.0 / (high - low) if high > low else 0.0
-        image = Image.fromarray(((array - low) * scale).astype(np.uint8), "L")
+        image = Image.fromarray(((array - low) * scale).astype(np.uint8))
         mode = "L"
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

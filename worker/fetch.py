@@ -65,6 +65,24 @@ class DownloadTooLarge(PermanentFetchError):
         super().__init__("too_large", detail)
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address stands for: mapped, NAT64 (well-known prefix), 6to4, Teredo."""
+    found = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """Which addresses a download may connect to: public unicast only, plus ``allowed`` networks."""
@@ -76,12 +94,16 @@ class AddressPolicy:
         return cls(tuple(networks))
 
     def check(self, address: IPAddress) -> None:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allowed):
             return
         if address.is_multicast or address.is_unspecified or not address.is_global:
             raise ForbiddenAddress(f"{address} is not a public address")
+        if isinstance(address, ipaddress.IPv6Address):
+            # IPv6 forms that carry an IPv4 address a translator would reach: the IPv4 one must pass too.
+            if address in _LOCAL_NAT64:
+                raise ForbiddenAddress(f"{address} is a local-use NAT64 address")
+            for embedded in _embedded_ipv4(address):
+                self.check(embedded)
 
     def resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
         """getaddrinfo results for ``host``, every one of them checked; refuses if any is forbidden."""
