@@ -166,7 +166,7 @@ def test_store_down_for_30_seconds_loses_nothing_and_embeds_nothing_twice(
         "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "LOOKALIKE_TEST_STORE_DOWN_UNTIL_FILE": str(down_until),
         "LOOKALIKE_STORE_RETRIES": "12",
-        "LOOKALIKE_STORE_BACKOFF_MAX": "8",
+        "LOOKALIKE_STORE_BACKOFF_MAX": "15",  # with full jitter, 12 retries then outlast 30 s for sure
         "LOOKALIKE_EMBED_CACHE_TTL": "0",
     }
     down_until.write_text(str(time.time() + 30))
