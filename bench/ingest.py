@@ -326,6 +326,7 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=["ceiling", "seed", "lookalike"])
     parser.add_argument("--redis-db", type=int, default=14)
     parser.add_argument("--random-seed", type=int, default=7)
+    parser.add_argument("--tag", default="", help="suffix of the results file (e.g. the settings varied)")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-bench-", dir=WORK if WORK.exists() else None))
@@ -360,6 +361,10 @@ def main() -> None:
     write_catalog(paths, server.base_url, catalog)
     cores = os.cpu_count() or 1
     report: dict[str, Any] = {
+        "settings": {
+            name: os.environ.get(f"LOOKALIKE_{name.upper()}", str(getattr(settings, name)))
+            for name in ("batch_size", "batch_linger", "fetch_concurrency", "fetch_processes", "task_events")
+        },
         "images": len(paths),
         "latency_ms": args.latency_ms,
         "cores": cores,
@@ -396,7 +401,8 @@ def main() -> None:
         report["lookalike_over_seed"] = round(rate / report["seed"]["images_per_second"], 2)
     print_table(report)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ingest-N{args.images}-L{int(args.latency_ms)}.json"
+    suffix = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"ingest-N{args.images}-L{int(args.latency_ms)}{suffix}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(ROOT.parent)}")
 

@@ -65,9 +65,9 @@ class Settings(BaseSettings):
         None, description="Where fastembed caches downloaded models (default: fastembed's own cache)."
     )
     onnx_threads: int = Field(1, ge=1, description="ONNX Runtime threads per embedding process.")
-    batch_size: int = Field(16, ge=1, le=256, description="Images per embedding call.")
+    batch_size: int = Field(32, ge=1, le=256, description="Images per embedding call.")
     batch_linger: float = Field(
-        0.05, ge=0, description="Seconds a fetch process waits to fill a batch before sending a partial one."
+        0.1, ge=0, description="Seconds a fetch process waits to fill a batch before sending a partial one."
     )
     embed_cache_ttl: int = Field(
         7 * 24 * 3600,
@@ -76,7 +76,12 @@ class Settings(BaseSettings):
     )
 
     # --- workers -----------------------------------------------------------------------------------------
-    fetch_concurrency: int = Field(64, ge=1, description="Download threads per fetch worker process.")
+    fetch_concurrency: int = Field(
+        256, ge=1, description="Download threads per fetch worker process (latency hiding; decoding is capped apart)."
+    )
+    fetch_processes: int = Field(
+        1, ge=1, description="Fetch worker processes per `lookalike worker` (each with FETCH_CONCURRENCY threads)."
+    )
     embed_concurrency: int = Field(
         0, ge=0, description="Embedding processes per worker (0 = one per core / onnx_threads)."
     )

@@ -9,6 +9,7 @@ reconcile:    make a product's points match the registry (removed images, payloa
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -69,6 +70,9 @@ class Context:
             max_redirects=settings.fetch_max_redirects,
         )
         self.policy = AddressPolicy.from_networks(settings.allowed_networks)
+        # Hundreds of threads wait on the network, but decoding is CPU work: as many at once as there are
+        # cores, which also bounds the memory that full-size decoded images can take.
+        self.decode_slots = threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
 
@@ -167,12 +171,13 @@ def fetch_stage(ctx: Context, job: Job) -> dict[str, Any]:
     if cached is not None:
         item["vector"] = encode_vector(cached)
     else:
-        decode_started = time.perf_counter()
-        image = decode_image(
-            fetched.data, max_pixels=ctx.settings.max_image_pixels, formats=ctx.settings.allowed_image_formats
-        )
-        item["image"] = encode_bytes(encode_for_transport(image))
-        timings["decode"] = time.perf_counter() - decode_started
+        with ctx.decode_slots:
+            decode_started = time.perf_counter()
+            image = decode_image(
+                fetched.data, max_pixels=ctx.settings.max_image_pixels, formats=ctx.settings.allowed_image_formats
+            )
+            item["image"] = encode_bytes(encode_for_transport(image))
+            timings["decode"] = time.perf_counter() - decode_started
     item["sent_at"] = time.time()
     return item
 

@@ -77,7 +77,9 @@ def plan_pools(
     queues = set(queues)
     pools = []
     if FETCH_QUEUE in queues:
-        pools.append(PoolSpec("fetch", (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency))
+        for index in range(settings.fetch_processes):
+            name = "fetch" if settings.fetch_processes == 1 else f"fetch{index + 1}"
+            pools.append(PoolSpec(name, (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency))
     if EMBED_QUEUE in queues:
         pools.append(PoolSpec("embed", (EMBED_QUEUE,), "prefork", concurrency or settings.effective_embed_concurrency))
     store_queues = tuple(q for q in (INDEX_QUEUE, QUERY_QUEUE) if q in queues)
