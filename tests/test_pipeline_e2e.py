@@ -227,3 +227,23 @@ def test_missing_catalogue_file(cli, env, tmp_path):
     result = cli("ingest", str(tmp_path / "nope.csv"))
     assert result.code == 2
     assert "no such file" in result.stderr
+
+
+def test_a_worker_embeds_64_queued_images_in_batches(cli, env, image_server, tmp_path):
+    """Not a benchmark: the model is called once per batch, not once per image."""
+    rows = []
+    for i in range(16):
+        urls = [
+            image_server.add(f"/batch/{i}-{j}.png", Route(body=images.product_bytes(i * 4 + j, "PNG")))
+            for j in range(4)
+        ]
+        rows.append(catalog_row(f"batch-{i}", f"Batch {i}", urls))
+    catalog = write_catalog(tmp_path / "batch.csv", rows)
+    settings = {"LOOKALIKE_BATCH_SIZE": "32", "LOOKALIKE_BATCH_LINGER": "0.5"}
+    result = cli("ingest", str(catalog), "--wait", "--json", extra=settings)
+    assert result.code == 0, result.stderr
+    done = result.json()["result"]
+    assert done["indexed"] == 64
+    assert 2 <= done["embed_calls"] <= 8, done  # 64 images in batches of up to 32, not 64 calls
+    status = cli("status", result.json()["run_id"], "--json").json()["runs"][0]
+    assert status["embed_calls"] == done["embed_calls"]

@@ -182,6 +182,14 @@ def fetch_stage(ctx: Context, job: Job) -> dict[str, Any]:
     return item
 
 
+def _timings_with_wait(message: dict[str, Any], received: float) -> dict[str, float]:
+    """The stage timings a message carries, plus the time it waited in the queue it just left."""
+    timings = dict(message.get("timings") or {})
+    waited = max(0.0, received - float(message.get("sent_at", received)))
+    timings["queue_wait"] = timings.get("queue_wait", 0.0) + waited
+    return timings
+
+
 # ------------------------------------------------------------------------------------------------- embed
 def embed_stage(ctx: Context, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Embed the batch's images in one model call; cached vectors pass through. Returns index points."""
@@ -201,8 +209,7 @@ def embed_stage(ctx: Context, items: Sequence[dict[str, Any]]) -> list[dict[str,
     points = []
     for item in items:
         vector = vectors.get(id(item))
-        timings = dict(item.get("timings") or {})
-        timings["queue_wait"] = timings.get("queue_wait", 0.0) + max(0.0, started - float(item.get("sent_at", started)))
+        timings = _timings_with_wait(item, started)
         points.append(
             {
                 "job": item["job"],
@@ -240,10 +247,7 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
     outcomes: list[tuple[Job, Outcome]] = []
     unknown: list[Job] = []
     for point, job in zip(points, jobs, strict=True):
-        timings = dict(point.get("timings") or {})
-        timings["queue_wait"] = timings.get("queue_wait", 0.0) + max(
-            0.0, started - float(point.get("sent_at", started))
-        )
+        timings = _timings_with_wait(point, started)
         state = before.get(job.product_id)
         if state is None:
             unknown.append(job)
