@@ -10,15 +10,14 @@ from celery import Celery
 from kombu import Queue
 
 from lookalike.config.settings import Settings, get_settings
-
-FETCH_QUEUE = "lookalike.fetch"
-EMBED_QUEUE = "lookalike.embed"
-INDEX_QUEUE = "lookalike.index"
-QUERY_QUEUE = "lookalike.query"
-ALL_QUEUES = (FETCH_QUEUE, EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE)
-
-# Short names for `lookalike worker --queues`.
-QUEUE_ALIASES = {"fetch": FETCH_QUEUE, "embed": EMBED_QUEUE, "index": INDEX_QUEUE, "query": QUERY_QUEUE}
+from lookalike.worker.queues import (
+    ALL_QUEUES,
+    EMBED_QUEUE,
+    FETCH_QUEUE,
+    INDEX_QUEUE,
+    QUERY_QUEUE,
+    QUEUE_ALIASES,
+)
 
 TASK_ROUTES = {
     "lookalike.fetch": {"queue": FETCH_QUEUE},
@@ -99,3 +98,14 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+__all__ = [
+    "ALL_QUEUES",
+    "EMBED_QUEUE",
+    "FETCH_QUEUE",
+    "INDEX_QUEUE",
+    "QUERY_QUEUE",
+    "QUEUE_ALIASES",
+    "app",
+    "create_app",
+]

@@ -30,8 +30,11 @@ from lookalike.worker.jobs import Job, decode_bytes, decode_vector, encode_bytes
 from lookalike.worker.ledger import FAILED, INDEXED, SUPERSEDED, Ledger, Outcome
 from lookalike.worker.logs import OutcomeLogger
 from lookalike.worker.query import QueryError, load_query_image, search_products
+from lookalike.worker.queues import INDEX_QUEUE, queue_depth
 from lookalike.worker.registry import ProductRegistry, ProductState
 from lookalike.worker.store import PointRecord, VectorStore, open_store
+
+OPTIMIZE_AFTER_POINTS = 20_000
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -75,6 +78,7 @@ class Context:
         self.decode_slots = threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
+        self._unoptimized = 0
 
     @cached_property
     def session(self) -> Any:
@@ -102,6 +106,18 @@ class Context:
             store.ensure_collection(dim)
             self._store_ready_dim = dim
         return store
+
+    def maybe_optimize(self, written: int) -> bool:
+        """Build the search index once enough points came in and no batch is waiting (store owner only).
+
+        Without it an embedded store fed only by events would search its new points by brute force.
+        """
+        self._unoptimized += written
+        if self._unoptimized < OPTIMIZE_AFTER_POINTS or queue_depth(self.redis, INDEX_QUEUE):
+            return False
+        self.store.optimize()
+        self._unoptimized = 0
+        return True
 
     def close(self) -> None:
         if self._store is not None:
@@ -273,6 +289,7 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
             ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after
         )
         ctx.ledger.observe("upsert", upsert_seconds)
+        ctx.maybe_optimize(len(records))
         ctx.ledger.add_seconds({job.run_id: {"upsert": upsert_seconds} for job, _ in outcomes})
     ctx.ledger.record(outcome for _, outcome in outcomes)
     for job, outcome in outcomes:
