@@ -68,7 +68,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo[CatalogError]) -> str:
 # ------------------------------------------------------------------------------------------ the real sample
 @pytest.fixture(scope="module")
 def sample() -> CatalogReport:
-    if not SAMPLE_CSV.is_file():  # pragma: no cover - the shared data ships with the repo
+    if not SAMPLE_CSV.is_file():  # pragma: no cover - ../shared/data sits beside the checkout
         pytest.skip(f"{SAMPLE_CSV} is missing")
     return read_catalog(SAMPLE_CSV)
 

@@ -247,3 +247,40 @@ def test_a_worker_embeds_64_queued_images_in_batches(cli, env, image_server, tmp
     assert 2 <= done["embed_calls"] <= 8, done  # 64 images in batches of up to 32, not 64 calls
     status = cli("status", result.json()["run_id"], "--json").json()["runs"][0]
     assert status["embed_calls"] == done["embed_calls"]
+
+
+def test_real_sample_catalogue_localized_to_the_test_server(cli, env, image_server, tmp_path):
+    """The seed's real rows (messy prices, quoting, long fields, placeholders) end to end; their image URLs are
+    rewritten to the local server, which serves generated images under the same paths: nothing leaves this
+    machine."""
+    from lookalike.testing.catalogs import localize_catalog
+
+    from conftest import SAMPLE_CSV
+
+    if not SAMPLE_CSV.is_file():  # pragma: no cover - ../shared/data sits beside the checkout
+        pytest.skip(f"{SAMPLE_CSV} is missing")
+    local = tmp_path / "sample.csv"
+    mapping = localize_catalog(SAMPLE_CSV, local, image_server)
+    assert all(url.startswith(image_server.base_url) for url in mapping.values())
+
+    result = cli("ingest", str(local), "--limit", "120", "--wait", "--json")
+    assert result.code == 0, result.stderr
+    summary = result.json()
+    entries = summary["image_entries"]
+    assert summary["rows_read"] == 1000 and summary["rows_selected"] == 120
+    assert entries["entries"] == sum(
+        entries[k] for k in ("kept", "placeholders", "duplicates", "invalid", "empty", "in_skipped_rows")
+    )
+    assert summary["images_enqueued"] == entries["kept"]
+    assert summary["result"]["indexed"] == entries["kept"] and summary["result"]["failed"] == 0
+    assert image_server.hits("/images/G/01/x-locale/common/transparent-pixel.jpg") == 0, "a placeholder was fetched"
+
+    store = open_test_store()
+    try:
+        payloads = [payload for _id, payload, _v in store.scroll()]
+    finally:
+        store.close()
+    assert len(payloads) == entries["kept"]
+    longboard = [p for p in payloads if p["product_id"] == "4c69b61db1fc16e7013b43fc926e502d"]
+    assert len(longboard) == 4 and longboard[0]["price"] == "$237.68"
+    assert longboard[0]["categories"][0] == "Sports & Outdoors"
