@@ -41,14 +41,14 @@ class IngestSession:
         from lookalike.worker.app import ALL_QUEUES, app
         from lookalike.worker.client import CeleryPublisher, live_workers
 
-        self.app = app
         self.ctx = pipeline.current_context()
         self.publisher = CeleryPublisher(app, self.ctx.redis)
         # With an embedded broker, queued jobs would die with this command: it always waits.
         self.waiting = self.want_wait or self.runtime.broker_is_embedded
         workers = live_workers(app)
         if self.waiting and not workers:
-            self.group = start_local_workers(self.ctx.settings, self.note, quiet=True)
+            _check_model(self.ctx.settings)
+            self.group = start_local_workers(self.ctx.settings, self.note)
         elif not workers:
             self.note("no worker is running: the jobs wait in the queue until you start `lookalike worker`")
         else:
@@ -192,14 +192,17 @@ def _progress(disabled: bool) -> Progress:
 
 
 # ------------------------------------------------------------------------------------------------ worker
-def start_local_workers(settings: Any, note: Note, *, quiet: bool) -> Any:
+def start_local_workers(settings: Any, note: Note) -> Any:
+    """Workers for the duration of one command; their log (job outcomes included) goes to a file."""
     from lookalike.worker.runner import WorkerGroup, parse_queues, plan_pools
 
     pools = plan_pools(settings, parse_queues(None), concurrency=None, fetch_threads=None)
-    group = WorkerGroup(pools, loglevel="WARNING", quiet=quiet)
+    log_path = settings.qdrant_path.parent / "local-workers.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    group = WorkerGroup(pools, loglevel="WARNING", log_path=log_path)
     group.start()
     described = ", ".join(f"{p.name} ({p.pool} x{p.concurrency})" for p in pools)
-    note(f"no worker is running: started local workers for this command: {described}")
+    note(f"no worker is running: started local workers for this command: {described}; their log: {log_path}")
     return group
 
 

@@ -83,13 +83,17 @@ def ingest(
         raise fail(str(exc)) from None
 
     from lookalike.commands import IngestSession
+    from lookalike.worker.embed import ModelUnavailable
 
-    with IngestSession(wait=wait, quiet=as_json, note=note) as session:
-        summary = session.run(report, version=version, full=full, prune=prune)
-        if session.waiting:
-            summary["result"] = session.wait_until_done(
-                summary["run_id"], summary["images_enqueued"], progress=not as_json
-            )
+    try:
+        with IngestSession(wait=wait, quiet=as_json, note=note) as session:
+            summary = session.run(report, version=version, full=full, prune=prune)
+            if session.waiting:
+                summary["result"] = session.wait_until_done(
+                    summary["run_id"], summary["images_enqueued"], progress=not as_json
+                )
+    except (ModelUnavailable, RuntimeError) as exc:
+        raise fail(str(exc), 3) from None
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

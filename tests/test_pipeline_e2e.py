@@ -284,3 +284,15 @@ def test_real_sample_catalogue_localized_to_the_test_server(cli, env, image_serv
     longboard = [p for p in payloads if p["product_id"] == "4c69b61db1fc16e7013b43fc926e502d"]
     assert len(longboard) == 4 and longboard[0]["price"] == "$237.68"
     assert longboard[0]["categories"][0] == "Sports & Outdoors"
+
+
+def test_without_a_model_the_commands_say_so_instead_of_hanging(cli, env, image_server, tmp_path):
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    url = image_server.add("/m.jpg", Route(body=images.product_bytes(1)))
+    catalog = write_catalog(tmp_path / "m.csv", [catalog_row("m", "M", [url])])
+    ingest = cli("ingest", str(catalog), "--wait", extra={"LOOKALIKE_MODEL_DIR": str(empty)}, timeout=60)
+    assert ingest.code == 3
+    assert "has no model.onnx" in ingest.stderr
+    worker = cli("worker", extra={"LOOKALIKE_MODEL_DIR": str(empty)}, timeout=60)
+    assert worker.code == 2 and "has no model.onnx" in worker.stderr

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from lookalike.config.settings import Settings
 from lookalike.worker.app import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
@@ -94,17 +95,21 @@ def plan_pools(
 class WorkerGroup:
     """Child Celery workers, started together and stopped together."""
 
-    def __init__(self, pools: list[PoolSpec], *, loglevel: str = "WARNING", quiet: bool = False) -> None:
+    def __init__(self, pools: list[PoolSpec], *, loglevel: str = "WARNING", log_path: Path | None = None) -> None:
         self.pools = pools
         self.loglevel = loglevel
-        self.quiet = quiet
+        self.log_path = log_path
         self.processes: list[tuple[PoolSpec, subprocess.Popen[bytes]]] = []
+
+    def _spawn(self, spec: PoolSpec) -> subprocess.Popen[bytes]:
+        if self.log_path is None:
+            return subprocess.Popen(spec.command(self.loglevel))
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT)
 
     def start(self) -> None:
         for spec in self.pools:
-            output = subprocess.DEVNULL if self.quiet else None
-            process = subprocess.Popen(spec.command(self.loglevel), stdout=output, stderr=output)
-            self.processes.append((spec, process))
+            self.processes.append((spec, self._spawn(spec)))
 
     def pids(self) -> dict[str, int]:
         return {spec.name: process.pid for spec, process in self.processes}
@@ -127,8 +132,7 @@ class WorkerGroup:
 
     def restart(self, index: int) -> None:
         spec, _old = self.processes[index]
-        output = subprocess.DEVNULL if self.quiet else None
-        self.processes[index] = (spec, subprocess.Popen(spec.command(self.loglevel), stdout=output, stderr=output))
+        self.processes[index] = (spec, self._spawn(spec))
 
     def supervise(self, max_restarts: int = 5, window: float = 60.0) -> int:
         """Run until SIGINT/SIGTERM, restarting a pool that dies (its unfinished jobs come back to the queue by
