@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,3 +298,49 @@ def test_without_a_model_the_commands_say_so_instead_of_hanging(cli, env, image_
     assert "has no model.onnx" in ingest.stderr
     worker = cli("worker", extra={"LOOKALIKE_MODEL_DIR": str(empty)}, timeout=60)
     assert worker.code == 2 and "has no model.onnx" in worker.stderr
+
+
+def test_embedded_defaults_ingest_and_search_with_nothing_else_running(env, image_server, tmp_path):
+    """The README's first command: no broker configured and none at the default address -> an embedded Valkey
+    and local workers for `ingest`, an in-process answer for `search`; the registry survives between runs."""
+    import subprocess
+
+    from conftest import LOOKALIKE, Result
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # This machine does run a Redis at the default address: point "the default" at a port nobody listens on.
+    (hooks / "sitecustomize.py").write_text(
+        "import lookalike.worker.embedded as embedded\nembedded.DEFAULT_BROKER_URL = 'redis://127.0.0.1:1/0'\n"
+    )
+    environment = {k: v for k, v in env.items() if k != "LOOKALIKE_BROKER_URL"}
+    environment.update(
+        LOOKALIKE_EMBEDDED_BROKER="auto",
+        LOOKALIKE_EMBEDDED_BROKER_DIR=str(tmp_path / "broker"),
+        PYTHONPATH=str(hooks),
+    )
+    os_env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_BROKER_URL"}
+    catalog, good, _bad = build_catalog(image_server, tmp_path, faults=False)
+
+    def run(*args: str) -> Any:
+        done = subprocess.run(
+            [LOOKALIKE, *args], env={**os_env, **environment}, capture_output=True, text=True, timeout=180, cwd=tmp_path
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    first = run("ingest", str(catalog), "--json")
+    assert first.code == 0, first.stderr
+    assert "started an embedded Valkey broker" in first.stderr
+    assert "started local workers" in first.stderr
+    assert first.json()["result"]["indexed"] == sum(len(urls) for urls in good.values())
+
+    query = tmp_path / "q.jpg"
+    query.write_bytes(images.resized_copy(images.product_bytes(330, images.FORMATS[33 % 4]), 0.5))
+    found = run("search", str(query), "--json", "-k", "2")
+    assert found.code == 0, found.stderr
+    assert "answering in this process" in found.stderr
+    assert found.json()[0]["product_id"] == "p33"
+
+    again = run("ingest", str(catalog), "--json")
+    assert again.code == 0, again.stderr
+    assert again.json()["images_enqueued"] == 0, "the embedded broker lost the registry between runs"
