@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from common import bench_environment
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / "work"
@@ -330,23 +331,13 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-bench-", dir=WORK if WORK.exists() else None))
-    model_dir = os.environ.get("LOOKALIKE_MODEL_DIR")
-    model_kind = "real" if model_dir else "tiny test model"
-    if not model_dir:
-        from lookalike.testing.tiny_model import build_tiny_model
-
-        model_dir = str(build_tiny_model(scratch / "model"))
-    env = {
-        **os.environ,
-        "LOOKALIKE_BROKER_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
-        "LOOKALIKE_KEY_PREFIX": "lookalike-bench",
-        "LOOKALIKE_MODEL_DIR": model_dir,
-        "LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant"),
-        "LOOKALIKE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
-        "LOOKALIKE_LOG_LEVEL": "WARNING",
-        "LOOKALIKE_EMBED_CACHE_TTL": "0",
-    }
-    os.environ.update({k: v for k, v in env.items() if k.startswith("LOOKALIKE_")})
+    env, model_kind = bench_environment(
+        scratch,
+        args.redis_db,
+        LOOKALIKE_QDRANT_PATH=str(scratch / "qdrant"),
+        LOOKALIKE_FETCH_ALLOW_NETWORKS="127.0.0.0/8",
+        LOOKALIKE_EMBED_CACHE_TTL="0",
+    )
     import redis
 
     from lookalike.config.settings import get_settings

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import bench_environment
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -196,20 +197,7 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-query-bench-"))
-    model_dir = os.environ.get("LOOKALIKE_MODEL_DIR")
-    model_kind = "real" if model_dir else "tiny test model"
-    if not model_dir:
-        from lookalike.testing.tiny_model import build_tiny_model
-
-        model_dir = str(build_tiny_model(scratch / "model"))
-    env = {
-        **os.environ,
-        "LOOKALIKE_BROKER_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
-        "LOOKALIKE_KEY_PREFIX": "lookalike-bench",
-        "LOOKALIKE_MODEL_DIR": model_dir,
-        "LOOKALIKE_LOG_LEVEL": "WARNING",
-    }
-    os.environ.update({k: v for k, v in env.items() if k.startswith("LOOKALIKE_")})
+    env, model_kind = bench_environment(scratch, args.redis_db)
     import redis
 
     redis.Redis.from_url(env["LOOKALIKE_BROKER_URL"]).flushdb()

@@ -130,6 +130,19 @@ def image_server() -> Iterator[ImageServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ImageServer]:
+    """One server for a whole module (stopping one takes half a second); its tests use distinct paths."""
+    with ImageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(shared_server: ImageServer) -> ImageServer:
+    shared_server.reset_hits()
+    return shared_server
+
+
 # ------------------------------------------------------------------------------------------ the command
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 

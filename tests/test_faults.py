@@ -46,6 +46,20 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def run_in_progress(
+    cli: Any, image_server: ImageServer, directory: Path, start_worker: Any, images_count: int
+) -> tuple[Any, str]:
+    """A worker busy with a slow catalogue: (the worker, the run id) once some images are indexed."""
+    image_server.set_latency(40)
+    catalog = catalogue(image_server, directory, images_count)
+    worker = start_worker()
+    ingested = cli("ingest", str(catalog), "--json")
+    assert ingested.code == 0, ingested.stderr
+    run_id = ingested.json()["run_id"]
+    wait_until(lambda: run_progress(run_id).get("indexed", 0) >= 40, 90, "some progress")
+    return worker, run_id
+
+
 def assert_all_indexed_once(run_id: str, count: int) -> None:
     run = run_progress(run_id)
     assert run["enqueued"] == count
@@ -62,14 +76,7 @@ def assert_all_indexed_once(run_id: str, count: int) -> None:
 
 def test_worker_killed_mid_run_loses_nothing(cli, env, monkeypatch, image_server, tmp_path, start_worker):
     set_env(monkeypatch, env, LOOKALIKE_VISIBILITY_TIMEOUT="60")
-    image_server.set_latency(40)
-    catalog = catalogue(image_server, tmp_path, 500)
-    first = start_worker()
-    ingested = cli("ingest", str(catalog), "--json")
-    assert ingested.code == 0, ingested.stderr
-    run_id = ingested.json()["run_id"]
-
-    wait_until(lambda: run_progress(run_id).get("indexed", 0) >= 60, 60, "some progress")
+    first, run_id = run_in_progress(cli, image_server, tmp_path, start_worker, 500)
     os.killpg(first.process.pid, signal.SIGKILL)  # the supervisor, the pools and the prefork children
     first.process.wait()
     at_kill = run_progress(run_id).get("indexed", 0)
@@ -100,13 +107,7 @@ def test_redis_restart_mid_run_loses_nothing(cli, env, monkeypatch, image_server
     server.start()
     try:
         set_env(monkeypatch, env, LOOKALIKE_BROKER_URL=f"redis://127.0.0.1:{port}/0", LOOKALIKE_VISIBILITY_TIMEOUT="60")
-        image_server.set_latency(40)
-        catalog = catalogue(image_server, tmp_path, 300)
-        worker = start_worker()
-        ingested = cli("ingest", str(catalog), "--json")
-        assert ingested.code == 0, ingested.stderr
-        run_id = ingested.json()["run_id"]
-        wait_until(lambda: run_progress(run_id).get("indexed", 0) >= 40, 90, "some progress")
+        worker, run_id = run_in_progress(cli, image_server, tmp_path, start_worker, 300)
 
         # A clean stop flushes the append-only file, as `docker compose restart redis` would.
         redis.Redis(port=port).shutdown()

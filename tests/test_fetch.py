@@ -36,19 +36,6 @@ def session() -> Iterator[requests.Session]:
         yield s
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[ImageServer]:
-    # One server for the module (stopping one takes half a second); every test uses its own paths.
-    with ImageServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(shared_server: ImageServer) -> ImageServer:
-    shared_server.reset_hits()
-    return shared_server
-
-
 # ------------------------------------------------------------------------------------------ status codes
 def test_ok_returns_exact_bytes(server: ImageServer, session: requests.Session) -> None:
     body = images.product_bytes(1, "PNG")

@@ -157,18 +157,6 @@ def net(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iter
     assert state.violations == [], f"packets would have left the machine: {state.violations}"
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[ImageServer]:
-    with ImageServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(shared_server: ImageServer) -> ImageServer:
-    shared_server.reset_hits()
-    return shared_server
-
-
 @pytest.fixture
 def strict_session() -> Iterator[requests.Session]:
     """The production default: an empty allow list."""

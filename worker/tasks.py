@@ -143,11 +143,16 @@ _batcher_lock = threading.Lock()
 _batcher: tuple[int, Batcher] | None = None
 
 
+def _describe(batch: list[dict[str, Any]], what: str) -> str:
+    """A batch as Flower shows it: its size and first job, never the image bytes or vectors."""
+    first = batch[0]["job"] if batch else {"product_id": "-", "image_url": "-"}
+    return f"[{len(batch)} {what}: {first['product_id']} {first['image_url']} ...]"
+
+
 def _send_embed_batch(items: list[dict[str, Any]]) -> None:
     ctx = pipeline.current_context()
     wait_below(lambda: queue_depth(ctx.redis, EMBED_QUEUE), settings.embed_high_water)
-    first = items[0]["job"]
-    embed.apply_async(args=[items], argsrepr=f"[{len(items)} images: {first['product_id']} {first['image_url']} ...]")
+    embed.apply_async(args=[items], argsrepr=_describe(items, "images"))
 
 
 def _fetch_batcher() -> Batcher:
@@ -195,10 +200,7 @@ def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
             log.error("%s", exc)
             pipeline.fail_jobs(ctx, _jobs_of((items,)), "embed", "model_unavailable", str(exc))
             return {"embedded": 0}
-        first = points[0]["job"] if points else {"product_id": "-", "image_url": "-"}
-        index.apply_async(
-            args=[points], argsrepr=f"[{len(points)} points: {first['product_id']} {first['image_url']} ...]"
-        )
+        index.apply_async(args=[points], argsrepr=_describe(points, "points"))
     return {"embedded": len(points)}
 
 
