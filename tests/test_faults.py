@@ -210,3 +210,43 @@ def test_failures_retry_reenqueues_what_failed(cli, env, image_server, tmp_path,
         assert store.count() == 4
     finally:
         store.close()
+
+
+POISON = textwrap.dedent(
+    """
+    # Loaded by every Python process of this test (PYTHONPATH): embedding an image whose URL ends in
+    # poison.jpg kills the embedding process outright, as a segfault in a decoder or the model would.
+    import os
+    if os.environ.get("LOOKALIKE_TEST_POISON"):
+        from lookalike.worker import pipeline as _pipeline
+
+        _embed_stage = _pipeline.embed_stage
+
+        def embed_stage(ctx, items):
+            if any(item["job"]["image_url"].endswith("poison.jpg") for item in items):
+                os._exit(1)
+            return _embed_stage(ctx, items)
+
+        _pipeline.embed_stage = embed_stage
+    """
+)
+
+
+def test_an_image_that_kills_its_worker_fails_alone(cli, env, image_server, tmp_path, start_worker):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(POISON)
+    urls = [image_server.add(f"/p/{i}.jpg", Route(body=images.product_bytes(i))) for i in range(11)]
+    urls.append(image_server.add("/p/poison.jpg", Route(body=images.product_bytes(99))))
+    catalog = write_catalog(tmp_path / "poison.csv", [catalog_row("poisoned", "P", urls)])
+    extra = {"PYTHONPATH": str(hooks), "LOOKALIKE_TEST_POISON": "1", "LOOKALIKE_BATCH_LINGER": "1"}
+    worker = start_worker(extra=extra)
+    ingested = cli("ingest", str(catalog), "--json", extra=extra)
+    assert ingested.code == 0, ingested.stderr
+    run = wait_for_run(ingested.json()["run_id"], timeout=120)
+    assert run.get("indexed", 0) == 11, run  # the poison's batch-mates got through
+    assert run.get("failed", 0) == 1 and run.get("failed:redelivered_too_often") == 1, run
+    assert worker.process.poll() is None, "the worker should survive its pool processes dying"
+    assert worker.stop() == 0
+    [failure] = cli("failures", "--json").json()
+    assert failure["image_url"].endswith("poison.jpg") and failure["stage"] == "embed"

@@ -12,7 +12,9 @@ How a message ends (acks_late throughout, so a message is removed only when one 
   that cannot reach Redis, stays unacknowledged and comes back after the visibility timeout. It is never
   recorded as failed: the image did nothing wrong;
 * the worker process dies (SIGKILL, OOM, segfault) - ``task_reject_on_worker_lost`` puts it back; a message
-  that comes back more than ``MAX_DELIVERIES`` times is recorded as failed rather than looping forever;
+  that comes back more than ``MAX_DELIVERIES`` times is recorded as failed rather than looping forever, and an
+  embedding batch that comes back is split into one message per image, so one image that crashes the model
+  process does not take its batch-mates down with it;
 * anything unexpected (a bug) - ``on_failure`` records each job as failed with ``internal_<Error>``.
 """
 
@@ -110,13 +112,18 @@ def redelivered_on_infrastructure_errors() -> Iterator[None]:
         raise Reject(exc, requeue=True) from exc
 
 
+def handed_back(task: Task) -> bool:
+    """The message was delivered before and not acknowledged (its worker died, or it was requeued)."""
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
 def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
     """True (and the jobs recorded as failed) when this message keeps coming back (it kills its worker).
 
     Only messages that were handed back (kombu marks them redelivered) are counted, so the normal path costs
     no Redis round trip.
     """
-    if not (task.request.delivery_info or {}).get("redelivered"):
+    if not handed_back(task):
         return False
     ctx = pipeline.current_context()
     key = ctx.settings.key("deliveries", f"{task.request.id}:{task.request.retries}")
@@ -192,6 +199,12 @@ def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
+        if len(items) > 1 and handed_back(self):
+            # A batch coming back may hold an image that kills the embedding process: go on one image per
+            # message, so only that image ends up failed, not its batch-mates.
+            for item in items:
+                embed.apply_async(args=[[item]], argsrepr=_describe([item], "images"))
+            return {"embedded": 0, "split": len(items)}
         if too_many_deliveries(self, "embed", _jobs_of((items,))):
             return {"embedded": 0}
         try:
