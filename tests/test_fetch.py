@@ -27,7 +27,7 @@ from lookalike.worker.fetch import (
 
 LOOPBACK = AddressPolicy.from_networks([ipaddress.ip_network("127.0.0.0/8")])
 MAX_BYTES = 1_000_000
-LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=MAX_BYTES, max_redirects=3)
+LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=MAX_BYTES)
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_chunked_under_cap_is_read(server: ImageServer, session: requests.Sessio
 
 
 # ------------------------------------------------------------------------------------------ the deadline
-SLOW_LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=0.5, deadline=1.0, max_bytes=MAX_BYTES, max_redirects=3)
+SLOW_LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=0.5, deadline=1.0, max_bytes=MAX_BYTES)
 
 
 def _assert_deadline(server: ImageServer, session: requests.Session, path: str, size: int) -> None:

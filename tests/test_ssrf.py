@@ -40,7 +40,7 @@ from lookalike.worker.query import QueryError, load_query_image
 from conftest import set_env
 
 ONLY_ALLOWED_HOST = "127.0.0.1"
-LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=1_000_000, max_redirects=3)
+LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=1_000_000)
 
 # The whole "DNS" these tests may use. A list is the answer to every lookup; a callable gets the number of
 # earlier lookups of that name (a rebinding resolver).

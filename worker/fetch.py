@@ -199,7 +199,6 @@ class FetchLimits:
     read_timeout: float = 15.0
     deadline: float = 30.0
     max_bytes: int = 20 * 1024 * 1024
-    max_redirects: int = 5
     retry_after_cap: float = 300.0
 
 

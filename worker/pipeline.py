@@ -70,11 +70,10 @@ class Context:
             read_timeout=settings.fetch_read_timeout,
             deadline=settings.fetch_deadline,
             max_bytes=settings.fetch_max_bytes,
-            max_redirects=settings.fetch_max_redirects,
         )
         self.policy = AddressPolicy.from_networks(settings.allowed_networks)
-        # Hundreds of threads wait on the network, but decoding is CPU work: as many at once as there are
-        # cores, which also bounds the memory that full-size decoded images can take.
+        # Hundreds of threads wait on the network, but decoding is CPU work: two at once per core, which keeps
+        # the cores busy and bounds the memory that full-size decoded images can take.
         self.decode_slots = threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
@@ -127,14 +126,18 @@ class Context:
 
 
 _context: tuple[int, Context] | None = None
+_context_lock = threading.Lock()
 
 
 def current_context() -> Context:
-    """The process's context (rebuilt after a fork: sockets and sessions are not shared with a parent)."""
+    """The process's context (rebuilt after a fork: sockets and sessions are not shared with a parent).
+
+    Built once even when the first tasks of a thread pool ask for it all at once."""
     global _context
-    if _context is None or _context[0] != os.getpid():
-        _context = (os.getpid(), Context(get_settings()))
-    return _context[1]
+    with _context_lock:
+        if _context is None or _context[0] != os.getpid():
+            _context = (os.getpid(), Context(get_settings()))
+        return _context[1]
 
 
 def reset_context() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,7 @@ def load_query_image(
         return path.read_bytes()
     if session is None or limits is None:
         raise QueryError("bad_query", "URL queries need a download session")
-    capped = FetchLimits(
-        connect_timeout=limits.connect_timeout,
-        read_timeout=limits.read_timeout,
-        deadline=limits.deadline,
-        max_bytes=min(limits.max_bytes, max_bytes),
-        max_redirects=limits.max_redirects,
-    )
+    capped = dataclasses.replace(limits, max_bytes=min(limits.max_bytes, max_bytes))
     return fetch_image(str(source["url"]), session, capped).data
 
 
