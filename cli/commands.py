@@ -17,6 +17,21 @@ from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 Note = Callable[[str], None]
 
 
+class BrokerUnreachable(RuntimeError):
+    pass
+
+
+def require_broker(settings: Any) -> str:
+    """The broker URL, once something answers there; else a one-line error saying where it looked."""
+    url: str = settings.broker_url.get_secret_value()
+    if not redis_answers(url):
+        raise BrokerUnreachable(
+            f"no broker answers at {_safe_url(url)}: start Redis (or `docker-compose up -d redis`), "
+            "or set LOOKALIKE_BROKER_URL"
+        )
+    return url
+
+
 def _now_version() -> int:
     return int(time.time() * 1000)
 
@@ -215,12 +230,7 @@ def start_worker(
     from lookalike.worker.store import StoreLocked, open_store
 
     settings = get_settings()
-    url = settings.broker_url.get_secret_value()
-    if not redis_answers(url):
-        raise RuntimeError(
-            f"no broker answers at {_safe_url(url)}: start Redis (or `docker compose up redis`), "
-            "or set LOOKALIKE_BROKER_URL"
-        )
+    url = require_broker(settings)
     chosen = parse_queues(queues)
     if settings.uses_embedded_store and chosen & {INDEX_QUEUE, QUERY_QUEUE}:
         try:
@@ -381,11 +391,9 @@ def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
     from lookalike.worker.client import live_workers
     from lookalike.worker.queues import oldest_age, queue_depth
 
-    settings = pipeline.current_context().settings
-    url = settings.broker_url.get_secret_value()
-    if not redis_answers(url):
-        raise LookupError(f"no broker answers at {_safe_url(url)}")
     ctx = pipeline.current_context()
+    settings = ctx.settings
+    require_broker(settings)
     ids = [run_id] if run_id else ctx.ledger.run_ids(runs)
     found = []
     for rid in ids:
@@ -476,9 +484,7 @@ def start_flower(port: int, address: str | None, note: Note) -> None:
             f"refusing to serve Flower on {address} without a login: set LOOKALIKE_FLOWER_BASIC_AUTH=user:password "
             "(or LOOKALIKE_FLOWER_ALLOW_UNAUTHENTICATED=true if something in front of it authenticates)"
         )
-    url = settings.broker_url.get_secret_value()
-    if not redis_answers(url):
-        raise RuntimeError(f"no broker answers at {_safe_url(url)}")
+    url = require_broker(settings)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
@@ -507,9 +513,7 @@ def serve_metrics_forever(address: str, port: int, note: Note) -> None:
     from lookalike.worker.metrics import serve_metrics
 
     ctx = pipeline.current_context()
-    url = ctx.settings.broker_url.get_secret_value()
-    if not redis_answers(url):
-        raise RuntimeError(f"no broker answers at {_safe_url(url)}")
+    require_broker(ctx.settings)
     server = serve_metrics(ctx, ALL_QUEUES, address, port)
     note(f"Prometheus metrics on http://{address}:{port}/metrics")
     stop = threading.Event()
@@ -533,9 +537,7 @@ def run_listener(consumer: str | None, stop_when_idle: float | None, batch: int,
 
     ctx = pipeline.current_context()
     settings = ctx.settings
-    url = settings.broker_url.get_secret_value()
-    if not redis_answers(url):
-        raise RuntimeError(f"no broker answers at {_safe_url(url)}")
+    require_broker(settings)
     listener = EventListener(
         ctx.redis,
         stream=settings.events_stream,

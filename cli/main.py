@@ -216,7 +216,7 @@ def status(
 
     try:
         data = collect_status(run, runs)
-    except LookupError as exc:
+    except (LookupError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(data, indent=2))

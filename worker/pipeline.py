@@ -292,7 +292,6 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
             ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after
         )
         ctx.ledger.observe("upsert", upsert_seconds)
-        ctx.maybe_optimize(len(records))
         ctx.ledger.add_seconds({job.run_id: {"upsert": upsert_seconds} for job, _ in outcomes})
     ctx.ledger.record(outcome for _, outcome in outcomes)
     for job, outcome in outcomes:
@@ -308,6 +307,8 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
     if unknown:
         fail_jobs(ctx, unknown, "index", "unknown_product", "the product is not in the registry (was it ingested?)")
         report.failed = len(unknown)
+    if records:
+        ctx.maybe_optimize(len(records))  # after the outcomes are counted: it can take a while
     return report
 
 
