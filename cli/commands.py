@@ -246,7 +246,7 @@ def start_worker(
     _check_model(settings)
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
     group = WorkerGroup(pools, loglevel=loglevel)
-    group.start()
+    group.start(handle_signals=True)
     note(
         "started "
         + ", ".join(f"{p.name} pool ({p.pool} x{p.concurrency}) on {','.join(p.queues)}" for p in pools)

@@ -219,3 +219,19 @@ def test_metrics_endpoint_exposes_the_documented_names(cli, env, image_server, t
     assert float(values['lookalike_images_failed_total{reason="http_404"}']) == 1
     assert float(values['lookalike_queue_depth{queue="lookalike.fetch"}']) == 0
     assert float(values['lookalike_stage_seconds_count{stage="download"}']) == good
+
+
+def test_a_second_worker_leaves_the_embedded_store_to_the_first(env, start_worker):
+    first = start_worker()
+    second = start_worker(ready_queues=0)
+    deadline = time.monotonic() + 30
+    while "owned by another worker" not in second.output():
+        assert time.monotonic() < deadline, second.output()
+        assert second.process.poll() is None, second.output()
+        time.sleep(0.2)
+    assert "runs fetch and embed only" in second.output()
+    while "started fetch pool" not in second.output():
+        assert time.monotonic() < deadline, second.output()
+        time.sleep(0.2)
+    assert "store pool" not in second.output()
+    assert second.stop() == 0 and first.stop() == 0

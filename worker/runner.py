@@ -100,6 +100,7 @@ class WorkerGroup:
         self.loglevel = loglevel
         self.log_path = log_path
         self.processes: list[tuple[PoolSpec, subprocess.Popen[bytes]]] = []
+        self.stopping = False
 
     def _spawn(self, spec: PoolSpec) -> subprocess.Popen[bytes]:
         if self.log_path is None:
@@ -107,9 +108,17 @@ class WorkerGroup:
         with self.log_path.open("ab") as log:
             return subprocess.Popen(spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT)
 
-    def start(self) -> None:
+    def start(self, handle_signals: bool = False) -> None:
+        """Start every pool; with ``handle_signals``, SIGINT/SIGTERM from now on mean "stop them all" (set before
+        the first child exists, so no signal can leave children running without their supervisor)."""
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._request_stop)
         for spec in self.pools:
             self.processes.append((spec, self._spawn(spec)))
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
 
     def pids(self) -> dict[str, int]:
         return {spec.name: process.pid for spec, process in self.processes}
@@ -138,19 +147,13 @@ class WorkerGroup:
         """Run until SIGINT/SIGTERM, restarting a pool that dies (its unfinished jobs come back to the queue by
         themselves); a pool that dies ``max_restarts`` times within ``window`` seconds stops everything.
         Returns the exit code."""
-        stopping = False
         deaths: dict[str, list[float]] = {}
-
-        def _stop(signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not stopping:
+            while not self.stopping:
                 for index, (spec, process) in enumerate(self.processes):
                     code = process.poll()
-                    if code is None or stopping:
+                    if code is None or self.stopping:
                         continue
                     now = time.monotonic()
                     recent = [t for t in deaths.get(spec.name, []) if now - t < window] + [now]
