@@ -162,18 +162,16 @@ class Ledger:
                 pipe.hincrbyfloat(self.run_key(run_id), f"seconds:{stage}", total)
         pipe.execute()
 
-    def add_seconds(self, per_run: dict[str, dict[str, float]]) -> None:
-        """Time spent once per batch (embed, upsert), added to each run the batch served."""
+    def batch_time(self, stage: str, seconds: float, run_ids: Iterable[str]) -> None:
+        """Time spent once per batch (upsert): one histogram observation, added to each run the batch served."""
         pipe = self._redis.pipeline(transaction=False)
-        for run_id, stages in per_run.items():
-            for stage, seconds in stages.items():
-                pipe.hincrbyfloat(self.run_key(run_id), f"seconds:{stage}", seconds)
+        self._batch_time(pipe, stage, seconds, run_ids)
         pipe.execute()
 
-    def observe(self, stage: str, seconds: float) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+    def _batch_time(self, pipe: Any, stage: str, seconds: float, run_ids: Iterable[str]) -> None:
+        for run_id in set(run_ids):
+            pipe.hincrbyfloat(self.run_key(run_id), f"seconds:{stage}", seconds)
         self._observe(pipe, stage, seconds)
-        pipe.execute()
 
     def _observe(self, pipe: Any, stage: str, seconds: float) -> None:
         index = bisect.bisect_left(BUCKETS, seconds)
@@ -187,10 +185,9 @@ class Ledger:
         for run_id, images in per_run_images.items():
             pipe.hincrby(self.run_key(run_id), "embed_calls", 1)
             pipe.hincrby(self.run_key(run_id), "embedded", images)
-            pipe.hincrbyfloat(self.run_key(run_id), "seconds:embed", seconds)
         pipe.hincrby(self.stats_key, "embed_calls", 1)
         pipe.hincrby(self.stats_key, "embedded", sum(per_run_images.values()))
-        self._observe(pipe, "embed", seconds)
+        self._batch_time(pipe, "embed", seconds, per_run_images)
         pipe.execute()
 
     def count_global(self, counts: dict[str, int]) -> None:

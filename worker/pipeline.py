@@ -291,8 +291,7 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
         report.reconciled = reconcile(
             ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after
         )
-        ctx.ledger.observe("upsert", upsert_seconds)
-        ctx.ledger.add_seconds({job.run_id: {"upsert": upsert_seconds} for job, _ in outcomes})
+        ctx.ledger.batch_time("upsert", upsert_seconds, (job.run_id for job, _ in outcomes))
     ctx.ledger.record(outcome for _, outcome in outcomes)
     for job, outcome in outcomes:
         ctx.log(
