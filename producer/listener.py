@@ -144,7 +144,7 @@ class EventListener:
         counts = {f"events:{name}": n for name, n in plan.outcomes.items()}
         counts.update({f"events:failed:{reason}": n for reason, n in report.rejected.items()})
         handled = sum(n for name, n in plan.outcomes.items() if name != "stale")
-        counts.update({"events:handled": handled, "events:stale": plan.outcomes.get("stale", 0)})
+        counts["events:handled"] = handled  # events:stale is among the outcomes already
         counts["events:failed"] = sum(report.rejected.values())
         pipe = self.redis.pipeline(transaction=False)
         if rejected:
