@@ -14,7 +14,6 @@ upsert, search and reopen, for comparison with the edge engine. Writes bench/res
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from common import bench_environment
+
+from lookalike.state.search import SearchRequest
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -111,13 +112,13 @@ def bench_size(count: int, queries: int, scratch: Path, env: dict[str, str]) -> 
     os.environ["LOOKALIKE_QDRANT_PATH"] = str(path)
     reset_settings()
     pipeline.reset_context()
-    source = {"image_b64": base64.b64encode(query_image()).decode()}
+    source = SearchRequest(image=query_image(), k=5)
     ctx = pipeline.current_context()
-    pipeline.answer_query(ctx, source, k=5, category=None)  # warm: model loaded, store open
+    pipeline.answer_query(ctx, source)  # warm: model loaded, store open
     samples = []
     for _ in range(queries):
         started = time.perf_counter()
-        pipeline.answer_query(ctx, source, k=5, category=None)
+        pipeline.answer_query(ctx, source)
         samples.append(time.perf_counter() - started)
     inproc = percentiles(samples)
     pipeline.reset_context()
@@ -137,7 +138,7 @@ def bench_size(count: int, queries: int, scratch: Path, env: dict[str, str]) -> 
     }
 
 
-def bench_broker(env: dict[str, str], source: dict[str, str], queries: int) -> dict[str, float]:
+def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> dict[str, float]:
     from lookalike.worker.app import app
     from lookalike.worker.client import live_workers, send_query
 
@@ -154,11 +155,11 @@ def bench_broker(env: dict[str, str], source: dict[str, str], queries: int) -> d
         while not any("lookalike.query" in q for q in live_workers(app, 0.5).values()):
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("query worker did not start")
-        send_query(app, source, 5, None).get(timeout=60)  # warm
+        send_query(app, source).get(timeout=60)  # warm
         samples = []
         for _ in range(queries):
             started = time.perf_counter()
-            send_query(app, source, 5, None).get(timeout=30)
+            send_query(app, source).get(timeout=30)
             samples.append(time.perf_counter() - started)
         return percentiles(samples)
     finally:

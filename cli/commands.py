@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
+from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.catalog import CatalogReport
+from lookalike.state.context import StateContext
+from lookalike.state.process import process_cache
+from lookalike.state.search import Filters, QueryRejected, SearchRequest, SearchResponse
 from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 
 Note = Callable[[str], None]
@@ -21,7 +25,12 @@ class BrokerUnreachable(RuntimeError):
     pass
 
 
-def require_broker(settings: Any) -> str:
+def state_context() -> StateContext:
+    """This command's light context (settings, Redis, ledger, registry, failures): no model, no store."""
+    return process_cache.get("state-context", StateContext)
+
+
+def require_broker(settings: Settings) -> str:
     """The broker URL, once something answers there; else a one-line error saying where it looked."""
     url: str = settings.broker_url.get_secret_value()
     if not redis_answers(url):
@@ -37,6 +46,48 @@ def _now_version() -> int:
 
 
 # ------------------------------------------------------------------------------------------------ ingest
+@dataclass
+class WaitResult:
+    """How a waited-for run ended."""
+
+    indexed: int
+    failed: int
+    superseded: int
+    failed_by_reason: dict[str, int]
+    cache_hits: int
+    embed_calls: int
+    seconds: float
+    images_per_second: float
+
+
+@dataclass
+class IngestSummary:
+    """What `lookalike ingest` reports (``--json`` prints :meth:`to_data`)."""
+
+    run_id: str
+    source: str
+    encoding: str
+    version: int
+    rows_read: int
+    rows_selected: int
+    malformed_lines: int
+    rows_skipped: dict[str, int]
+    products: dict[str, int]
+    images_enqueued: int
+    image_entries: dict[str, int]
+    shared_placeholders: Any
+    reconciled_products: int
+    pruned: int | None
+    backpressure_seconds: float
+    result: WaitResult | None = field(default=None)
+
+    def to_data(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.result is None:
+            del data["result"]
+        return data
+
+
 class IngestSession:
     """Broker (maybe embedded), workers (maybe local), and the run of one `lookalike ingest`."""
 
@@ -52,11 +103,10 @@ class IngestSession:
         self.runtime = resolve_broker()
         for message in self.runtime.notes:
             self.note(message)
-        from lookalike.worker import pipeline
         from lookalike.worker.app import ALL_QUEUES, app
         from lookalike.worker.client import CeleryPublisher, live_workers
 
-        self.ctx = pipeline.current_context()
+        self.ctx = state_context()
         self.publisher = CeleryPublisher(app, self.ctx.redis)
         # With an embedded broker, queued jobs would die with this command: it always waits.
         self.waiting = self.want_wait or self.runtime.broker_is_embedded
@@ -81,7 +131,7 @@ class IngestSession:
             if self.runtime is not None:
                 self.runtime.close()
 
-    def run(self, report: CatalogReport, *, version: int | None, full: bool, prune: bool) -> dict[str, Any]:
+    def run(self, report: CatalogReport, *, version: int | None, full: bool, prune: bool) -> IngestSummary:
         from lookalike.producer.enqueue import Backpressure, carry_out
         from lookalike.producer.sync import plan_deletes, plan_upserts
 
@@ -128,18 +178,18 @@ class IngestSession:
         if not plan.jobs and not plan.reconcile:
             ctx.ledger.set_meta(run_id, finished_at=time.time())
         images = report.images
-        return {
-            "run_id": run_id,
-            "source": report.source,
-            "encoding": report.encoding,
-            "version": version,
-            "rows_read": report.rows_read,
-            "rows_selected": report.rows_selected,
-            "malformed_lines": report.malformed_lines,
-            "rows_skipped": dict(report.skipped),
-            "products": {"total": len(report.products), **dict(plan.outcomes)},
-            "images_enqueued": len(plan.jobs),
-            "image_entries": {
+        return IngestSummary(
+            run_id=run_id,
+            source=report.source,
+            encoding=report.encoding,
+            version=version,
+            rows_read=report.rows_read,
+            rows_selected=report.rows_selected,
+            malformed_lines=report.malformed_lines,
+            rows_skipped=dict(report.skipped),
+            products={"total": len(report.products), **dict(plan.outcomes)},
+            images_enqueued=len(plan.jobs),
+            image_entries={
                 "entries": images.entries,
                 "kept": images.kept,
                 "placeholders": images.placeholders,
@@ -148,14 +198,14 @@ class IngestSession:
                 "empty": images.empty,
                 "in_skipped_rows": images.in_skipped_rows,
             },
-            "shared_placeholders": report.shared_placeholders,
-            "reconciled_products": len(plan.reconcile),
-            "pruned": pruned,
-            "backpressure_seconds": round(backpressure.waited, 3),
-        }
+            shared_placeholders=report.shared_placeholders,
+            reconciled_products=len(plan.reconcile),
+            pruned=pruned,
+            backpressure_seconds=round(backpressure.waited, 3),
+        )
 
-    def wait_until_done(self, run_id: str, total: int, *, progress: bool) -> dict[str, Any]:
-        from lookalike.worker.ledger import finished, is_complete
+    def wait_until_done(self, run_id: str, total: int, *, progress: bool) -> WaitResult:
+        from lookalike.state.ledger import finished, is_complete
         from lookalike.worker.tasks import optimize
 
         ledger = self.ctx.ledger
@@ -181,16 +231,16 @@ class IngestSession:
             optimize.apply_async()
         run = ledger.run(run_id) or {}
         ledger.set_meta(run_id, finished_at=time.time())
-        return {
-            "indexed": int(run.get("indexed", 0)),
-            "failed": int(run.get("failed", 0)),
-            "superseded": int(run.get("superseded", 0)),
-            "failed_by_reason": {k.split(":", 1)[1]: int(v) for k, v in run.items() if k.startswith("failed:")},
-            "cache_hits": int(run.get("cache_hits", 0)),
-            "embed_calls": int(run.get("embed_calls", 0)),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(finished(run) / seconds, 2) if seconds > 0 else 0.0,
-        }
+        return WaitResult(
+            indexed=int(run.get("indexed", 0)),
+            failed=int(run.get("failed", 0)),
+            superseded=int(run.get("superseded", 0)),
+            failed_by_reason={k.split(":", 1)[1]: int(v) for k, v in run.items() if k.startswith("failed:")},
+            cache_hits=int(run.get("cache_hits", 0)),
+            embed_calls=int(run.get("embed_calls", 0)),
+            seconds=round(seconds, 3),
+            images_per_second=round(finished(run) / seconds, 2) if seconds > 0 else 0.0,
+        )
 
 
 def _progress(disabled: bool) -> Progress:
@@ -207,7 +257,7 @@ def _progress(disabled: bool) -> Progress:
 
 
 # ------------------------------------------------------------------------------------------------ worker
-def start_local_workers(settings: Any, note: Note) -> Any:
+def start_local_workers(settings: Settings, note: Note) -> Any:
     """Workers for the duration of one command; their log (job outcomes included) goes to a file."""
     from lookalike.worker.runner import WorkerGroup, parse_queues, plan_pools
 
@@ -224,8 +274,7 @@ def start_local_workers(settings: Any, note: Note) -> Any:
 def start_worker(
     *, queues: str | None, concurrency: int | None, fetch_threads: int | None, loglevel: str, note: Note
 ) -> int:
-    from lookalike.config.settings import get_settings
-    from lookalike.worker.app import INDEX_QUEUE, QUERY_QUEUE
+    from lookalike.state.queues import INDEX_QUEUE, QUERY_QUEUE
     from lookalike.worker.runner import WorkerGroup, parse_queues, plan_pools
     from lookalike.worker.store import StoreLocked, open_store
 
@@ -255,7 +304,7 @@ def start_worker(
     return group.supervise()
 
 
-def _check_model(settings: Any) -> None:
+def _check_model(settings: Settings) -> None:
     """Fail before starting anything when the model cannot load (offline without a local directory...)."""
     from lookalike.worker.embed import ModelSpec, get_embedder
 
@@ -280,50 +329,48 @@ class QueryFailed(Exception):
         self.code = code
 
 
-def _query_source(image: str, max_bytes: int) -> dict[str, Any]:
-    import base64
-
+def image_request(image: str, *, k: int, offset: int, filters: Filters, max_bytes: int) -> SearchRequest:
+    """A search request for an image path or an http(s) URL (the file is read here, by the user's command:
+    a worker never reads a path a caller chose)."""
     if image.startswith(("http://", "https://")):
-        return {"url": image}
+        return SearchRequest(image_url=image, k=k, offset=offset, filters=filters)
     path = Path(image)
     if not path.is_file():
         raise QueryFailed(f"{image}: no such file (give an image path or an http(s) URL)")
     if path.stat().st_size > max_bytes:
         raise QueryFailed(f"{image}: larger than {max_bytes} bytes (LOOKALIKE_QUERY_MAX_BYTES)")
-    return {"image_b64": base64.b64encode(path.read_bytes()).decode("ascii")}
+    return SearchRequest(image=path.read_bytes(), k=k, offset=offset, filters=filters)
 
 
-def run_query(image: str, *, k: int, category: str | None, timeout: float | None, note: Note) -> list[dict[str, Any]]:
-    from lookalike.config.settings import get_settings
-    from lookalike.worker.query import QueryError
-
+def run_query(request: SearchRequest, *, timeout: float | None, note: Note) -> SearchResponse:
+    """Send the request to a query worker through the broker; with no worker at all, answer in this process."""
     settings = get_settings()
-    source = _query_source(image, settings.query_max_bytes)
+    try:
+        request.validate(max_image_bytes=settings.query_max_bytes)
+    except QueryRejected as exc:
+        raise QueryFailed(f"query refused: {exc}") from None
     timeout = timeout or settings.query_timeout
     url = settings.broker_url.get_secret_value()
     if redis_answers(url):
         from celery.exceptions import TimeoutError as CeleryTimeout
 
-        from lookalike.worker.app import QUERY_QUEUE, app
+        from lookalike.state.queues import QUERY_QUEUE
+        from lookalike.worker.app import app
         from lookalike.worker.client import live_workers, send_query
 
         workers = live_workers(app)
         if any(QUERY_QUEUE in queues for queues in workers.values()):
-            result = send_query(app, source, k, category)
+            result = send_query(app, request)
             try:
-                return list(result.get(timeout=timeout))
+                return SearchResponse.from_data(result.get(timeout=timeout))
             except CeleryTimeout:
                 raise QueryFailed(
                     f"no worker answered the query within {timeout:g}s; is the worker on the query queue busy or "
                     "stuck? (start one with `lookalike worker --queues query,index`)",
                     3,
                 ) from None
-            except QueryError as exc:
+            except QueryRejected as exc:
                 raise QueryFailed(f"query refused: {exc}") from None
-            except Exception as exc:
-                if type(exc).__name__ == "QueryError":
-                    raise QueryFailed(f"query refused: {exc}") from None
-                raise
         if workers:
             raise QueryFailed(
                 "workers are running but none consumes the query queue; start one with "
@@ -333,29 +380,28 @@ def run_query(image: str, *, k: int, category: str | None, timeout: float | None
     elif settings.broker_url_is_set:
         raise QueryFailed(f"no broker answers at {_safe_url(url)} (LOOKALIKE_BROKER_URL)", 3)
     note("no worker is running: answering in this process")
-    return answer_in_process(source, k=k, category=category)
+    return answer_in_process(request)
 
 
-def answer_in_process(source: dict[str, Any], *, k: int, category: str | None) -> list[dict[str, Any]]:
+def answer_in_process(request: SearchRequest) -> SearchResponse:
     from lookalike.worker import pipeline
     from lookalike.worker.embed import ModelUnavailable
-    from lookalike.worker.query import QueryError
     from lookalike.worker.store import StoreError
 
     ctx = pipeline.current_context()
     try:
-        return pipeline.answer_query(ctx, source, k=k, category=category)
-    except QueryError as exc:
+        return pipeline.answer_query(ctx, request)
+    except QueryRejected as exc:
         raise QueryFailed(f"query refused: {exc}") from None
     except (StoreError, ModelUnavailable) as exc:
         raise QueryFailed(str(exc), 3) from None
     finally:
-        ctx.close()
+        pipeline.reset_context()
 
 
 # ------------------------------------------------------------------------------------------------ status
 def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
-    from lookalike.worker.ledger import STAGES, finished, is_complete
+    from lookalike.state.ledger import STAGES, finished, is_complete
 
     enqueued = int(run.get("enqueued", 0))
     done = finished(run)
@@ -386,12 +432,11 @@ def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
-    from lookalike.worker import pipeline
-    from lookalike.worker.app import ALL_QUEUES, app
+    from lookalike.state.queues import ALL_QUEUES, oldest_age, queue_depth
+    from lookalike.worker.app import app
     from lookalike.worker.client import live_workers
-    from lookalike.worker.queues import oldest_age, queue_depth
 
-    ctx = pipeline.current_context()
+    ctx = state_context()
     settings = ctx.settings
     require_broker(settings)
     ids = [run_id] if run_id else ctx.ledger.run_ids(runs)
@@ -421,48 +466,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def render_status(data: dict[str, Any], console: Console) -> None:
-    runs = Table(title="runs", show_edge=False)
-    runs.add_column("run", no_wrap=True, min_width=20)
-    for column in ("status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):
-        runs.add_column(column)
-    for run in data["runs"]:
-        eta = run["eta_seconds"]
-        runs.add_row(
-            run["run_id"],
-            run["status"],
-            f"{run['progress'] * 100:.1f}%",
-            str(run["indexed"]),
-            str(run["failed"]),
-            str(run["enqueued"]),
-            f"{run['images_per_second']:.1f}",
-            "-" if eta is None else f"{eta:.0f}s",
-        )
-    console.print(runs)
-    queues = Table(title="queues", show_edge=False)
-    for column in ("queue", "waiting", "oldest (s)"):
-        queues.add_column(column)
-    for name, queue in data["queues"].items():
-        age = queue["oldest_age_seconds"]
-        queues.add_row(name, str(queue["depth"]), "-" if age is None else f"{age:.1f}")
-    console.print(queues)
-    workers = Table(title="workers", show_edge=False)
-    workers.add_column("worker")
-    workers.add_column("queues")
-    for node, node_queues in data["workers"].items():
-        workers.add_row(node, ", ".join(node_queues))
-    if not data["workers"]:
-        workers.add_row("(none answering)", "")
-    console.print(workers)
-    events = data["events"]
-    console.print(
-        f"events: {events or 'none'}   failures recorded: {data['failures_recorded']}   "
-        f"products registered: {data['products_registered']}",
-        markup=False,
-        highlight=False,
-    )
-
-
 # ------------------------------------------------------------------------------------------- operations
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -471,8 +474,6 @@ def start_flower(port: int, address: str | None, note: Note) -> None:
     """Replace this process with Flower on the lookalike app; the login travels in FLOWER_BASIC_AUTH."""
     import os
     import sys
-
-    from lookalike.config.settings import get_settings
 
     settings = get_settings()
     address = address or settings.flower_address
@@ -508,11 +509,10 @@ def serve_metrics_forever(address: str, port: int, note: Note) -> None:
     import signal
     import threading
 
-    from lookalike.worker import pipeline
-    from lookalike.worker.app import ALL_QUEUES
+    from lookalike.state.queues import ALL_QUEUES
     from lookalike.worker.metrics import serve_metrics
 
-    ctx = pipeline.current_context()
+    ctx = state_context()
     require_broker(ctx.settings)
     server = serve_metrics(ctx, ALL_QUEUES, address, port)
     note(f"Prometheus metrics on http://{address}:{port}/metrics")
@@ -531,11 +531,10 @@ def run_listener(consumer: str | None, stop_when_idle: float | None, batch: int,
 
     from lookalike.producer.enqueue import Backpressure
     from lookalike.producer.listener import EventListener
-    from lookalike.worker import pipeline
     from lookalike.worker.app import app
     from lookalike.worker.client import CeleryPublisher
 
-    ctx = pipeline.current_context()
+    ctx = state_context()
     settings = ctx.settings
     require_broker(settings)
     listener = EventListener(
@@ -570,9 +569,8 @@ def publish_events_file(file: str, note: Note) -> dict[str, Any]:
     import sys
 
     from lookalike.producer.events import EventRejected, parse_event, publish_event
-    from lookalike.worker import pipeline
 
-    ctx = pipeline.current_context()
+    ctx = state_context()
     stream = ctx.settings.events_stream
     published = rejected = 0
     handle = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
@@ -594,45 +592,27 @@ def publish_events_file(file: str, note: Note) -> dict[str, Any]:
 
 def list_rejected_events() -> list[dict[str, Any]]:
     from lookalike.producer.listener import rejected_events
-    from lookalike.worker import pipeline
 
-    ctx = pipeline.current_context()
+    ctx = state_context()
     return rejected_events(ctx.redis, ctx.settings.key("events", "rejected"))
 
 
 # ---------------------------------------------------------------------------------------------- failures
 def list_failures(reason: str | None, limit: int | None) -> list[dict[str, Any]]:
-    from lookalike.worker import pipeline
-
-    return [failure.public() for failure in pipeline.current_context().failures.entries(reason, limit)]
+    return [failure.public() for failure in state_context().failures.entries(reason, limit)]
 
 
 def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
     """Re-enqueue failed images whose product still wants them, as a new run."""
     from lookalike.producer.enqueue import Backpressure, carry_out
-    from lookalike.producer.sync import SyncPlan
-    from lookalike.worker import pipeline
+    from lookalike.producer.sync import plan_retries
     from lookalike.worker.app import app
     from lookalike.worker.client import CeleryPublisher
-    from lookalike.worker.jobs import Job
 
-    ctx = pipeline.current_context()
+    ctx = state_context()
     taken = ctx.failures.take(reason)
     run_id = ctx.ledger.start_run("retry", f"failures{':' + reason if reason else ''}", status="enqueuing")
-    states = ctx.registry.get_many(f.product_id for f in taken)
-    plan = SyncPlan()
-    seen: set[tuple[str, str]] = set()
-    dropped = 0
-    for failure in taken:
-        state = states.get(failure.product_id)
-        key = (failure.product_id, failure.image_url)
-        if state is None or not state.wants(failure.image_url) or key in seen:
-            dropped += 1
-            continue
-        seen.add(key)
-        plan.jobs.append(
-            Job(run_id=run_id, product_id=failure.product_id, image_url=failure.image_url, version=state.version)
-        )
+    plan, dropped = plan_retries(ctx.registry, taken, run_id)
     carry_out(
         plan,
         CeleryPublisher(app, ctx.redis),

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from lookalike import __version__
+from lookalike import __version__, render
 
 app = typer.Typer(
     add_completion=False,
@@ -89,53 +88,16 @@ def ingest(
         with IngestSession(wait=wait, quiet=as_json, note=note) as session:
             summary = session.run(report, version=version, full=full, prune=prune)
             if session.waiting:
-                summary["result"] = session.wait_until_done(
-                    summary["run_id"], summary["images_enqueued"], progress=not as_json
+                summary.result = session.wait_until_done(
+                    summary.run_id, summary.images_enqueued, progress=not as_json
                 )
     except (ModelUnavailable, RuntimeError) as exc:
         raise fail(str(exc), 3) from None
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_data(), indent=2))
     else:
-        _print_ingest_summary(summary)
-
-
-def _counts(counts: dict[str, int], skip: str = "") -> str:
-    return ", ".join(f"{value} {name}" for name, value in counts.items() if name != skip)
-
-
-def _print_ingest_summary(summary: dict[str, Any]) -> None:
-    images = summary["image_entries"]
-    products = summary["products"]
-    skipped = summary["rows_skipped"]
-    lines = [
-        f"run       {summary['run_id']}",
-        f"catalog   {summary['source']} ({summary['encoding']})",
-        f"rows      {summary['rows_read']} read, {summary['rows_selected']} selected, "
-        f"{summary['malformed_lines']} malformed lines skipped by the CSV parser",
-        f"products  {products['total']} ({_counts(products, skip='total') or 'none'})",
-        f"images    {summary['images_enqueued']} enqueued; of {images['entries']} image entries: "
-        f"{images['kept']} usable, {images['placeholders']} placeholders, {images['duplicates']} duplicates, "
-        f"{images['invalid']} invalid, {images['empty']} empty, {images['in_skipped_rows']} in skipped rows",
-        f"skipped   {sum(skipped.values())} rows"
-        + (f" ({', '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""),
-    ]
-    if summary.get("reconciled_products"):
-        lines.append(f"updated   {summary['reconciled_products']} products in place (payload or removed images)")
-    if summary.get("pruned") is not None:
-        lines.append(f"pruned    {summary['pruned']} products no longer in the catalogue")
-    result = summary.get("result")
-    if result:
-        failed = result.get("failed_by_reason") or {}
-        lines.append(
-            f"done      {result['indexed']} indexed, {result['failed']} failed, {result['superseded']} superseded"
-            f" in {result['seconds']:.1f}s ({result['images_per_second']:.1f} images/s)"
-        )
-        if failed:
-            lines.append("failed    " + ", ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
-            lines.append("          (details: lookalike failures --json; retry: lookalike failures --retry)")
-    for line in lines:
-        print(line)
+        for line in render.ingest_summary_lines(summary.to_data()):
+            print(line)
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -182,10 +144,15 @@ def search(
     ] = None,
 ) -> None:
     """Find the catalogue products that look most like IMAGE: one entry per product, best image, by score."""
-    from lookalike.commands import QueryFailed, run_query
+    from lookalike.commands import QueryFailed, image_request, run_query
+    from lookalike.config.settings import get_settings
+    from lookalike.state.search import Filters
 
     try:
-        results = run_query(image, k=k, category=category, timeout=timeout, note=note)
+        request = image_request(
+            image, k=k, offset=0, filters=Filters(category=category), max_bytes=get_settings().query_max_bytes
+        )
+        results = [hit.to_data() for hit in run_query(request, timeout=timeout, note=note).results]
     except QueryFailed as exc:
         raise fail(str(exc), exc.code) from None
     if as_json:
@@ -194,14 +161,7 @@ def search(
     if not results:
         print("no matches (is the catalogue ingested?)")
         return
-    table = Table(show_edge=False)
-    for column in ("#", "score", "product id", "name", "image"):
-        table.add_column(column, overflow="fold")
-    for rank, hit in enumerate(results, 1):
-        table.add_row(
-            str(rank), f"{hit['score']:.4f}", str(hit["product_id"]), str(hit["name"] or "")[:60], str(hit["image_url"])
-        )
-    out.print(table)
+    render.search_results(results, out)
 
 
 # ------------------------------------------------------------------------------------------------ status
@@ -212,7 +172,7 @@ def status(
     runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
 ) -> None:
     """Runs (progress, throughput, ETA), queue depths and ages, event counts, and the live workers."""
-    from lookalike.commands import collect_status, render_status
+    from lookalike.commands import collect_status
 
     try:
         data = collect_status(run, runs)
@@ -221,7 +181,7 @@ def status(
     if as_json:
         print(json.dumps(data, indent=2))
     else:
-        render_status(data, out)
+        render.status(data, out)
 
 
 # ---------------------------------------------------------------------------------------------- failures
@@ -256,12 +216,7 @@ def failures(
     if not items:
         print("no failures recorded")
         return
-    table = Table(show_edge=False)
-    for column in ("time", "stage", "reason", "product id", "url"):
-        table.add_column(column, overflow="fold")
-    for item in items:
-        table.add_row(item["time"], item["stage"], item["reason"], item["product_id"], item["image_url"])
-    out.print(table)
+    render.failures(items, out)
 
 
 # ------------------------------------------------------------------------------------------- operations

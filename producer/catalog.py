@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
-
-import pandas as pd
+from typing import IO, TYPE_CHECKING
 
 from lookalike.producer.product import Product, is_http_url
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ID_COLUMN = "Uniq Id"
 NAME_COLUMN = "Product Name"
@@ -126,6 +127,8 @@ def _open_catalog_bytes(path: Path) -> Iterator[tuple[IO[bytes], str]]:
 
 
 def _read_frame(raw: bytes, source: str) -> tuple[pd.DataFrame, str, int]:
+    import pandas as pd  # here, not at import: publishing a change event must not load pandas (and numpy)
+
     if not raw.strip():
         raise CatalogError(f"{source}: the file is empty")
     if b"\x00" in raw[:65536]:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from lookalike.producer.sync import SyncPlan
-from lookalike.worker.jobs import Job
-from lookalike.worker.ledger import Ledger
-from lookalike.worker.queues import wait_below
-from lookalike.worker.registry import ProductRegistry
+from lookalike.state.ledger import Ledger
+from lookalike.state.messages import Job
+from lookalike.state.queues import wait_below
+from lookalike.state.registry import ProductRegistry
 
 JOB_CHUNK = 1000
 RECONCILE_CHUNK = 100

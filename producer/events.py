@@ -171,7 +171,7 @@ def publish_event(
     """
     if client is None or stream is None:
         from lookalike.config.settings import get_settings
-        from lookalike.worker.pipeline import redis_client
+        from lookalike.state.connection import redis_client
 
         settings = get_settings()
         client = client or redis_client(settings)

@@ -4,7 +4,7 @@ An entry is acknowledged only after the work it asked for is on the queues (or a
 recorded). A listener that starts again under the same consumer name first re-reads its own unacknowledged
 entries; entries a dead listener left pending longer than ``claim_idle`` seconds are claimed by any listener.
 Re-handling an entry is harmless: the registry's versions make it stale, or - if its work was never
-enqueued - redo it (see :mod:`lookalike.worker.registry`).
+enqueued - redo it (see :mod:`lookalike.state.registry`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import redis
 from lookalike.producer.enqueue import Backpressure, Publisher, carry_out
 from lookalike.producer.events import EVENT_FIELD, DeleteEvent, EventRejected, UpsertEvent, parse_event
 from lookalike.producer.sync import SyncPlan, plan_deletes, plan_upserts
-from lookalike.worker.ledger import Ledger
-from lookalike.worker.registry import ProductRegistry
+from lookalike.state.ledger import Ledger
+from lookalike.state.registry import ProductRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
-"""A catalogue product, the payload its points carry, and the identity of those points."""
+"""A catalogue product and the payload its points carry (their identity, ``point_id_for``, is shared state)."""
 
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from lookalike.state.messages import point_id_for as point_id_for  # re-exported: identity is shared state
 
 # Payload text is capped: a catalogue field can run to megabytes, Qdrant payloads should not.
 MAX_NAME_CHARS = 1_000
@@ -14,16 +15,9 @@ MAX_DESCRIPTION_CHARS = 4_000
 MAX_CATEGORY_CHARS = 500
 MAX_URL_CHARS = 2_048
 
-# Fixed namespace: point ids must be the same on every machine and every run.
-POINT_NAMESPACE = uuid.UUID("6f3b8a52-1c1e-4b8e-9a57-3f6c1d0e2b71")
 
 # "$19.99", "$2,497.50", "$20", and the split form "$ 19 99" / "$ 6 . 94" that the scraped pages produce.
 _PRICE_RE = re.compile(r"\$\s*(\d{1,3}(?:,\d{3})+|\d+)(?:\s*(?:\.|\s)\s*(\d\d)(?!\d))?")
-
-
-def point_id_for(product_id: str, image_url: str) -> str:
-    """The Qdrant point id of one (product, image URL): the same on every run, so re-runs never duplicate."""
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{product_id}\x1f{image_url}"))
 
 
 def _amounts(text: str) -> list[float]:

@@ -12,7 +12,7 @@ A CSV ingest is a batch of upserts through the same function, so re-running it o
 does the same least work, and re-running it unchanged enqueues nothing.
 
 The caller enqueues ``plan.jobs`` and ``plan.reconcile`` and then calls ``registry.settle(plan.settle)``;
-see :mod:`lookalike.worker.registry` for what happens when it dies before that.
+see :mod:`lookalike.state.registry` for what happens when it dies before that.
 """
 
 from __future__ import annotations
@@ -22,16 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lookalike.producer.product import Product
-from lookalike.worker.jobs import Job
-from lookalike.worker.registry import Applied, ProductRegistry, ProductState, Stale, version_text
-
-NEW = "new"
-CHANGED = "changed"
-UNCHANGED = "unchanged"
-DELETED = "deleted"
-STALE = "stale"
-REDONE = "redone"  # an earlier producer died before enqueuing this product's work; done again in full
-MISSING = "missing"  # a delete for a product the registry never saw
+from lookalike.state.failures import Failure
+from lookalike.state.messages import Job
+from lookalike.state.outcomes import CHANGED, DELETED, MISSING, NEW, REDONE, STALE, UNCHANGED
+from lookalike.state.registry import Applied, ProductRegistry, ProductState, Stale, version_text
 
 
 @dataclass
@@ -126,3 +120,27 @@ def plan_deletes(registry: ProductRegistry, deletes: Iterable[tuple[str, int | f
             plan.outcomes[DELETED] += 1
         plan.reconcile.append(product_id)
     return plan
+
+
+def plan_retries(registry: ProductRegistry, failures: Iterable[Failure], run_id: str) -> tuple[SyncPlan, int]:
+    """Jobs for failed images whose product still wants them (one per product and URL), as ``run_id``.
+
+    Returns the plan and how many failures were dropped: the product was deleted or the image removed since,
+    or the same image failed more than once.
+    """
+    taken = list(failures)
+    states = registry.get_many(failure.product_id for failure in taken)
+    plan = SyncPlan()
+    seen: set[tuple[str, str]] = set()
+    dropped = 0
+    for failure in taken:
+        state = states.get(failure.product_id)
+        key = (failure.product_id, failure.image_url)
+        if state is None or not state.wants(failure.image_url) or key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        plan.jobs.append(
+            Job(run_id=run_id, product_id=failure.product_id, image_url=failure.image_url, version=state.version)
+        )
+    return plan, dropped

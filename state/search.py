@@ -115,7 +115,7 @@ class SearchRequest:
         if self.product_id is not None and (not self.product_id.strip() or len(self.product_id) > 200):
             raise QueryRejected("bad_product_id", "a product id is a non-empty text of at most 200 characters")
         if self.image_url is not None and not self.image_url.startswith(("http://", "https://")):
-            raise QueryRejected("bad_url", "an image URL must start with http:// or https://")
+            raise QueryRejected("bad_scheme", "an image URL must start with http:// or https://")
         if self.image is not None:
             if not self.image:
                 raise QueryRejected("empty_image", "the image is empty")

@@ -241,11 +241,11 @@ def start_worker(env: dict[str, str]) -> Iterator[Any]:
 
 def wait_for_run(run_id: str, timeout: float = 120) -> dict[str, Any]:
     """Until every job of the run has an outcome and no queue holds work; returns the run's counters."""
+    from lookalike.state.ledger import finished
     from lookalike.worker.app import ALL_QUEUES
-    from lookalike.worker.ledger import finished
 
     ctx = pipeline.current_context()
-    from lookalike.worker.queues import queue_depth
+    from lookalike.state.queues import queue_depth
 
     def idle() -> bool:
         # Nothing waiting, and nothing delivered but unacknowledged (kombu's "unacked" hash): no task running.

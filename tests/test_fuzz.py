@@ -9,13 +9,12 @@ Over 10,000 generated inputs (derandomized, so every run and CI see the same one
   values, CRCs fixed up half the time so the parser gets past its checksums.
 
 Every decode must return a 224x224 RGB image or raise ImageRejected with a known reason, within 2 s, and the
-process's memory must stay bounded. The query path must answer a list or refuse with a QueryError, in this
+process's memory must stay bounded. The query path must answer a list or refuse with a QueryRejected, in this
 process and through a real worker (which must survive every input).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
 import time
@@ -32,10 +31,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lookalike.config.settings import get_settings
+from lookalike.state.search import QueryRejected, SearchRequest, SearchResponse
 from lookalike.testing import images
 from lookalike.worker import pipeline
 from lookalike.worker.decode import MODEL_INPUT_EDGE, ImageRejected, decode_image
-from lookalike.worker.query import QueryError
 from lookalike.worker.store import PointRecord
 
 KNOWN_REASONS = frozenset({"empty", "not_an_image", "corrupt_header", "too_many_pixels", "truncated", "decode_error"})
@@ -350,8 +349,8 @@ def test_query_in_process_answers_or_refuses(env: dict[str, str], case: tuple[st
     STATS["calls"]["query"] += 1
     started = time.perf_counter()
     try:
-        answer = pipeline.answer_query(ctx, {"image_b64": base64.b64encode(data).decode()}, k=3, category=None)
-    except QueryError as exc:
+        answer = pipeline.answer_query(ctx, SearchRequest(image=data, k=3)).to_data()["results"]
+    except QueryRejected as exc:
         assert exc.reason in QUERY_REASONS, f"{label}: unknown reason {exc.reason!r}"
         STATS["reasons"][f"query:{exc.reason}"] += 1
     else:
@@ -377,24 +376,23 @@ def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str],
     assert len(cases) >= WORKER_EXAMPLES * 0.9
     outcomes: Counter[str] = Counter()
     for label, data in cases:
-        result = send_query(app, {"image_b64": base64.b64encode(data).decode()}, 3, None)
+        result = send_query(app, SearchRequest(image=data, k=3))
+        data_back = result.get(timeout=20)
+        # A refusal comes back as data, never as an exception rebuilt from its class name.
         try:
-            answer = result.get(timeout=20)
-        except Exception as exc:
-            # Celery rebuilds the worker's QueryError from the JSON result (class and args).
-            assert type(exc).__name__ == "QueryError", f"{label}: {type(exc).__name__}: {exc}"
-            reason = getattr(exc, "reason", None) or exc.args[0]
-            assert reason in QUERY_REASONS, f"{label}: unknown reason {reason!r}"
-            outcomes[f"refused:{reason}"] += 1
+            answer = SearchResponse.from_data(data_back)
+        except QueryRejected as exc:
+            assert exc.reason in QUERY_REASONS, f"{label}: unknown reason {exc.reason!r}"
+            outcomes[f"refused:{exc.reason}"] += 1
         else:
-            assert isinstance(answer, list), f"{label}: {answer!r}"
+            assert len(answer.results) <= 3, f"{label}: {data_back!r}"
             outcomes["answered"] += 1
         STATS["calls"]["worker_query"] += 1
     # Still alive, still consuming the query queue, still answering a good image.
     assert worker.process.poll() is None, worker.output()
     assert any(QUERY_QUEUE in queues for queues in live_workers(app, timeout=2).values())
-    good = base64.b64encode(images.product_bytes(1)).decode()
-    assert isinstance(send_query(app, {"image_b64": good}, 3, None).get(timeout=20), list)
+    good = send_query(app, SearchRequest(image=images.product_bytes(1), k=3)).get(timeout=20)
+    assert len(SearchResponse.from_data(good).results) >= 1
     STATS["worker_outcomes"] = dict(outcomes)
     assert outcomes["answered"] >= 1 and sum(outcomes.values()) == len(cases)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from collections import Counter
 from pathlib import Path
@@ -158,7 +157,10 @@ def test_query_with_a_resized_reencoded_copy_ranks_its_product_first(cli, env, i
         assert ranked[0]["image_url"] == good[product][0]
         assert len({r["product_id"] for r in ranked}) == len(ranked) == 5, "one entry per product"
         assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
-        assert set(ranked[0]) == {"product_id", "name", "score", "image_url", "product_url", "category", "price"}
+        assert set(ranked[0]) == {
+            "product_id", "name", "score", "image_url", "product_url", "category", "price", "price_value", "matched"
+        }
+        assert ranked[0]["matched"] == ["image"]
 
 
 def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp_path, start_worker):
@@ -187,19 +189,21 @@ def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp
 
 
 def test_query_task_accepts_base64_and_refuses_garbage(env, image_server, tmp_path, start_worker, cli):
+    from lookalike.state.search import SearchRequest
     from lookalike.worker.app import app
     from lookalike.worker.client import send_query
-    from lookalike.worker.query import QueryError
 
     catalog, _good, _bad = build_catalog(image_server, tmp_path, faults=False)
     start_worker()
     assert cli("ingest", str(catalog), "--wait", "--json").code == 0
     data = images.resized_copy(images.product_bytes(50, images.FORMATS[5 % 4]), 0.8)
-    answer = send_query(app, {"image_b64": base64.b64encode(data).decode()}, 2, None).get(timeout=20)
-    assert answer[0]["product_id"] == "p05"
-    with pytest.raises(QueryError) as refused:
-        send_query(app, {"image_b64": base64.b64encode(b"not an image").decode()}, 2, None).get(timeout=20)
-    assert refused.value.reason == "not_an_image"
+    answer = send_query(app, SearchRequest(image=data, k=2)).get(timeout=20)
+    assert answer["results"][0]["product_id"] == "p05"
+    refused = send_query(app, SearchRequest(image=b"not an image", k=2)).get(timeout=20)
+    assert refused["error"] == "not_an_image" and refused["detail"]
+    # The query task reads no file path a caller names: an unknown field is refused as data.
+    path_source = app.send_task("lookalike.search", args=[{"path": "/etc/passwd", "k": 2}], queue="lookalike.query")
+    assert path_source.get(timeout=20) == {"error": "bad_query", "detail": "unknown field 'path'"}
 
 
 @pytest.mark.parametrize(

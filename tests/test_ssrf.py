@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.testing import images
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
@@ -35,7 +36,7 @@ from lookalike.worker.fetch import (
     fetch_image,
     make_session,
 )
-from lookalike.worker.query import QueryError, load_query_image
+from lookalike.worker.query import load_query_image
 
 from conftest import set_env
 
@@ -415,11 +416,13 @@ def test_proxy_variables_cannot_reroute_downloads(
 def test_load_query_image_url_goes_through_the_guard(strict_session: requests.Session, net: Net) -> None:
     for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.jpg", "http://metadata.test/"):
         with pytest.raises(FetchError) as excinfo:
-            load_query_image({"url": url}, max_bytes=1_000_000, session=strict_session, limits=LIMITS)
-        # load_query_image passes the fetch error up; answer_query (the only caller) turns it into a QueryError.
+            load_query_image(SearchRequest(image_url=url), max_bytes=1_000_000, session=strict_session, limits=LIMITS)
+        # load_query_image passes the fetch error up; answer_query (the only caller) turns it into a QueryRejected.
         assert excinfo.value.reason == "forbidden_address"
     with pytest.raises(FetchError) as excinfo:
-        load_query_image({"url": "file:///etc/passwd"}, max_bytes=1_000_000, session=strict_session, limits=LIMITS)
+        load_query_image(
+            SearchRequest(image_url="file:///etc/passwd"), max_bytes=1_000_000, session=strict_session, limits=LIMITS
+        )
     assert excinfo.value.reason == "bad_scheme"
     assert net.connects == []
 
@@ -439,11 +442,11 @@ def test_answer_query_refuses_forbidden_urls(
         f"http://localhost:{server.port}/q.jpg",
         server.url("/q.jpg"),
     ):
-        with pytest.raises(QueryError) as excinfo:
-            pipeline.answer_query(ctx, {"url": url}, k=3, category=None)
+        with pytest.raises(QueryRejected) as excinfo:
+            pipeline.answer_query(ctx, SearchRequest(image_url=url, k=3))
         assert excinfo.value.reason == "forbidden_address", url
-    with pytest.raises(QueryError) as excinfo:
-        pipeline.answer_query(ctx, {"url": "gopher://127.0.0.1:6379/_INFO"}, k=3, category=None)
+    with pytest.raises(QueryRejected) as excinfo:
+        pipeline.answer_query(ctx, SearchRequest(image_url="gopher://127.0.0.1:6379/_INFO", k=3))
     assert excinfo.value.reason == "bad_scheme"
     assert server.hits() == 0
     assert net.connects_to(server.port) == []  # (the only other connects were to the test Redis)
@@ -460,8 +463,8 @@ def test_answer_query_refuses_a_redirect_to_the_metadata_service(
         ("/q-file", "file:///etc/passwd", "bad_scheme"),
     ):
         url = server.add(path, Route(redirect_to=target))
-        with pytest.raises(QueryError) as excinfo:
-            pipeline.answer_query(ctx, {"url": url}, k=3, category=None)
+        with pytest.raises(QueryRejected) as excinfo:
+            pipeline.answer_query(ctx, SearchRequest(image_url=url, k=3))
         assert excinfo.value.reason == reason, path
         assert server.hits(path) == 1
     # Only the first hops connected (to the image server); the fixture vouches nothing went elsewhere.

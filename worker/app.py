@@ -10,7 +10,7 @@ from celery import Celery
 from kombu import Queue
 
 from lookalike.config.settings import Settings, get_settings
-from lookalike.worker.queues import (
+from lookalike.state.queues import (
     ALL_QUEUES,
     EMBED_QUEUE,
     FETCH_QUEUE,
@@ -93,9 +93,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+    """The app, configured lazily: the settings are read when Celery first needs its configuration (sending a
+    task, starting a worker), not at import. So a command may settle its broker first (start an embedded one,
+    say) and import this module in any order."""
     celery = Celery("lookalike", include=["lookalike.worker.tasks"])
-    celery.conf.update(celery_config(settings))
+    celery.add_defaults(lambda: celery_config(settings or get_settings()))
     return celery
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import Celery
 
-from lookalike.worker.app import FETCH_QUEUE
-from lookalike.worker.jobs import Job
-from lookalike.worker.queues import queue_depth
+from lookalike.state.messages import Job
+from lookalike.state.queues import FETCH_QUEUE, queue_depth
+from lookalike.state.search import SearchRequest
 
 
 class CeleryPublisher:
@@ -43,9 +43,8 @@ def live_workers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
     return {node: sorted(q["name"] for q in queues) for node, queues in replies.items()}
 
 
-def send_query(app: Celery, source: dict[str, Any], k: int, category: str | None) -> Any:
-    """Submit a query (``image_b64``, ``path`` or ``url``); Flower shows its size, never its bytes."""
+def send_query(app: Celery, request: SearchRequest) -> Any:
+    """Submit a search; Flower shows its kind and size, never the image bytes."""
     from lookalike.worker.tasks import search
 
-    shown = source.get("url") or source.get("path") or f"image of {len(source.get('image_b64', '')) * 3 // 4} bytes"
-    return search.apply_async(args=[source], kwargs={"k": k, "category": category}, argsrepr=f"[query: {shown}]")
+    return search.apply_async(args=[request.to_message()], argsrepr=request.describe())

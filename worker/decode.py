@@ -16,18 +16,17 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lookalike.state.errors import DECODE, Rejected
+
 MODEL_INPUT_EDGE = 224
 TRANSPORT_QUALITY = 95
 _BACKGROUND = (255, 255, 255)
 
 
-class ImageRejected(Exception):
+class ImageRejected(Rejected):
     """The bytes are not an image lookalike accepts; ``reason`` is a short stable token."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+    stage = DECODE
 
 
 class ImageTooLarge(ImageRejected):

@@ -2,13 +2,11 @@
 
 The model is loaded lazily, once per process, and re-loaded if the process turns out to be a fork of the one
 that loaded it: an ONNX Runtime session carried across ``fork()`` shares thread pools and locks with its
-parent and is not safe to use.
+parent and is not safe to use (:mod:`lookalike.state.process`).
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.config.settings import Settings
+from lookalike.state.process import process_cache
 
 
 class ModelUnavailable(RuntimeError):
@@ -75,17 +74,9 @@ class Embedder:
         return vectors
 
 
-_lock = threading.Lock()
-_loaded: tuple[int, ModelSpec, Embedder] | None = None
-
-
 def get_embedder(spec: ModelSpec) -> Embedder:
-    """The process's embedder, loaded on first use (and again after a fork)."""
-    global _loaded
-    with _lock:
-        if _loaded is None or _loaded[0] != os.getpid() or _loaded[1] != spec:
-            _loaded = (os.getpid(), spec, Embedder(spec))
-        return _loaded[2]
+    """The process's embedder for ``spec``, loaded on first use (and again after a fork)."""
+    return process_cache.get(("embedder", spec), lambda: Embedder(spec))
 
 
 def model_dimension(name: str) -> int:

@@ -24,21 +24,19 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, DecodeError, HTTPError, NewConnectionError, ReadTimeoutError
 
+from lookalike.state.errors import FETCH, Rejected
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CHUNK_BYTES = 64 * 1024
 
 
-class FetchError(Exception):
+class FetchError(Rejected):
     """A download failed; ``reason`` is a short stable token (``http_404``, ``forbidden_address`` ...)."""
 
+    stage = FETCH
     retryable = False
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class PermanentFetchError(FetchError):
@@ -49,6 +47,7 @@ class TransientFetchError(FetchError):
     """Worth retrying later (connection errors, timeouts, 429, 5xx)."""
 
     retryable = True
+    transient = True
 
     def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(reason, detail)

@@ -1,6 +1,6 @@
 """Prometheus metrics for the whole cluster, read from Redis at each scrape (`lookalike metrics`).
 
-Workers write their counters and stage-time histograms to Redis (see :mod:`lookalike.worker.ledger`), so one
+Workers write their counters and stage-time histograms to Redis (see :mod:`lookalike.state.ledger`), so one
 exporter anywhere reports every worker on every machine, and restarts of workers lose nothing.
 
 Names (all prefixed ``lookalike_``):
@@ -32,10 +32,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from lookalike.worker.ledger import BUCKETS, STAGES
-from lookalike.worker.queues import oldest_age, queue_depth
-
-EVENT_OUTCOMES = ("new", "changed", "unchanged", "deleted", "missing", "redone", "stale", "failed")
+from lookalike.state.ledger import BUCKETS, STAGES
+from lookalike.state.outcomes import EVENT_OUTCOMES
+from lookalike.state.queues import oldest_age, queue_depth
 
 
 class LookalikeCollector(Collector):

@@ -1,8 +1,8 @@
-"""The stages as plain functions over a per-process :class:`Context`; the Celery tasks only call these.
+"""The stages as plain functions over a per-process :class:`WorkerContext`; the Celery tasks only call these.
 
-fetch_stage:  Job -> prepared item (downloaded, hashed, decoded to model size; or a cached vector)
-embed_stage:  prepared items -> points (one model call for the batch)
-index_stage:  points -> upserted into the store with the product's current payload; outcomes counted
+fetch_stage:  Job -> PreparedImage (downloaded, hashed, decoded to model size; or a cached vector)
+embed_stage:  PreparedImages -> EmbeddedPoints (one model call for the batch)
+index_stage:  EmbeddedPoints -> upserted into the store with the product's current payload; outcomes counted
 reconcile:    make a product's points match the registry (removed images, payload changes, deletes)
 """
 
@@ -17,46 +17,33 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import redis
-
 from lookalike.config.settings import Settings, get_settings
-from lookalike.producer.product import point_id_for
+from lookalike.state.context import StateContext
+from lookalike.state.errors import INDEX
+from lookalike.state.failures import Failure
+from lookalike.state.ledger import Outcome
+from lookalike.state.messages import EmbeddedPoint, Job, PreparedImage, encode_vector, point_id_for
+from lookalike.state.outcomes import FAILED, INDEXED, SUPERSEDED
+from lookalike.state.process import process_cache
+from lookalike.state.queues import INDEX_QUEUE, queue_depth
+from lookalike.state.registry import ProductState
+from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
-from lookalike.worker.decode import ImageRejected, decode_image, decode_transport, encode_for_transport
+from lookalike.worker.decode import decode_image, decode_transport, encode_for_transport
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
-from lookalike.worker.failures import Failure, FailureLog
-from lookalike.worker.fetch import AddressPolicy, FetchError, FetchLimits, fetch_image, make_session
-from lookalike.worker.jobs import Job, decode_bytes, decode_vector, encode_bytes, encode_vector
-from lookalike.worker.ledger import FAILED, INDEXED, SUPERSEDED, Ledger, Outcome
+from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.logs import OutcomeLogger
-from lookalike.worker.query import QueryError, load_query_image, search_products
-from lookalike.worker.queues import INDEX_QUEUE, queue_depth
-from lookalike.worker.registry import ProductRegistry, ProductState
+from lookalike.worker.query import run_search
 from lookalike.worker.store import PointRecord, VectorStore, open_store
 
 OPTIMIZE_AFTER_POINTS = 20_000
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A client for lookalike's own keys on the broker's Redis (rediss:// and passwords come from the URL)."""
-    return redis.Redis.from_url(
-        settings.broker_url.get_secret_value(),
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=15,
-        retry_on_timeout=True,
-    )
-
-
-class Context:
-    """What one process needs to run stages: settings, Redis-backed state, and lazily the heavy parts."""
+class WorkerContext(StateContext):
+    """The light context plus what a worker process needs to run stages; the heavy parts are built lazily."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.redis = redis_client(settings)
-        self.ledger = Ledger(self.redis, settings.key_prefix, settings.run_ttl)
-        self.failures = FailureLog(self.redis, settings.key("failures"), settings.failures_cap)
-        self.registry = ProductRegistry(self.redis, settings.key("products", settings.collection))
+        super().__init__(settings)
         self.model_spec = ModelSpec.from_settings(settings)
         self.cache = EmbeddingCache(
             self.redis,
@@ -125,30 +112,24 @@ class Context:
             self._store_ready_dim = None
 
 
-_context: tuple[int, Context] | None = None
-_context_lock = threading.Lock()
+# Kept for the tests and benchmarks that name it.
+Context = WorkerContext
+_CONTEXT = "worker-context"
 
 
-def current_context() -> Context:
-    """The process's context (rebuilt after a fork: sockets and sessions are not shared with a parent).
-
-    Built once even when the first tasks of a thread pool ask for it all at once."""
-    global _context
-    with _context_lock:
-        if _context is None or _context[0] != os.getpid():
-            _context = (os.getpid(), Context(get_settings()))
-        return _context[1]
+def current_context() -> WorkerContext:
+    """The process's worker context (see :mod:`lookalike.state.process`: built once, rebuilt after a fork)."""
+    return process_cache.get(_CONTEXT, lambda: WorkerContext(get_settings()))
 
 
 def reset_context() -> None:
-    global _context
-    if _context is not None and _context[0] == os.getpid():
-        _context[1].close()
-    _context = None
+    ctx = process_cache.pop(_CONTEXT)
+    if ctx is not None:
+        ctx.close()
 
 
 # ----------------------------------------------------------------------------------------------- failures
-def fail_jobs(ctx: Context, jobs: Sequence[Job], stage: str, reason: str, detail: str = "") -> None:
+def fail_jobs(ctx: WorkerContext, jobs: Sequence[Job], stage: str, reason: str, detail: str = "") -> None:
     """Record jobs as failed for good: dead-letter entry, counters, one log line each."""
     if not jobs:
         return
@@ -178,68 +159,52 @@ def fail_jobs(ctx: Context, jobs: Sequence[Job], stage: str, reason: str, detail
 
 
 # ------------------------------------------------------------------------------------------------- fetch
-def fetch_stage(ctx: Context, job: Job) -> dict[str, Any]:
-    """Download and prepare one image. Raises FetchError / ImageRejected; the task decides on retries."""
+def fetch_stage(ctx: WorkerContext, job: Job) -> PreparedImage:
+    """Download and prepare one image. Raises a :class:`~lookalike.state.errors.Rejected` (a FetchError or an
+    ImageRejected); the task decides on retries."""
     started = time.time()
     timings = {"queue_wait": max(0.0, started - job.enqueued_at)}
     fetched = fetch_image(job.image_url, ctx.session, ctx.limits)
     timings["download"] = fetched.seconds
     digest = content_hash(fetched.data)
-    item: dict[str, Any] = {"job": job.to_message(), "sha256": digest, "timings": timings}
     cached = ctx.cache.get(digest)
     if cached is not None:
-        item["vector"] = encode_vector(cached)
-    else:
-        with ctx.decode_slots:
-            decode_started = time.perf_counter()
-            image = decode_image(
-                fetched.data, max_pixels=ctx.settings.max_image_pixels, formats=ctx.settings.allowed_image_formats
-            )
-            item["image"] = encode_bytes(encode_for_transport(image))
-            timings["decode"] = time.perf_counter() - decode_started
-    item["sent_at"] = time.time()
-    return item
-
-
-def _timings_with_wait(message: dict[str, Any], received: float) -> dict[str, float]:
-    """The stage timings a message carries, plus the time it waited in the queue it just left."""
-    timings = dict(message.get("timings") or {})
-    waited = max(0.0, received - float(message.get("sent_at", received)))
-    timings["queue_wait"] = timings.get("queue_wait", 0.0) + waited
-    return timings
+        return PreparedImage(job, digest, vector=encode_vector(cached), timings=timings)
+    with ctx.decode_slots:
+        decode_started = time.perf_counter()
+        image = decode_image(
+            fetched.data, max_pixels=ctx.settings.max_image_pixels, formats=ctx.settings.allowed_image_formats
+        )
+        prepared = encode_for_transport(image)
+        timings["decode"] = time.perf_counter() - decode_started
+    return PreparedImage(job, digest, image=prepared, timings=timings)
 
 
 # ------------------------------------------------------------------------------------------------- embed
-def embed_stage(ctx: Context, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Embed the batch's images in one model call; cached vectors pass through. Returns index points."""
+def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[EmbeddedPoint]:
+    """Embed the batch's images in one model call; cached vectors pass through."""
     started = time.time()
-    to_embed = [item for item in items if "vector" not in item]
-    vectors: dict[int, Any] = {}
+    to_embed = [item for item in items if not item.cached]
+    vectors: dict[int, str] = {}
     if to_embed:
-        images = [decode_transport(decode_bytes(item["image"])) for item in to_embed]
+        images = [decode_transport(item.image or b"") for item in to_embed]
         embed_started = time.perf_counter()
         embedded = ctx.embedder.embed(images)
         seconds = time.perf_counter() - embed_started
-        per_run = Counter(str(item["job"]["run_id"]) for item in to_embed)
-        ctx.ledger.count_embedding(dict(per_run), seconds)
+        ctx.ledger.count_embedding(dict(Counter(item.job.run_id for item in to_embed)), seconds)
         for item, vector in zip(to_embed, embedded, strict=True):
-            vectors[id(item)] = vector
-        ctx.cache.put_many({item["sha256"]: vector for item, vector in zip(to_embed, embedded, strict=True)})
-    points = []
-    for item in items:
-        vector = vectors.get(id(item))
-        timings = _timings_with_wait(item, started)
-        points.append(
-            {
-                "job": item["job"],
-                "sha256": item["sha256"],
-                "vector": item["vector"] if vector is None else encode_vector(vector),
-                "cached": vector is None,
-                "timings": timings,
-                "sent_at": time.time(),
-            }
+            vectors[id(item)] = encode_vector(vector)
+        ctx.cache.put_many({item.sha256: vector for item, vector in zip(to_embed, embedded, strict=True)})
+    return [
+        EmbeddedPoint(
+            job=item.job,
+            sha256=item.sha256,
+            vector=item.vector if item.vector is not None else vectors[id(item)],
+            cached=item.cached,
+            timings=item.waited(started),
         )
-    return points
+        for item in items
+    ]
 
 
 # ------------------------------------------------------------------------------------------------- index
@@ -251,7 +216,7 @@ class IndexReport:
     reconciled: int = 0
 
 
-def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
+def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexReport:
     """Write the batch in one upsert, each point with its product's current payload.
 
     Points whose product was deleted, or whose image was removed, since the job was enqueued are dropped
@@ -260,13 +225,13 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
     """
     started = time.time()
     report = IndexReport()
-    jobs = [Job.from_message(point["job"]) for point in points]
-    before = ctx.registry.get_many(job.product_id for job in jobs)
+    before = ctx.registry.get_many(point.job.product_id for point in points)
     records: list[PointRecord] = []
     outcomes: list[tuple[Job, Outcome]] = []
     unknown: list[Job] = []
-    for point, job in zip(points, jobs, strict=True):
-        timings = _timings_with_wait(point, started)
+    for point in points:
+        job = point.job
+        timings = point.waited(started)
         state = before.get(job.product_id)
         if state is None:
             unknown.append(job)
@@ -274,11 +239,9 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
             outcomes.append((job, Outcome(job.job_id, job.run_id, SUPERSEDED, timings=timings)))
             report.superseded += 1
         else:
-            payload = {**state.payload, "image_url": job.image_url, "image_sha256": point.get("sha256")}
-            records.append(PointRecord(job.point_id, decode_vector(point["vector"]), payload))
-            outcomes.append(
-                (job, Outcome(job.job_id, job.run_id, INDEXED, cached=bool(point.get("cached")), timings=timings))
-            )
+            payload = {**state.payload, "image_url": job.image_url, "image_sha256": point.sha256}
+            records.append(PointRecord(job.point_id, point.array(), payload))
+            outcomes.append((job, Outcome(job.job_id, job.run_id, INDEXED, cached=point.cached, timings=timings)))
             report.indexed += 1
     upsert_seconds = 0.0
     if records:
@@ -299,12 +262,12 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
             run_id=job.run_id,
             product_id=job.product_id,
             url=job.image_url,
-            stage="index",
+            stage=INDEX,
             seconds=round(sum(outcome.timings.values()) + upsert_seconds, 4),
             cached=outcome.cached or None,
         )
     if unknown:
-        fail_jobs(ctx, unknown, "index", "unknown_product", "the product is not in the registry (was it ingested?)")
+        fail_jobs(ctx, unknown, INDEX, "unknown_product", "the product is not in the registry (was it ingested?)")
         report.failed = len(unknown)
     if records:
         ctx.maybe_optimize(len(records))  # after the outcomes are counted: it can take a while
@@ -312,30 +275,25 @@ def index_stage(ctx: Context, points: Sequence[dict[str, Any]]) -> IndexReport:
 
 
 # ------------------------------------------------------------------------------------------------- query
-def answer_query(ctx: Context, source: dict[str, Any], *, k: int, category: str | None) -> list[dict[str, Any]]:
+def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
     """The query task's body, also run in-process by `lookalike search` when no worker is up.
 
-    Every refusal comes out as a :class:`QueryError` with a reason (bad input, undecodable image, a download
+    Every refusal comes out as a :class:`QueryRejected` with a reason (bad input, undecodable image, a download
     the fetch guard refused).
     """
-    try:
-        image = load_query_image(source, max_bytes=ctx.settings.query_max_bytes, session=ctx.session, limits=ctx.limits)
-        return search_products(
-            image,
-            k=k,
-            category=category,
-            embedder=ctx.embedder,
-            store=ctx.store,
-            max_pixels=ctx.settings.max_image_pixels,
-            formats=ctx.settings.allowed_image_formats,
-        )
-    except (ImageRejected, FetchError) as exc:
-        raise QueryError(exc.reason, exc.detail) from exc
+    return run_search(
+        request,
+        embedder=lambda: ctx.embedder,
+        store=ctx.store,
+        session=ctx.session,
+        limits=ctx.limits,
+        settings=ctx.settings,
+    )
 
 
 # --------------------------------------------------------------------------------------------- reconcile
 def reconcile(
-    ctx: Context,
+    ctx: WorkerContext,
     store: VectorStore,
     product_ids: Iterable[str],
     states: dict[str, ProductState | None] | None = None,
@@ -372,7 +330,7 @@ def reconcile(
     return changed
 
 
-def reconcile_stage(ctx: Context, product_ids: Sequence[str]) -> int:
+def reconcile_stage(ctx: WorkerContext, product_ids: Sequence[str]) -> int:
     """The store-side half of a catalogue change (payload update, removed images, delete)."""
     started = time.perf_counter()
     changed = reconcile(ctx, ctx.store, product_ids)

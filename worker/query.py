@@ -1,110 +1,104 @@
-"""The query: a shopper's image -> the catalogue products that look most like it, one entry per product."""
+"""The query: a shopper's photo, image URL, words or product -> the catalogue products that match, one entry
+per product (its best image first).
+
+:func:`run_search` is the one search function: the query task, ``lookalike search``/``similar`` in-process and
+the API's in-process fallback all call it with a :class:`~lookalike.state.search.SearchRequest`.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from lookalike.worker.decode import ImageRejected, decode_image
+from lookalike.config.settings import Settings
+from lookalike.state.errors import Rejected
+from lookalike.state.search import IMAGE, QueryRejected, SearchHit, SearchRequest, SearchResponse
+from lookalike.worker.decode import decode_image
 from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import FetchLimits, fetch_image
 from lookalike.worker.store import Hit, VectorStore
 
-MAX_K = 100
 MAX_CANDIDATES = 2000
 
 
-class QueryError(ValueError):
-    """The query cannot be answered as asked; ``reason`` is a short stable token.
-
-    Its args are exactly (reason, detail), so it survives Celery's JSON result encoding intact.
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
-
-
-def load_query_image(
-    source: dict[str, Any], *, max_bytes: int, session: Any = None, limits: FetchLimits | None = None
-) -> bytes:
-    """The query image's bytes from exactly one of ``image_b64``, ``path`` or ``url``."""
-    given = [key for key in ("image_b64", "path", "url") if source.get(key)]
-    if len(given) != 1:
-        raise QueryError("bad_query", "give exactly one of image_b64, path or url")
-    if source.get("image_b64"):
-        text = str(source["image_b64"])
-        if len(text) > (max_bytes * 4) // 3 + 8:
-            raise QueryError("too_large", f"query image over {max_bytes} bytes")
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise QueryError("bad_base64", str(exc)) from exc
-    if source.get("path"):
-        path = Path(str(source["path"]))
-        if not path.is_file():
-            raise QueryError("not_found", f"{path} is not a file")
-        if path.stat().st_size > max_bytes:
-            raise QueryError("too_large", f"{path} is over {max_bytes} bytes")
-        return path.read_bytes()
-    if session is None or limits is None:
-        raise QueryError("bad_query", "URL queries need a download session")
+def load_query_image(request: SearchRequest, *, max_bytes: int, session: Any, limits: FetchLimits) -> bytes:
+    """The query image's bytes: as sent, or downloaded through the same guard as catalogue images."""
+    if request.image is not None:
+        if len(request.image) > max_bytes:
+            raise QueryRejected("too_large", f"query image over {max_bytes} bytes")
+        return request.image
+    assert request.image_url is not None
     capped = dataclasses.replace(limits, max_bytes=min(limits.max_bytes, max_bytes))
-    return fetch_image(str(source["url"]), session, capped).data
+    return fetch_image(request.image_url, session, capped).data
 
 
-def best_per_product(hits: list[Hit], k: int) -> list[Hit]:
+def best_per_product(hits: list[Hit]) -> list[Hit]:
     """Keep each product's best-scoring image, in score order (hits arrive best first)."""
     best: dict[str, Hit] = {}
     for hit in hits:
         product_id = str(hit.payload.get("product_id"))
         if product_id not in best:
             best[product_id] = hit
-    return list(best.values())[:k]
+    return list(best.values())
 
 
-def search_products(
-    image: bytes,
-    *,
-    k: int,
-    category: str | None,
-    embedder: Embedder,
-    store: VectorStore,
-    max_pixels: int,
-    formats: frozenset[str],
-) -> list[dict[str, Any]]:
-    """Rank products by their best image's cosine similarity to ``image``. Raises ImageRejected/QueryError."""
-    if not 1 <= k <= MAX_K:
-        raise QueryError("bad_k", f"k must be between 1 and {MAX_K}")
-    prepared = decode_image(image, max_pixels=max_pixels, formats=formats)
-    vector = embedder.embed([prepared])[0]
-    limit = k * 4
+def to_result(hit: Hit, matched: tuple[str, ...]) -> SearchHit:
+    payload = hit.payload
+    price_value = payload.get("price_value")
+    return SearchHit(
+        product_id=str(payload.get("product_id")),
+        name=payload.get("name"),
+        score=float(hit.score),
+        image_url=payload.get("image_url"),
+        product_url=payload.get("product_url"),
+        category=payload.get("category"),
+        price=payload.get("price"),
+        price_value=None if price_value is None else float(price_value),
+        matched=matched,
+    )
+
+
+def paged_products(search: Callable[[int], list[Hit]], *, k: int, offset: int) -> list[Hit]:
+    """Products ``offset``..``offset + k`` from a ranked point search, one per product.
+
+    Products with many near-identical images can crowd the candidates: widen until enough products show, or
+    the engine has no more. The order is the engine's (score, then id), so pages are stable.
+    """
+    wanted = offset + k
+    limit = wanted * 4
     while True:
-        hits = store.search(vector, limit, category)
-        products = best_per_product(hits, k)
-        # Products with many near-identical images can crowd the first page: widen until k products show.
-        if len(products) >= k or len(hits) < limit or limit >= MAX_CANDIDATES:
-            break
+        hits = search(limit)
+        products = best_per_product(hits)
+        if len(products) >= wanted or len(hits) < limit or limit >= MAX_CANDIDATES:
+            return products[offset:wanted]
         limit = min(limit * 4, MAX_CANDIDATES)
-    return [
-        {
-            "product_id": hit.payload.get("product_id"),
-            "name": hit.payload.get("name"),
-            "score": round(hit.score, 6),
-            "image_url": hit.payload.get("image_url"),
-            "product_url": hit.payload.get("product_url"),
-            "category": hit.payload.get("category"),
-            "price": hit.payload.get("price"),
-        }
-        for hit in products
-    ]
 
 
-__all__ = ["ImageRejected", "QueryError", "best_per_product", "load_query_image", "search_products"]
+def run_search(
+    request: SearchRequest,
+    *,
+    embedder: Callable[[], Embedder],
+    store: VectorStore,
+    session: Any,
+    limits: FetchLimits,
+    settings: Settings,
+) -> SearchResponse:
+    """Answer one validated request. Every refusal is a :class:`QueryRejected`."""
+    request.validate(max_image_bytes=settings.query_max_bytes)
+    try:
+        data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
+        prepared = decode_image(data, max_pixels=settings.max_image_pixels, formats=settings.allowed_image_formats)
+    except QueryRejected:
+        raise
+    except Rejected as exc:
+        raise QueryRejected(exc.reason, exc.detail) from exc
+    vector = embedder().embed([prepared])[0]
+    category = request.filters.category
+    products = paged_products(
+        lambda limit: store.search(vector, limit, category), k=request.k, offset=request.offset
+    )
+    return SearchResponse(results=tuple(to_result(hit, (IMAGE,)) for hit in products))
+
+
+__all__ = ["best_per_product", "load_query_image", "paged_products", "run_search"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.config.settings import Settings
-from lookalike.worker.app import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
+from lookalike.state.queues import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
 
 
 @dataclass(frozen=True)

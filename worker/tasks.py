@@ -21,10 +21,8 @@ How a message ends (acks_late throughout, so a message is removed only when one 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,19 +33,19 @@ from celery.exceptions import Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from lookalike.config.settings import get_settings
+from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, Rejected
+from lookalike.state.messages import EmbeddedPoint, Job, PreparedImage, describe_batch, jobs_in
+from lookalike.state.process import process_cache
+from lookalike.state.queues import EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
+from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.worker import pipeline
-from lookalike.worker.app import EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE, app
+from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
-from lookalike.worker.decode import ImageRejected
 from lookalike.worker.embed import ModelUnavailable
-from lookalike.worker.fetch import PermanentFetchError, TransientFetchError
-from lookalike.worker.jobs import Job
 from lookalike.worker.logs import configure_logging
-from lookalike.worker.queues import queue_depth, wait_below
 from lookalike.worker.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
-settings = get_settings()
 
 MAX_DELIVERIES = 5
 INFRASTRUCTURE_ERRORS = (
@@ -59,28 +57,15 @@ INFRASTRUCTURE_ERRORS = (
 )
 
 
-def _jobs_of(args: tuple[Any, ...]) -> list[Job]:
-    """The jobs a task message carries (a job, or a batch of items/points each holding one)."""
-    if not args:
-        return []
-    first = args[0]
-    try:
-        if isinstance(first, dict):
-            return [Job.from_message(first)]
-        return [Job.from_message(item["job"]) for item in first]
-    except (KeyError, TypeError, ValueError):
-        return []
-
-
 class RecordingTask(Task):
     """A task whose unexpected failure is recorded for each of its jobs (dead-letter list and counters)."""
 
-    stage = "task"
+    stage = TASK
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
-        jobs = _jobs_of(args)
+        jobs = jobs_in(args[0]) if args else []
         try:
             pipeline.fail_jobs(pipeline.current_context(), jobs, self.stage, f"internal_{type(exc).__name__}", str(exc))
         except Exception:
@@ -88,15 +73,15 @@ class RecordingTask(Task):
 
 
 class FetchTask(RecordingTask):
-    stage = "fetch"
+    stage = FETCH
 
 
 class EmbedTask(RecordingTask):
-    stage = "embed"
+    stage = EMBED
 
 
 class IndexTask(RecordingTask):
-    stage = "index"
+    stage = INDEX
 
 
 @contextmanager
@@ -117,7 +102,7 @@ def handed_back(task: Task) -> bool:
     return bool((task.request.delivery_info or {}).get("redelivered"))
 
 
-def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
+def too_many_deliveries(task: Task, stage: str, jobs: Sequence[Job]) -> bool:
     """True (and the jobs recorded as failed) when this message keeps coming back (it kills its worker).
 
     Only messages that were handed back (kombu marks them redelivered) are counted, so the normal path costs
@@ -126,72 +111,80 @@ def too_many_deliveries(task: Task, stage: str, jobs: list[Job]) -> bool:
     if not handed_back(task):
         return False
     ctx = pipeline.current_context()
-    key = ctx.settings.key("deliveries", f"{task.request.id}:{task.request.retries}")
-    pipe = ctx.redis.pipeline(transaction=False)
-    pipe.incr(key)
-    pipe.expire(key, 24 * 3600)
-    deliveries = int(pipe.execute()[0])
+    deliveries = ctx.ledger.count_delivery(task.request.id, task.request.retries)
     if deliveries <= MAX_DELIVERIES:
         return False
     pipeline.fail_jobs(ctx, jobs, stage, "redelivered_too_often", f"handed back {deliveries} times")
     return True
 
 
-def retry_later(task: Task, exc: Exception, cap: int, at_least: float | None = None) -> None:
-    """Retry with exponential backoff and full jitter, never sooner than ``at_least`` (a server's Retry-After)
-    and never later than ``cap``: a retry waits in its worker unacknowledged, and must come well inside the
-    visibility timeout."""
-    countdown = get_exponential_backoff_interval(factor=1, retries=task.request.retries, maximum=cap, full_jitter=True)
-    raise task.retry(exc=exc, countdown=min(cap, max(countdown, at_least or 0)))
+def retry_or_fail(
+    task: Task,
+    exc: Exception,
+    jobs: Sequence[Job],
+    *,
+    stage: str,
+    reason: str,
+    detail: str,
+    retries: int,
+    backoff_max: float,
+    at_least: float | None = None,
+) -> None:
+    """The one retry policy: retry with exponential backoff and full jitter while ``retries`` allow, never
+    sooner than ``at_least`` (a server's Retry-After) and never later than ``backoff_max`` (a retry waits in its
+    worker unacknowledged, and must come well inside the visibility timeout); then record the jobs as failed.
+
+    The limits are passed at run time (read from the settings then), so the app reads no settings at import.
+    """
+    if task.request.retries < retries:
+        countdown = get_exponential_backoff_interval(
+            factor=1, retries=task.request.retries, maximum=int(backoff_max), full_jitter=True
+        )
+        raise task.retry(exc=exc, countdown=min(backoff_max, max(countdown, at_least or 0)), max_retries=retries)
+    pipeline.fail_jobs(pipeline.current_context(), jobs, stage, reason, detail)
 
 
 # ------------------------------------------------------------------------------------------------- fetch
-_batcher_lock = threading.Lock()
-_batcher: tuple[int, Batcher] | None = None
-
-
-def _describe(batch: list[dict[str, Any]], what: str) -> str:
-    """A batch as Flower shows it: its size and first job, never the image bytes or vectors."""
-    first = batch[0]["job"] if batch else {"product_id": "-", "image_url": "-"}
-    return f"[{len(batch)} {what}: {first['product_id']} {first['image_url']} ...]"
-
-
-def _send_embed_batch(items: list[dict[str, Any]]) -> None:
+def _send_embed_batch(items: list[PreparedImage]) -> None:
     ctx = pipeline.current_context()
-    wait_below(lambda: queue_depth(ctx.redis, EMBED_QUEUE), settings.embed_high_water)
-    embed.apply_async(args=[items], argsrepr=_describe(items, "images"))
+    wait_below(lambda: queue_depth(ctx.redis, EMBED_QUEUE), ctx.settings.embed_high_water)
+    embed.apply_async(args=[[item.to_message() for item in items]], argsrepr=describe_batch(items, "images"))
 
 
 def _fetch_batcher() -> Batcher:
-    global _batcher
-    with _batcher_lock:
-        if _batcher is None or _batcher[0] != os.getpid():
-            _batcher = (os.getpid(), Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger))
-        return _batcher[1]
+    settings = pipeline.current_context().settings
+    return process_cache.get(
+        "fetch-batcher", lambda: Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger)
+    )
 
 
-@app.task(name="lookalike.fetch", base=FetchTask, bind=True, max_retries=settings.fetch_retries)
+@app.task(name="lookalike.fetch", base=FetchTask, bind=True)
 def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     parsed = Job.from_message(job)
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
-        if too_many_deliveries(self, "fetch", [parsed]):
+        if too_many_deliveries(self, FETCH, [parsed]):
             return {"outcome": "failed", "reason": "redelivered_too_often"}
         try:
             item = pipeline.fetch_stage(ctx, parsed)
-        except TransientFetchError as exc:
-            if self.request.retries < self.max_retries:
-                retry_later(self, exc, settings.fetch_backoff_max, exc.retry_after)
-            pipeline.fail_jobs(ctx, [parsed], "fetch", exc.reason, exc.detail)
-            return {"outcome": "failed", "reason": exc.reason}
-        except PermanentFetchError as exc:
-            pipeline.fail_jobs(ctx, [parsed], "fetch", exc.reason, exc.detail)
-            return {"outcome": "failed", "reason": exc.reason}
-        except ImageRejected as exc:
-            pipeline.fail_jobs(ctx, [parsed], "decode", exc.reason, exc.detail)
+        except Rejected as exc:
+            if exc.transient:
+                retry_or_fail(
+                    self,
+                    exc,
+                    [parsed],
+                    stage=exc.stage,
+                    reason=exc.reason,
+                    detail=exc.detail,
+                    retries=ctx.settings.fetch_retries,
+                    backoff_max=ctx.settings.fetch_backoff_max,
+                    at_least=getattr(exc, "retry_after", None),
+                )
+            else:
+                pipeline.fail_jobs(ctx, [parsed], exc.stage, exc.reason, exc.detail)
             return {"outcome": "failed", "reason": exc.reason}
         _fetch_batcher().submit(item)
-    return {"outcome": "sent_to_embed", "cached": "vector" in item}
+    return {"outcome": "sent_to_embed", "cached": item.cached}
 
 
 # ------------------------------------------------------------------------------------------------- embed
@@ -203,47 +196,70 @@ def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
             # A batch coming back may hold an image that kills the embedding process: go on one image per
             # message, so only that image ends up failed, not its batch-mates.
             for item in items:
-                embed.apply_async(args=[[item]], argsrepr=_describe([item], "images"))
+                embed.apply_async(args=[[item]], argsrepr=describe_batch([PreparedImage.from_message(item)], "images"))
             return {"embedded": 0, "split": len(items)}
-        if too_many_deliveries(self, "embed", _jobs_of((items,))):
+        prepared = [PreparedImage.from_message(item) for item in items]
+        jobs = [item.job for item in prepared]
+        if too_many_deliveries(self, EMBED, jobs):
             return {"embedded": 0}
         try:
-            points = pipeline.embed_stage(ctx, items)
+            points = pipeline.embed_stage(ctx, prepared)
         except ModelUnavailable as exc:
             log.error("%s", exc)
-            pipeline.fail_jobs(ctx, _jobs_of((items,)), "embed", "model_unavailable", str(exc))
+            pipeline.fail_jobs(ctx, jobs, EMBED, "model_unavailable", str(exc))
             return {"embedded": 0}
-        index.apply_async(args=[points], argsrepr=_describe(points, "points"))
+        except Rejected as exc:
+            pipeline.fail_jobs(ctx, jobs, exc.stage, exc.reason, exc.detail)
+            return {"embedded": 0}
+        index.apply_async(args=[[point.to_message() for point in points]], argsrepr=describe_batch(points, "points"))
     return {"embedded": len(points)}
 
 
 # ------------------------------------------------------------------------------------------------- index
-@app.task(name="lookalike.index", base=IndexTask, bind=True, max_retries=settings.store_retries)
+@app.task(name="lookalike.index", base=IndexTask, bind=True)
 def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
-        if too_many_deliveries(self, "index", _jobs_of((points,))):
+        parsed = [EmbeddedPoint.from_message(point) for point in points]
+        jobs = [point.job for point in parsed]
+        if too_many_deliveries(self, INDEX, jobs):
             return {"indexed": 0}
         try:
-            report = pipeline.index_stage(ctx, points)
+            report = pipeline.index_stage(ctx, parsed)
         except StoreUnavailable as exc:
             # The vectors ride along with the retry: a store outage never throws a batch away.
-            if self.request.retries < self.max_retries:
-                retry_later(self, exc, settings.store_backoff_max)
-            pipeline.fail_jobs(ctx, _jobs_of((points,)), "index", "store_unavailable", str(exc))
+            retry_or_fail(
+                self,
+                exc,
+                jobs,
+                stage=INDEX,
+                reason="store_unavailable",
+                detail=str(exc),
+                retries=ctx.settings.store_retries,
+                backoff_max=ctx.settings.store_backoff_max,
+            )
             return {"indexed": 0}
     return report.__dict__
 
 
-@app.task(name="lookalike.reconcile", bind=True, max_retries=settings.store_retries)
+@app.task(name="lookalike.reconcile", bind=True)
 def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
         try:
             changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
         except StoreUnavailable as exc:
-            if self.request.retries < self.max_retries:
-                retry_later(self, exc, settings.store_backoff_max)
+            # No job to record: a reconcile that runs out of retries fails loudly (its run never completes).
+            retry_or_fail(
+                self,
+                exc,
+                [],
+                stage=INDEX,
+                reason="store_unavailable",
+                detail=str(exc),
+                retries=ctx.settings.store_retries,
+                backoff_max=ctx.settings.store_backoff_max,
+            )
             raise
         if run_id:
             ctx.ledger.add(run_id, {"reconciles_done": 1}, global_too=False)
@@ -258,8 +274,14 @@ def optimize() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- query
 @app.task(name="lookalike.search", ignore_result=False, acks_late=False)
-def search(source: dict[str, Any], k: int = 5, category: str | None = None) -> list[dict[str, Any]]:
-    return pipeline.answer_query(pipeline.current_context(), source, k=int(k), category=category or None)
+def search(request: dict[str, Any]) -> dict[str, Any]:
+    """A search request in, a response out; a refusal comes back as data (``{"error": reason, "detail"}``)."""
+    ctx = pipeline.current_context()
+    try:
+        parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
+        return pipeline.answer_query(ctx, parsed).to_data()
+    except QueryRejected as exc:
+        return exc.as_data()
 
 
 # ----------------------------------------------------------------------------------------- process setup
@@ -270,7 +292,7 @@ _consumes: set[str] = set()
 def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     _consumes.update(q.name for q in instance.app.amqp.queues.consume_from.values())
     # One structured line per job outcome, whatever Celery's own log level is.
-    configure_logging(settings.log_level)
+    configure_logging(get_settings().log_level)
 
 
 @signals.worker_process_init.connect

@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from lookalike.state.messages import message_time
+
 FETCH_QUEUE = "lookalike.fetch"
 EMBED_QUEUE = "lookalike.embed"
 INDEX_QUEUE = "lookalike.index"
@@ -50,15 +52,9 @@ def _message_time(raw: bytes) -> float | None:
         if envelope.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         args = json.loads(body)[0]
-        first = args[0] if args else None
-        if isinstance(first, dict):
-            return float(first.get("enqueued_at") or first.get("sent_at") or 0) or None
-        if isinstance(first, list) and first and isinstance(first[0], dict):
-            stamps = [float(item.get("sent_at") or 0) for item in first if isinstance(item, dict)]
-            return min((s for s in stamps if s), default=None)
+        return message_time(args[0] if args else None)
     except (ValueError, KeyError, TypeError, IndexError):
         return None
-    return None
 
 
 def oldest_age(client: redis.Redis, queue: str) -> float | None:

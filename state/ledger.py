@@ -20,10 +20,9 @@ from typing import Any
 
 import redis
 
-INDEXED = "indexed"
-FAILED = "failed"
-SUPERSEDED = "superseded"
-OUTCOMES = (INDEXED, FAILED, SUPERSEDED)
+from lookalike.state.outcomes import FAILED, JOB_OUTCOMES
+
+OUTCOMES = JOB_OUTCOMES
 STAGES = ("download", "decode", "embed", "upsert", "queue_wait")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -189,6 +188,15 @@ class Ledger:
         pipe.hincrby(self.stats_key, "embedded", sum(per_run_images.values()))
         self._batch_time(pipe, "embed", seconds, per_run_images)
         pipe.execute()
+
+    def count_delivery(self, task_id: str, attempt: int) -> int:
+        """How many times this attempt of a task message was delivered (called only for handed-back messages,
+        so the normal path costs no round trip). Kept a day: a message handed back for longer is long gone."""
+        key = f"{self._prefix}:deliveries:{task_id}:{attempt}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 24 * 3600)
+        return int(pipe.execute()[0])
 
     def count_global(self, counts: dict[str, int]) -> None:
         pipe = self._redis.pipeline(transaction=False)

@@ -1,0 +1,113 @@
+"""How the commands' results look in a terminal. Catalogue text (names, URLs, reasons) comes from outside: it
+is always put into tables as plain ``Text``, never parsed as Rich markup, so ``Widget [/ 2 pack]`` prints as
+written and ``[link=...]`` cannot inject a terminal hyperlink."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def _cell(value: Any) -> Text:
+    return Text("" if value is None else str(value))
+
+
+def table(columns: tuple[str, ...], rows: list[tuple[Any, ...]], *, title: str | None = None) -> Table:
+    shown = Table(title=title, show_edge=False)
+    for column in columns:
+        shown.add_column(column, overflow="fold")
+    for row in rows:
+        shown.add_row(*(_cell(value) for value in row))
+    return shown
+
+
+def _counts(counts: dict[str, int], skip: str = "") -> str:
+    return ", ".join(f"{value} {name}" for name, value in counts.items() if name != skip)
+
+
+def ingest_summary_lines(summary: dict[str, Any]) -> list[str]:
+    images = summary["image_entries"]
+    products = summary["products"]
+    skipped = summary["rows_skipped"]
+    lines = [
+        f"run       {summary['run_id']}",
+        f"catalog   {summary['source']} ({summary['encoding']})",
+        f"rows      {summary['rows_read']} read, {summary['rows_selected']} selected, "
+        f"{summary['malformed_lines']} malformed lines skipped by the CSV parser",
+        f"products  {products['total']} ({_counts(products, skip='total') or 'none'})",
+        f"images    {summary['images_enqueued']} enqueued; of {images['entries']} image entries: "
+        f"{images['kept']} usable, {images['placeholders']} placeholders, {images['duplicates']} duplicates, "
+        f"{images['invalid']} invalid, {images['empty']} empty, {images['in_skipped_rows']} in skipped rows",
+        f"skipped   {sum(skipped.values())} rows"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""),
+    ]
+    if summary.get("reconciled_products"):
+        lines.append(f"updated   {summary['reconciled_products']} products in place (payload or removed images)")
+    if summary.get("pruned") is not None:
+        lines.append(f"pruned    {summary['pruned']} products no longer in the catalogue")
+    result = summary.get("result")
+    if result:
+        failed = result.get("failed_by_reason") or {}
+        lines.append(
+            f"done      {result['indexed']} indexed, {result['failed']} failed, {result['superseded']} superseded"
+            f" in {result['seconds']:.1f}s ({result['images_per_second']:.1f} images/s)"
+        )
+        if failed:
+            lines.append("failed    " + ", ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
+            lines.append("          (details: lookalike failures --json; retry: lookalike failures --retry)")
+    return lines
+
+
+def search_results(results: list[dict[str, Any]], console: Console) -> None:
+    rows = [
+        (rank, f"{hit['score']:.4f}", hit["product_id"], str(hit["name"] or "")[:60], hit["image_url"])
+        for rank, hit in enumerate(results, 1)
+    ]
+    console.print(table(("#", "score", "product id", "name", "image"), rows))
+
+
+def failures(items: list[dict[str, Any]], console: Console) -> None:
+    rows = [(i["time"], i["stage"], i["reason"], i["product_id"], i["image_url"]) for i in items]
+    console.print(table(("time", "stage", "reason", "product id", "url"), rows))
+
+
+def status(data: dict[str, Any], console: Console) -> None:
+    runs = Table(title="runs", show_edge=False)
+    runs.add_column("run", no_wrap=True, min_width=20)
+    for column in ("status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):
+        runs.add_column(column)
+    for run in data["runs"]:
+        eta = run["eta_seconds"]
+        runs.add_row(
+            *(
+                _cell(value)
+                for value in (
+                    run["run_id"],
+                    run["status"],
+                    f"{run['progress'] * 100:.1f}%",
+                    run["indexed"],
+                    run["failed"],
+                    run["enqueued"],
+                    f"{run['images_per_second']:.1f}",
+                    "-" if eta is None else f"{eta:.0f}s",
+                )
+            )
+        )
+    console.print(runs)
+    queue_rows = [
+        (name, queue["depth"], "-" if queue["oldest_age_seconds"] is None else f"{queue['oldest_age_seconds']:.1f}")
+        for name, queue in data["queues"].items()
+    ]
+    console.print(table(("queue", "waiting", "oldest (s)"), queue_rows, title="queues"))
+    worker_rows = [(node, ", ".join(queues)) for node, queues in data["workers"].items()] or [("(none answering)", "")]
+    console.print(table(("worker", "queues"), worker_rows, title="workers"))
+    events = data["events"]
+    console.print(
+        f"events: {events or 'none'}   failures recorded: {data['failures_recorded']}   "
+        f"products registered: {data['products_registered']}",
+        markup=False,
+        highlight=False,
+    )
