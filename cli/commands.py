@@ -13,8 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.catalog import CatalogReport
-from lookalike.state.context import StateContext
-from lookalike.state.process import process_cache
+from lookalike.state.context import StateContext, current_state
 from lookalike.state.search import Filters, QueryRejected, SearchRequest, SearchResponse
 from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 
@@ -27,7 +26,7 @@ class BrokerUnreachable(RuntimeError):
 
 def state_context() -> StateContext:
     """This command's light context (settings, Redis, ledger, registry, failures): no model, no store."""
-    return process_cache.get("state-context", StateContext)
+    return current_state()
 
 
 def require_broker(settings: Settings) -> str:

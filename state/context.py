@@ -25,3 +25,21 @@ class StateContext:
 
     def close(self) -> None:
         self.redis.close()
+
+
+_KEY = "state-context"
+
+
+def current_state() -> StateContext:
+    """This process's light context (see :mod:`lookalike.state.process`)."""
+    from lookalike.state.process import process_cache
+
+    return process_cache.get(_KEY, StateContext)
+
+
+def reset_state() -> None:
+    from lookalike.state.process import process_cache
+
+    ctx = process_cache.pop(_KEY)
+    if ctx is not None:
+        ctx.close()

@@ -73,6 +73,7 @@ from lookalike.testing.tiny_model import build_tiny_model  # noqa: E402
 build_tiny_model(_session_dir / "model")
 
 from lookalike.config.settings import get_settings, reset_settings  # noqa: E402
+from lookalike.state.context import reset_state  # noqa: E402
 from lookalike.testing.server import ImageServer  # noqa: E402
 from lookalike.worker import pipeline  # noqa: E402
 
@@ -110,8 +111,10 @@ def env(tmp_path: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(name, value)
     reset_settings()
     pipeline.reset_context()
+    reset_state()
     yield {**BASE_ENV, **values}
     pipeline.reset_context()
+    reset_state()
     reset_settings()
 
 
@@ -122,6 +125,7 @@ def set_env(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], **valu
         environment[name] = value
     reset_settings()
     pipeline.reset_context()
+    reset_state()
 
 
 @pytest.fixture
