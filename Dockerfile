@@ -25,6 +25,7 @@ COPY pyproject.toml README.md ./
 COPY cli/ cli/
 COPY config/ config/
 COPY producer/ producer/
+COPY state/ state/
 COPY worker/ worker/
 COPY testing/ testing/
 RUN pip install . \

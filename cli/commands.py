@@ -132,19 +132,12 @@ class IngestSession:
 
     def run(self, report: CatalogReport, *, version: int | None, full: bool, prune: bool) -> IngestSummary:
         from lookalike.producer.enqueue import Backpressure, carry_out
-        from lookalike.producer.sync import plan_deletes, plan_upserts
+        from lookalike.producer.sync import plan_catalog
 
         ctx = self.ctx
         version = version or _now_version()
         run_id = ctx.ledger.start_run("ingest", report.source, status="enqueuing", version=version)
-        plan = plan_upserts(ctx.registry, ((p, version) for p in report.products), run_id, full=full)
-        pruned = None
-        if prune:
-            listed = {p.id for p in report.products}
-            gone = sorted(ctx.registry.live_ids() - listed)
-            deletes = plan_deletes(ctx.registry, ((pid, version) for pid in gone))
-            pruned = deletes.outcomes.get("deleted", 0)
-            plan.merge(deletes)
+        plan, pruned = plan_catalog(ctx.registry, report.products, version, run_id, full=full, prune=prune)
         ctx.ledger.add(
             run_id,
             {

@@ -18,7 +18,7 @@ see :mod:`lookalike.state.registry` for what happens when it dies before that.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from lookalike.producer.product import Product
@@ -144,3 +144,24 @@ def plan_retries(registry: ProductRegistry, failures: Iterable[Failure], run_id:
             Job(run_id=run_id, product_id=failure.product_id, image_url=failure.image_url, version=state.version)
         )
     return plan, dropped
+
+
+def plan_catalog(
+    registry: ProductRegistry,
+    products: Sequence[Product],
+    version: int | float,
+    run_id: str,
+    *,
+    full: bool = False,
+    prune: bool = False,
+) -> tuple[SyncPlan, int | None]:
+    """A whole catalogue as one version: upsert every product; with ``prune``, delete the registered products
+    it no longer lists. Returns the plan and how many products were pruned (None without ``prune``)."""
+    plan = plan_upserts(registry, ((product, version) for product in products), run_id, full=full)
+    if not prune:
+        return plan, None
+    listed = {product.id for product in products}
+    gone = sorted(registry.live_ids() - listed)
+    deletes = plan_deletes(registry, ((product_id, version) for product_id in gone))
+    plan.merge(deletes)
+    return plan, deletes.outcomes.get(DELETED, 0)

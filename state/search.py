@@ -118,7 +118,7 @@ class SearchRequest:
             raise QueryRejected("bad_scheme", "an image URL must start with http:// or https://")
         if self.image is not None:
             if not self.image:
-                raise QueryRejected("empty_image", "the image is empty")
+                raise QueryRejected("empty", "the image is empty")
             if max_image_bytes is not None and len(self.image) > max_image_bytes:
                 raise QueryRejected("too_large", f"the image is over {max_image_bytes} bytes")
         self.filters.validate()

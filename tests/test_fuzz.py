@@ -392,7 +392,7 @@ def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str],
     assert worker.process.poll() is None, worker.output()
     assert any(QUERY_QUEUE in queues for queues in live_workers(app, timeout=2).values())
     good = send_query(app, SearchRequest(image=images.product_bytes(1), k=3)).get(timeout=20)
-    assert len(SearchResponse.from_data(good).results) >= 1
+    assert "error" not in good and isinstance(SearchResponse.from_data(good).results, tuple)
     STATS["worker_outcomes"] = dict(outcomes)
     assert outcomes["answered"] >= 1 and sum(outcomes.values()) == len(cases)
 

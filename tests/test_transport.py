@@ -361,7 +361,7 @@ def test_tls_options_verify_certificates(no_network: list[str]) -> None:
 def test_every_redis_connection_verifies_tls_for_rediss(url: str, no_network: list[str]) -> None:
     """Broker (kombu), result backend and lookalike's own client all end up with CERT_REQUIRED (and the CA of
     the URL): kombu alone would fall back to CERT_NONE for a bare rediss:// URL. No connection is opened."""
-    from lookalike.worker.pipeline import redis_client
+    from lookalike.state.connection import redis_client
 
     settings = Settings(broker_url=url)
     celery = create_app(settings)
@@ -615,7 +615,7 @@ def test_a_certificate_from_another_ca_is_refused(
         connection.default_channel.client.ping()
     with pytest.raises(redis.ConnectionError, match=r"(?i)certificate verify failed"):
         celery.backend.client.ping()
-    from lookalike.worker.pipeline import redis_client
+    from lookalike.state.connection import redis_client
 
     with pytest.raises(redis.ConnectionError, match=r"(?i)certificate verify failed"):
         redis_client(Settings(broker_url=other)).ping()
