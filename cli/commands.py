@@ -633,3 +633,57 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
     )
     ctx.ledger.set_meta(run_id, status="enqueued")
     return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped}
+
+
+# --------------------------------------------------------------------------------------------- reconcile
+def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note) -> dict[str, Any]:
+    """Converge the index whatever was lost: the registry (from the catalogue, pruning what it no longer
+    lists), then the store against the registry, by the store owner (orphan points deleted, payloads brought
+    up to date), then the registered images with no point are enqueued. With no worker running, the store is
+    audited in this process."""
+    from lookalike.producer.enqueue import Backpressure, carry_out
+    from lookalike.producer.sync import plan_catalog, plan_missing
+    from lookalike.state.queues import INDEX_QUEUE
+    from lookalike.worker.app import app
+    from lookalike.worker.client import CeleryPublisher, live_workers
+
+    ctx = state_context()
+    run_id = ctx.ledger.start_run("reconcile", catalog.source if catalog else "store", status="enqueuing")
+    report: dict[str, Any] = {"run_id": run_id}
+    if catalog is not None:
+        # Only the registry is taken from this plan: the audit below finds what the store lacks or must lose.
+        plan, pruned = plan_catalog(ctx.registry, catalog.products, _now_version(), run_id, prune=True)
+        ctx.registry.settle(plan.settle)
+        report["catalog"] = {"products": len(catalog.products), "pruned": pruned, **dict(plan.outcomes)}
+    workers = live_workers(app)
+    if any(INDEX_QUEUE in queues for queues in workers.values()):
+        from lookalike.worker.tasks import audit
+
+        audited = audit.apply_async().get(timeout=timeout)
+    else:
+        from lookalike.worker import pipeline
+
+        note("no store worker is running: auditing the store in this process")
+        try:
+            audited = pipeline.audit_stage(pipeline.current_context()).to_data()
+        finally:
+            pipeline.reset_context()
+    missing = plan_missing(ctx.registry, [(str(p), str(u)) for p, u in audited["missing"]], run_id)
+    publisher = CeleryPublisher(app, ctx.redis)
+    backpressure = Backpressure(ctx.settings.fetch_high_water)
+    carry_out(missing, publisher, ctx.registry, backpressure, run_id=run_id, ledger=ctx.ledger)
+    ctx.ledger.set_meta(run_id, status="enqueued")
+    if not missing.jobs:
+        ctx.ledger.set_meta(run_id, finished_at=time.time())
+    elif not workers:
+        note(f"{len(missing.jobs)} images wait in the queue until you start `lookalike worker`")
+    report.update(
+        {
+            "store_points": audited["points_seen"],
+            "orphan_points_deleted": audited["orphan_points_deleted"],
+            "orphan_products": audited["orphan_products"],
+            "payloads_updated": audited["payloads_updated"],
+            "missing_images_enqueued": len(missing.jobs),
+        }
+    )
+    return report

@@ -95,9 +95,7 @@ def ingest(
         with IngestSession(wait=wait, quiet=as_json, note=note) as session:
             summary = session.run(report, version=version, full=full, prune=prune)
             if session.waiting:
-                summary.result = session.wait_until_done(
-                    summary.run_id, summary.images_enqueued, progress=not as_json
-                )
+                summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, progress=not as_json)
     except (ModelUnavailable, RuntimeError) as exc:
         raise fail(str(exc), 3) from None
     if as_json:
@@ -346,6 +344,46 @@ def events(
         print(f"published {summary['published']} events to {summary['stream']}; rejected {summary['rejected']}")
     if summary["rejected"]:
         raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------- reconcile
+@app.command()
+def reconcile(
+    catalog: Annotated[
+        Path | None, typer.Argument(help="The current catalogue: register it and delete products it no longer lists.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker's audit.")] = 600.0,
+) -> None:
+    """Make the index converge whatever was lost (the queue, the registry or the store).
+
+    Compares the store with the registry (and, given CATALOG, the registry with the catalogue) and repairs both
+    ways: points of products that are deleted or unknown are deleted, registered images with no point are
+    enqueued. Prints what it did. Safe to run at any time and to run again.
+    """
+    from lookalike.commands import reconcile_index
+
+    report = None
+    if catalog is not None:
+        from lookalike.producer.catalog import CatalogError, read_catalog
+
+        try:
+            report = read_catalog(catalog)
+        except CatalogError as exc:
+            raise fail(str(exc)) from None
+    use_broker(note)
+    done = reconcile_index(report, timeout=timeout, note=note)
+    if as_json:
+        print(json.dumps(done, indent=2))
+        return
+    print(f"run       {done['run_id']}")
+    if "catalog" in done:
+        print(f"catalog   {', '.join(f'{v} {k}' for k, v in done['catalog'].items() if v is not None)}")
+    print(
+        f"store     {done['store_points']} points; deleted {done['orphan_points_deleted']} orphan points "
+        f"of {done['orphan_products']} products"
+    )
+    print(f"enqueued  {done['missing_images_enqueued']} images that had no point")
 
 
 def main() -> None:

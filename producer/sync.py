@@ -112,10 +112,9 @@ def plan_deletes(registry: ProductRegistry, deletes: Iterable[tuple[str, int | f
         applied_here.add(key)
         plan.settle.append((product_id, version))
         if isinstance(result, Applied) and (result.previous is None or result.previous.deleted):
-            # Never seen (or already deleted): the tombstone still guards against a late, older upsert.
+            # Never seen (or already deleted): the tombstone still guards against a late, older upsert. The
+            # delete still goes to the store: if the registry was lost, points of this product may be there.
             plan.outcomes[MISSING] += 1
-            if not result.previous_unfinished:
-                continue
         else:
             plan.outcomes[DELETED] += 1
         plan.reconcile.append(product_id)
@@ -165,3 +164,16 @@ def plan_catalog(
     deletes = plan_deletes(registry, ((product_id, version) for product_id in gone))
     plan.merge(deletes)
     return plan, deletes.outcomes.get(DELETED, 0)
+
+
+def plan_missing(registry: ProductRegistry, missing: Iterable[tuple[str, str]], run_id: str) -> SyncPlan:
+    """Jobs for registered images the store has no point for (after a lost store or lost jobs), re-checked
+    against the registry now: an image removed meanwhile is not enqueued."""
+    pairs = list(missing)
+    states = registry.get_many(product_id for product_id, _url in pairs)
+    plan = SyncPlan()
+    for product_id, url in dict.fromkeys(pairs):
+        state = states.get(product_id)
+        if state is not None and state.wants(url):
+            plan.jobs.append(Job(run_id=run_id, product_id=product_id, image_url=url, version=state.version))
+    return plan

@@ -258,7 +258,7 @@ def wait_for_run(run_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = ctx.ledger.run(run_id) or {}
-        if finished(run) >= int(run.get("enqueued", 0)) and idle():
+        if run and finished(run) >= int(run.get("enqueued", 0)) and idle():
             time.sleep(0.3)
             if idle():
                 return run

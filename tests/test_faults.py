@@ -223,7 +223,7 @@ POISON = textwrap.dedent(
         _embed_stage = _pipeline.embed_stage
 
         def embed_stage(ctx, items):
-            if any(item["job"]["image_url"].endswith("poison.jpg") for item in items):
+            if any(item.job.image_url.endswith("poison.jpg") for item in items):
                 os._exit(1)
             return _embed_stage(ctx, items)
 

@@ -25,6 +25,7 @@ TASK_ROUTES = {
     "lookalike.index": {"queue": INDEX_QUEUE},
     "lookalike.reconcile": {"queue": INDEX_QUEUE},
     "lookalike.optimize": {"queue": INDEX_QUEUE},
+    "lookalike.audit": {"queue": INDEX_QUEUE},
     "lookalike.search": {"queue": QUERY_QUEUE},
 }
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -34,7 +34,7 @@ from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.logs import OutcomeLogger
 from lookalike.worker.query import run_search
-from lookalike.worker.store import PointRecord, VectorStore, open_store
+from lookalike.worker.store import PointRecord, StoreError, VectorStore, open_store
 
 OPTIMIZE_AFTER_POINTS = 20_000
 
@@ -343,3 +343,79 @@ def reconcile_stage(ctx: WorkerContext, product_ids: Sequence[str]) -> int:
         seconds=round(time.perf_counter() - started, 4),
     )
     return changed
+
+
+# ------------------------------------------------------------------------------------------------- audit
+@dataclass
+class AuditReport:
+    """The store compared with the registry: what was deleted, and which images have no point."""
+
+    points_seen: int = 0
+    orphan_points_deleted: int = 0
+    orphan_products: int = 0
+    payloads_updated: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (product id, image URL) with no point
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "points_seen": self.points_seen,
+            "orphan_points_deleted": self.orphan_points_deleted,
+            "orphan_products": self.orphan_products,
+            "payloads_updated": self.payloads_updated,
+            "missing": [list(pair) for pair in self.missing],
+        }
+
+
+def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
+    """Make the store converge on the registry, whatever was lost (the queue, the registry or the store).
+
+    Points whose product is not registered, is deleted, or no longer lists the point's image are deleted; points
+    whose product fields differ from the registry's get them; the registered images that have no point are
+    reported (the caller enqueues them). Reads the store once and the registry once, in pages.
+    """
+    report = AuditReport()
+    store = ctx.store
+    present: set[str] = set()
+    orphans: set[str] = set()
+    outdated: dict[str, dict[str, Any]] = {}
+    batch: list[tuple[str, dict[str, Any]]] = []
+
+    def settle_batch() -> None:
+        states = ctx.registry.get_many(str(payload.get("product_id")) for _id, payload in batch)
+        stale = []
+        for point_id, payload in batch:
+            product_id = str(payload.get("product_id"))
+            state = states.get(product_id)
+            if state is None or not state.wants(str(payload.get("image_url"))):
+                stale.append(point_id)
+                orphans.add(product_id)
+            else:
+                present.add(point_id)
+                if any(payload.get(key) != value for key, value in state.payload.items()):
+                    outdated[product_id] = state.payload
+        if stale:
+            store.delete_ids(stale)
+            report.orphan_points_deleted += len(stale)
+        batch.clear()
+
+    try:
+        points = list(store.scroll())
+    except StoreError:  # a collection that was never created holds nothing
+        points = []
+    for point_id, payload, _vector in points:
+        report.points_seen += 1
+        batch.append((point_id, payload))
+        if len(batch) >= page:
+            settle_batch()
+    settle_batch()
+    report.orphan_products = len(orphans)
+    for product_id, payload in outdated.items():
+        store.set_product_payload(product_id, payload)
+    report.payloads_updated = len(outdated)
+    for product_id, state in ctx.registry.items():
+        if state.deleted:
+            continue
+        report.missing.extend(
+            (product_id, url) for url in state.images if point_id_for(product_id, url) not in present
+        )
+    return report

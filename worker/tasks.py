@@ -266,6 +266,12 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
     return {"changed": changed}
 
 
+@app.task(name="lookalike.audit", ignore_result=False, acks_late=False)
+def audit() -> dict[str, Any]:
+    """The store side of `lookalike reconcile`: delete orphan points, report registered images with none."""
+    return pipeline.audit_stage(pipeline.current_context()).to_data()
+
+
 @app.task(name="lookalike.optimize")
 def optimize() -> dict[str, Any]:
     pipeline.current_context().store.optimize()
@@ -315,4 +321,4 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["embed", "fetch", "index", "optimize", "reconcile", "search"]
+__all__ = ["audit", "embed", "fetch", "index", "optimize", "reconcile", "search"]
