@@ -140,7 +140,7 @@ def bench_size(count: int, queries: int, scratch: Path, env: dict[str, str]) -> 
 
 def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> dict[str, float]:
     from lookalike.worker.app import app
-    from lookalike.worker.client import live_workers, send_query
+    from lookalike.worker.client import ask_workers, live_workers
 
     lookalike = str(Path(sys.executable).with_name("lookalike"))
     worker = subprocess.Popen(
@@ -155,11 +155,11 @@ def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> di
         while not any("lookalike.query" in q for q in live_workers(app, 0.5).values()):
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("query worker did not start")
-        send_query(app, source).get(timeout=60)  # warm
+        ask_workers(app, source, timeout=60)  # warm
         samples = []
         for _ in range(queries):
             started = time.perf_counter()
-            send_query(app, source).get(timeout=30)
+            ask_workers(app, source, timeout=30)
             samples.append(time.perf_counter() - started)
         return percentiles(samples)
     finally:

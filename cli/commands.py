@@ -364,15 +364,24 @@ def run_query(request: SearchRequest, *, timeout: float | None, note: Note) -> S
     if redis_answers(url):
         from celery.exceptions import TimeoutError as CeleryTimeout
 
-        from lookalike.state.queues import QUERY_QUEUE
+        from lookalike.state.queues import ENCODE_QUEUE, QUERY_QUEUE
         from lookalike.worker.app import app
-        from lookalike.worker.client import live_workers, send_query
+        from lookalike.worker.client import ask_workers, live_workers
 
         workers = live_workers(app)
-        if any(QUERY_QUEUE in queues for queues in workers.values()):
-            result = send_query(app, request)
+        consumed = {queue for queues in workers.values() for queue in queues}
+        if QUERY_QUEUE in consumed:
+            if request.needs_vector and ENCODE_QUEUE not in consumed:
+                raise QueryFailed(
+                    "no running worker encodes queries (the lookalike.encode queue); start one with "
+                    "`lookalike worker --queues embed,encode`",
+                    3,
+                )
             try:
-                return SearchResponse.from_data(result.get(timeout=timeout))
+                answer = ask_workers(app, request, timeout=timeout)
+                if answer.get("error") == "store_error":
+                    raise QueryFailed(str(answer.get("detail")), 3)
+                return SearchResponse.from_data(answer)
             except CeleryTimeout:
                 raise QueryFailed(
                     f"no worker answered the query within {timeout:g}s; is the worker on the query queue busy or "

@@ -20,10 +20,18 @@ FETCH_QUEUE = "lookalike.fetch"
 EMBED_QUEUE = "lookalike.embed"
 INDEX_QUEUE = "lookalike.index"
 QUERY_QUEUE = "lookalike.query"
-ALL_QUEUES = (FETCH_QUEUE, EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE)
+# A query's download and embedding: on the embedding processes (where CPU scales), never on the store owner.
+ENCODE_QUEUE = "lookalike.encode"
+ALL_QUEUES = (FETCH_QUEUE, EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE, ENCODE_QUEUE)
 
 # Short names for `lookalike worker --queues`.
-QUEUE_ALIASES = {"fetch": FETCH_QUEUE, "embed": EMBED_QUEUE, "index": INDEX_QUEUE, "query": QUERY_QUEUE}
+QUEUE_ALIASES = {
+    "fetch": FETCH_QUEUE,
+    "embed": EMBED_QUEUE,
+    "index": INDEX_QUEUE,
+    "query": QUERY_QUEUE,
+    "encode": ENCODE_QUEUE,
+}
 
 _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)

@@ -87,6 +87,22 @@ class SearchRequest:
     mode: Mode = "hybrid"  # for text: both signals fused, CLIP text only, or BM25 keywords only
     diverse: bool = False
     facets: bool = False
+    # The image was encoded already (by the encode task): its vector travels beside the request, the bytes don't.
+    encoded: bool = False
+
+    @property
+    def needs_vector(self) -> bool:
+        """Searched with a dense vector computed from its input: an image, or words in hybrid or semantic mode
+        ("similar" uses the product's stored vectors; keyword mode none)."""
+        if self.kind == "image":
+            return True
+        return self.kind == "text" and self.mode != "keyword"
+
+    def encoded_form(self) -> SearchRequest:
+        """The request as the store owner gets it once its vector is computed: without the image or its URL."""
+        if self.kind != "image":
+            return self
+        return replace(self, image=None, image_url=None, encoded=True)
 
     @property
     def kind(self) -> str:
@@ -99,7 +115,7 @@ class SearchRequest:
 
     def validate(self, *, max_image_bytes: int | None = None) -> SearchRequest:
         given = [name for name in ("image", "image_url", "text", "product_id") if getattr(self, name) is not None]
-        if len(given) != 1:
+        if len(given) != 1 and not (self.encoded and not given):
             raise QueryRejected(
                 "bad_query", "give exactly one of an image, an image URL, words or a product id"
                 + (f" (got {', '.join(given)})" if given else "")
@@ -133,6 +149,8 @@ class SearchRequest:
             return f"[search: image of {len(self.image)} bytes, k={self.k}]"
         if self.image_url is not None:
             return f"[search: {self.image_url[:200]}, k={self.k}]"
+        if self.encoded:
+            return f"[search: an encoded image, k={self.k}]"
         if self.text is not None:
             return f"[search: {self.mode} words ({len(self.text)} chars), k={self.k}]"
         return f"[similar: {self.product_id}, k={self.k}]"
@@ -150,6 +168,8 @@ class SearchRequest:
             message["diverse"] = True
         if self.facets:
             message["facets"] = True
+        if self.encoded:
+            message["encoded"] = True
         return message
 
     @classmethod
@@ -157,7 +177,10 @@ class SearchRequest:
         """Parse and validate; every problem is a :class:`QueryRejected`."""
         if not isinstance(message, dict):
             raise QueryRejected("bad_query", "a search request is a JSON object")
-        known = {"image_b64", "image_url", "text", "product_id", "k", "offset", "mode", "filters", "diverse", "facets"}
+        known = {
+            "image_b64", "image_url", "text", "product_id", "k", "offset", "mode", "filters", "diverse", "facets",
+            "encoded",
+        }  # fmt: skip
         unknown = set(message) - known
         if unknown:
             raise QueryRejected("bad_query", f"unknown field {sorted(unknown)[0]!r}")
@@ -182,6 +205,7 @@ class SearchRequest:
                 mode=message.get("mode", "hybrid"),
                 diverse=bool(message.get("diverse", False)),
                 facets=bool(message.get("facets", False)),
+                encoded=bool(message.get("encoded", False)),
             )
         except TypeError as exc:
             raise QueryRejected("bad_query", str(exc)) from exc

@@ -362,7 +362,7 @@ def test_query_in_process_answers_or_refuses(env: dict[str, str], case: tuple[st
 
 def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str], start_worker: Any) -> None:
     from lookalike.worker.app import QUERY_QUEUE, app
-    from lookalike.worker.client import live_workers, send_query
+    from lookalike.worker.client import ask_workers, live_workers
 
     worker = start_worker()
     cases: list[tuple[str, bytes]] = []
@@ -376,8 +376,7 @@ def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str],
     assert len(cases) >= WORKER_EXAMPLES * 0.9
     outcomes: Counter[str] = Counter()
     for label, data in cases:
-        result = send_query(app, SearchRequest(image=data, k=3))
-        data_back = result.get(timeout=20)
+        data_back = ask_workers(app, SearchRequest(image=data, k=3), timeout=20)
         # A refusal comes back as data, never as an exception rebuilt from its class name.
         try:
             answer = SearchResponse.from_data(data_back)
@@ -391,7 +390,7 @@ def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str],
     # Still alive, still consuming the query queue, still answering a good image.
     assert worker.process.poll() is None, worker.output()
     assert any(QUERY_QUEUE in queues for queues in live_workers(app, timeout=2).values())
-    good = send_query(app, SearchRequest(image=images.product_bytes(1), k=3)).get(timeout=20)
+    good = ask_workers(app, SearchRequest(image=images.product_bytes(1), k=3), timeout=20)
     assert "error" not in good and isinstance(SearchResponse.from_data(good).results, tuple)
     STATS["worker_outcomes"] = dict(outcomes)
     assert outcomes["answered"] >= 1 and sum(outcomes.values()) == len(cases)

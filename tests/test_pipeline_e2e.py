@@ -191,15 +191,15 @@ def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp
 def test_query_task_accepts_base64_and_refuses_garbage(env, image_server, tmp_path, start_worker, cli):
     from lookalike.state.search import SearchRequest
     from lookalike.worker.app import app
-    from lookalike.worker.client import send_query
+    from lookalike.worker.client import ask_workers
 
     catalog, _good, _bad = build_catalog(image_server, tmp_path, faults=False)
     start_worker()
     assert cli("ingest", str(catalog), "--wait", "--json").code == 0
     data = images.resized_copy(images.product_bytes(50, images.FORMATS[5 % 4]), 0.8)
-    answer = send_query(app, SearchRequest(image=data, k=2)).get(timeout=20)
+    answer = ask_workers(app, SearchRequest(image=data, k=2), timeout=20)
     assert answer["results"][0]["product_id"] == "p05"
-    refused = send_query(app, SearchRequest(image=b"not an image", k=2)).get(timeout=20)
+    refused = ask_workers(app, SearchRequest(image=b"not an image", k=2), timeout=20)
     assert refused["error"] == "not_an_image" and refused["detail"]
     # The query task reads no file path a caller names: an unknown field is refused as data.
     path_source = app.send_task("lookalike.search", args=[{"path": "/etc/passwd", "k": 2}], queue="lookalike.query")

@@ -13,6 +13,7 @@ from lookalike.config.settings import Settings, get_settings
 from lookalike.state.queues import (
     ALL_QUEUES,
     EMBED_QUEUE,
+    ENCODE_QUEUE,
     FETCH_QUEUE,
     INDEX_QUEUE,
     QUERY_QUEUE,
@@ -27,6 +28,7 @@ TASK_ROUTES = {
     "lookalike.optimize": {"queue": INDEX_QUEUE},
     "lookalike.audit": {"queue": INDEX_QUEUE},
     "lookalike.search": {"queue": QUERY_QUEUE},
+    "lookalike.encode": {"queue": ENCODE_QUEUE},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,8 +44,25 @@ def live_workers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
     return {node: sorted(q["name"] for q in queues) for node, queues in replies.items()}
 
 
-def send_query(app: Celery, request: SearchRequest) -> Any:
-    """Submit a search; Flower shows its kind and size, never the image bytes."""
-    from lookalike.worker.tasks import search
+def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[str, Any]:
+    """A search through the workers, as data (``SearchResponse.to_data()`` or ``{"error", "detail"}``).
 
-    return search.apply_async(args=[request.to_message()], argsrepr=request.describe())
+    The query's vector is computed on the embedding processes (``lookalike.encode``: the download of an image
+    URL, the decode, the model), then the store owner searches with it (``lookalike.search``): it never downloads
+    and never runs the model, so a slow or hostile image URL, or a burst of shoppers, cannot stall indexing or
+    other queries. Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all.
+    """
+    from lookalike.worker.tasks import encode, search
+
+    deadline = time.monotonic() + timeout
+    vector = None
+    if request.needs_vector:
+        encoded = encode.apply_async(args=[request.to_message()], argsrepr=request.describe()).get(timeout=timeout)
+        if "error" in encoded:
+            return dict(encoded)
+        vector = encoded["vector"]
+        request = request.encoded_form()
+    remaining = max(0.1, deadline - time.monotonic())
+    return dict(
+        search.apply_async(args=[request.to_message(), vector], argsrepr=request.describe()).get(timeout=remaining)
+    )

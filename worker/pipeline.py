@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+
 from lookalike.config.settings import Settings, get_settings
 from lookalike.state.context import StateContext
 from lookalike.state.errors import INDEX
@@ -33,7 +35,7 @@ from lookalike.worker.decode import decode_image, decode_transport, encode_for_t
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.logs import OutcomeLogger
-from lookalike.worker.query import run_search
+from lookalike.worker.query import encode_request, run_search, search_request
 from lookalike.worker.store import PointRecord, StoreError, VectorStore, open_store
 
 OPTIMIZE_AFTER_POINTS = 20_000
@@ -291,6 +293,19 @@ def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
     )
 
 
+def encode_query(ctx: WorkerContext, request: SearchRequest) -> np.ndarray | None:
+    """The query's half that costs CPU and touches the network, for the encode task on the embedding pool."""
+    request.validate(max_image_bytes=ctx.settings.query_max_bytes)
+    return encode_request(
+        request, embedder=lambda: ctx.embedder, session=ctx.session, limits=ctx.limits, settings=ctx.settings
+    )
+
+
+def search_encoded(ctx: WorkerContext, request: SearchRequest, vector: np.ndarray | None) -> SearchResponse:
+    """The query's half on the store owner: a search with the vector it is given, no download, no model."""
+    return search_request(request, vector, store=ctx.store)
+
+
 # --------------------------------------------------------------------------------------------- reconcile
 def reconcile(
     ctx: WorkerContext,
@@ -415,7 +430,5 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
     for product_id, state in ctx.registry.items():
         if state.deleted:
             continue
-        report.missing.extend(
-            (product_id, url) for url in state.images if point_id_for(product_id, url) not in present
-        )
+        report.missing.extend((product_id, url) for url in state.images if point_id_for(product_id, url) not in present)
     return report

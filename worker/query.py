@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from lookalike.config.settings import Settings
 from lookalike.state.errors import Rejected
 from lookalike.state.search import IMAGE, QueryRejected, SearchHit, SearchRequest, SearchResponse
@@ -75,6 +77,40 @@ def paged_products(search: Callable[[int], list[Hit]], *, k: int, offset: int) -
         limit = min(limit * 4, MAX_CANDIDATES)
 
 
+def encode_request(
+    request: SearchRequest,
+    *,
+    embedder: Callable[[], Embedder],
+    session: Any,
+    limits: FetchLimits,
+    settings: Settings,
+) -> np.ndarray | None:
+    """The request's dense vector: its image downloaded (guarded), decoded and embedded. Runs on the embedding
+    processes, never on the store owner. Every refusal is a :class:`QueryRejected`."""
+    if not request.needs_vector:
+        return None
+    if request.kind == "text":
+        raise QueryRejected("unsupported", "word queries need the text model")
+    try:
+        data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
+        prepared = decode_image(data, max_pixels=settings.max_image_pixels, formats=settings.allowed_image_formats)
+    except QueryRejected:
+        raise
+    except Rejected as exc:
+        raise QueryRejected(exc.reason, exc.detail) from exc
+    return embedder().embed([prepared])[0]
+
+
+def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: VectorStore) -> SearchResponse:
+    """Search the store for a validated request, with its vector already computed (``encode_request``)."""
+    if request.needs_vector and vector is None:
+        raise QueryRejected("not_encoded", "this query needs its vector computed first (the lookalike.encode task)")
+    category = request.filters.category
+    assert vector is not None
+    products = paged_products(lambda limit: store.search(vector, limit, category), k=request.k, offset=request.offset)
+    return SearchResponse(results=tuple(to_result(hit, (IMAGE,)) for hit in products))
+
+
 def run_search(
     request: SearchRequest,
     *,
@@ -84,21 +120,10 @@ def run_search(
     limits: FetchLimits,
     settings: Settings,
 ) -> SearchResponse:
-    """Answer one validated request. Every refusal is a :class:`QueryRejected`."""
+    """Both halves in one process (`lookalike search` with no worker running, and the benchmarks)."""
     request.validate(max_image_bytes=settings.query_max_bytes)
-    try:
-        data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
-        prepared = decode_image(data, max_pixels=settings.max_image_pixels, formats=settings.allowed_image_formats)
-    except QueryRejected:
-        raise
-    except Rejected as exc:
-        raise QueryRejected(exc.reason, exc.detail) from exc
-    vector = embedder().embed([prepared])[0]
-    category = request.filters.category
-    products = paged_products(
-        lambda limit: store.search(vector, limit, category), k=request.k, offset=request.offset
-    )
-    return SearchResponse(results=tuple(to_result(hit, (IMAGE,)) for hit in products))
+    vector = encode_request(request, embedder=embedder, session=session, limits=limits, settings=settings)
+    return search_request(request, vector, store=store)
 
 
-__all__ = ["best_per_product", "load_query_image", "paged_products", "run_search"]
+__all__ = ["best_per_product", "encode_request", "load_query_image", "paged_products", "run_search", "search_request"]

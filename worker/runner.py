@@ -4,9 +4,11 @@ Downloads are I/O-bound and embedding is CPU-bound, so they never share a slot:
 
 * ``fetch``  - thread pool, many threads (downloads, decoding to model size, batching);
 * ``embed``  - prefork pool, one process per core (ONNX threads x processes <= cores), model loaded after fork;
-* ``store``  - the ``index`` and ``query`` queues. With the embedded store it is a single process (solo pool),
-  because an embedded store directory admits one process; with a Qdrant server it is a small thread pool and
-  any number of machines may run one.
+  it also encodes queries (``encode``: a query image's download and decode, and the embedding of images and
+  words), so a hostile query URL or a burst of shoppers never stops the store owner;
+* ``store``  - the ``index`` and ``query`` queues (a query there only searches, with the vector it is given).
+  With the embedded store it is a single process (solo pool), because an embedded store directory admits one
+  process; with a Qdrant server it is a small thread pool and any number of machines may run one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.config.settings import Settings
-from lookalike.state.queues import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
+from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,11 @@ def plan_pools(
         for index in range(settings.fetch_processes):
             name = "fetch" if settings.fetch_processes == 1 else f"fetch{index + 1}"
             pools.append(PoolSpec(name, (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency))
-    if EMBED_QUEUE in queues:
-        pools.append(PoolSpec("embed", (EMBED_QUEUE,), "prefork", concurrency or settings.effective_embed_concurrency))
+    embed_queues = tuple(q for q in (ENCODE_QUEUE, EMBED_QUEUE) if q in queues)
+    if embed_queues:
+        # Queries' encoding shares the embedding processes: the model is loaded there already, and they scale
+        # with the cores, unlike the single store owner.
+        pools.append(PoolSpec("embed", embed_queues, "prefork", concurrency or settings.effective_embed_concurrency))
     store_queues = tuple(q for q in (INDEX_QUEUE, QUERY_QUEUE) if q in queues)
     if store_queues:
         if settings.uses_embedded_store:

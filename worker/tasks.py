@@ -34,16 +34,24 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from lookalike.config.settings import get_settings
 from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, Rejected
-from lookalike.state.messages import EmbeddedPoint, Job, PreparedImage, describe_batch, jobs_in
+from lookalike.state.messages import (
+    EmbeddedPoint,
+    Job,
+    PreparedImage,
+    decode_vector,
+    describe_batch,
+    encode_vector,
+    jobs_in,
+)
 from lookalike.state.process import process_cache
-from lookalike.state.queues import EMBED_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
+from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
 from lookalike.worker.embed import ModelUnavailable
 from lookalike.worker.logs import configure_logging
-from lookalike.worker.store import StoreUnavailable
+from lookalike.worker.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -279,15 +287,31 @@ def optimize() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- query
-@app.task(name="lookalike.search", ignore_result=False, acks_late=False)
-def search(request: dict[str, Any]) -> dict[str, Any]:
-    """A search request in, a response out; a refusal comes back as data (``{"error": reason, "detail"}``)."""
+@app.task(name="lookalike.encode", ignore_result=False, acks_late=False)
+def encode(request: dict[str, Any]) -> dict[str, Any]:
+    """A query's download, decode and embedding, on the embedding processes: ``{"vector": base64 or None}``,
+    or a refusal as data (``{"error": reason, "detail": ...}``)."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
-        return pipeline.answer_query(ctx, parsed).to_data()
+        vector = pipeline.encode_query(ctx, parsed)
     except QueryRejected as exc:
         return exc.as_data()
+    return {"vector": None if vector is None else encode_vector(vector)}
+
+
+@app.task(name="lookalike.search", ignore_result=False, acks_late=False)
+def search(request: dict[str, Any], vector: str | None = None) -> dict[str, Any]:
+    """A search request (and its vector from ``encode``) in, a response out, on the store owner: it never
+    downloads and never runs the model. A refusal comes back as data (``{"error": reason, "detail": ...}``)."""
+    ctx = pipeline.current_context()
+    try:
+        parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
+        return pipeline.search_encoded(ctx, parsed, None if vector is None else decode_vector(vector)).to_data()
+    except QueryRejected as exc:
+        return exc.as_data()
+    except StoreError as exc:
+        return {"error": "store_error", "detail": str(exc)}
 
 
 # ----------------------------------------------------------------------------------------- process setup
@@ -304,16 +328,16 @@ def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _load_model_after_fork(**_: Any) -> None:
     # Prefork children: load the model here, after the fork, never in the parent.
-    if EMBED_QUEUE in _consumes:
+    if EMBED_QUEUE in _consumes or ENCODE_QUEUE in _consumes:
         pipeline.current_context().embedder  # noqa: B018
 
 
 @signals.worker_ready.connect
 def _open_store(sender: Any = None, **_: Any) -> None:
-    # The store owner (solo pool) opens the store and the model up front: a locked store fails loudly now.
+    # The store owner (solo pool) opens the store up front: a locked store fails loudly now. It loads no model:
+    # it writes vectors it is given and searches with vectors it is given.
     if INDEX_QUEUE in _consumes or QUERY_QUEUE in _consumes:
-        ctx = pipeline.current_context()
-        ctx.ready_store(ctx.embedder.dim)
+        pipeline.current_context().store  # noqa: B018
 
 
 @signals.worker_shutdown.connect
@@ -321,4 +345,4 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["audit", "embed", "fetch", "index", "optimize", "reconcile", "search"]
+__all__ = ["audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "search"]
