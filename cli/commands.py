@@ -27,13 +27,14 @@ class BrokerUnreachable(Exception):
     """Nothing answers at the broker URL: every command says so in one line and exits with NO_BROKER_EXIT."""
 
 
-def use_broker(note: Note, *, start: bool = True) -> Runtime:
+def use_broker(note: Note, *, start: bool = True, share: bool = False) -> Runtime:
     """This command's broker, resolved the way every command resolves it (see ``resolve_broker``), and checked.
 
-    An embedded broker this command started stops when the command ends."""
+    An embedded broker this command started stops when the command ends; ``share`` (long-running commands)
+    lets other commands use it meanwhile."""
     import atexit
 
-    runtime = resolve_broker(start=start)
+    runtime = resolve_broker(start=start, share=share)
     atexit.register(runtime.close)
     for message in runtime.notes:
         note(message)

@@ -131,7 +131,7 @@ def worker(
     """
     from lookalike.commands import start_worker
 
-    use_broker(note)
+    use_broker(note, share=True)
 
     try:
         code = start_worker(
@@ -271,7 +271,7 @@ def metrics(
     """
     from lookalike.commands import serve_metrics_forever
 
-    use_broker(note)
+    use_broker(note, share=True)
 
     try:
         serve_metrics_forever(address, port, note)
@@ -297,7 +297,7 @@ def listen(
     """
     from lookalike.commands import run_listener
 
-    use_broker(note)
+    use_broker(note, share=True)
 
     try:
         run_listener(consumer, stop_when_idle, batch, note)

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     task_events: bool = Field(
         True, description="Workers send task events (Flower shows every stage); off saves a few Redis writes per job."
     )
+    remote_control: bool = Field(
+        False,
+        description="Celery remote control on the workers (anyone who can write to the broker could then stop or "
+        "resize them); lookalike needs none: which workers are alive is read from keys they refresh.",
+    )
     log_format: Literal["kv", "json"] = Field("kv", description="Job outcome log lines: key=value or JSON.")
     log_level: str = Field("INFO", description="Level of lookalike's own log lines (job outcomes are INFO).")
     flower_basic_auth: SecretStr | None = Field(None, description="user:password that Flower requires.")

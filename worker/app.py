@@ -82,6 +82,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Not the producer's "sent" events: one more Redis write per job for a state Flower can do without
         # (it sees each task received, started and finished); 30,000 jobs enqueue in ~11 s instead of ~17 s.
         "task_send_sent_event": False,
+        # No remote control unless asked for: through it, anyone who can write to the broker could shut workers
+        # down or resize their pools. Which workers are alive is read from lookalike.state.presence instead.
+        "worker_enable_remote_control": settings.remote_control,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         # Tasks running when Redis goes away finish; their messages stay unacknowledged in Redis and come back

