@@ -294,7 +294,7 @@ def start_worker(
     chosen = parse_queues(queues)
     if settings.uses_embedded_store and chosen & {INDEX_QUEUE, QUERY_QUEUE}:
         try:
-            open_store(settings).close()
+            open_store(settings, lock_wait=0).close()
         except StoreLocked:
             if queues:
                 raise

@@ -10,6 +10,7 @@ Plus the engine-specific bits (the edge directory lock) and :func:`open_store`'s
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -451,13 +452,31 @@ def test_optimize_runs(store: VectorStore) -> None:
     assert hit.id == points[42].id
 
 
+def test_an_edge_store_briefly_locked_is_opened_once_released(tmp_path: Path) -> None:
+    import threading
+
+    first = EdgeStore(tmp_path, COLLECTION)
+    first.ensure_collection(DIM)
+    first.upsert(records(product("p1")))
+    closer = threading.Timer(1.0, first.close)  # the previous owner, still shutting down
+    closer.start()
+    started = time.monotonic()
+    second = EdgeStore(tmp_path, COLLECTION, lock_wait=10)
+    try:
+        assert 0.8 <= time.monotonic() - started < 10
+        assert second.count() == 1
+    finally:
+        second.close()
+        closer.join()
+
+
 def test_edge_store_is_locked_while_open(tmp_path: Path) -> None:
     first = EdgeStore(tmp_path, COLLECTION)
     first.ensure_collection(DIM)
     first.upsert(records(product("p1")))
     try:
         with pytest.raises(StoreLocked, match="another process"):
-            EdgeStore(tmp_path, COLLECTION)
+            EdgeStore(tmp_path, COLLECTION, lock_wait=0.5)
         assert first.count() == 1  # the failed open did not disturb the first
     finally:
         first.close()

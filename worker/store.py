@@ -39,8 +39,9 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached right now; retry later."""
 
 
-class StoreLocked(StoreError):
-    """The embedded store's directory is open in another process."""
+class StoreLocked(StoreUnavailable):
+    """The embedded store's directory is open in another process. Retried like an unreachable store: a store
+    owner being restarted holds it for a moment; a batch that finds it so waits rather than fails."""
 
 
 @dataclass(frozen=True)
@@ -119,14 +120,29 @@ class VectorStore(ABC):
 
 # --------------------------------------------------------------------------------------------- edge engine
 class EdgeStore(VectorStore):
-    def __init__(self, root: Path, collection: str) -> None:
+    def __init__(self, root: Path, collection: str, *, lock_wait: float = 5.0) -> None:
         self.collection = collection
         self.path = Path(root) / collection
+        self.lock_wait = lock_wait
         self._shard: Any = None
         if (self.path / "edge_config.json").exists() or (self.path / "wal").exists():
             self._open()
 
     def _open(self, config: Any = None) -> None:
+        import time
+
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                self._open_once(config)
+                return
+            except StoreLocked:
+                # Briefly locked (the previous owner is still closing it): wait a little before giving up.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _open_once(self, config: Any = None) -> None:
         from qdrant_edge import EdgeShard
 
         try:
@@ -497,8 +513,9 @@ class ClientStore(VectorStore):
         self.client.close()
 
 
-def open_store(settings: Settings) -> VectorStore:
-    """The store the settings name: a server when ``qdrant_url`` is set, else the embedded engine."""
+def open_store(settings: Settings, *, lock_wait: float = 5.0) -> VectorStore:
+    """The store the settings name: a server when ``qdrant_url`` is set, else the embedded engine (waiting up
+    to ``lock_wait`` seconds while another process holds its directory)."""
     if settings.qdrant_url:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return ClientStore(
@@ -506,4 +523,4 @@ def open_store(settings: Settings) -> VectorStore:
         )
     if settings.embedded_store == "local":
         return ClientStore(settings.collection, path=settings.qdrant_path / "local")
-    return EdgeStore(settings.qdrant_path, settings.collection)
+    return EdgeStore(settings.qdrant_path, settings.collection, lock_wait=lock_wait)
