@@ -217,7 +217,8 @@ class IngestSession:
 
     def wait_until_done(self, run_id: str, total: int, *, progress: bool) -> WaitResult:
         from lookalike.state.ledger import finished, is_complete
-        from lookalike.worker.tasks import optimize
+        from lookalike.worker.app import app
+        from lookalike.worker.client import optimize_store
 
         ledger = self.ctx.ledger
         started = time.monotonic()
@@ -239,7 +240,7 @@ class IngestSession:
         seconds = time.monotonic() - started
         if finished(ledger.run(run_id) or {}) and self.ctx.settings.uses_embedded_store:
             # Build the search index over the new points now, while nobody waits on a query.
-            optimize.apply_async()
+            optimize_store(app)
         run = ledger.run(run_id) or {}
         ledger.set_meta(run_id, finished_at=time.time())
         return WaitResult(
@@ -667,9 +668,9 @@ def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note
         report["catalog"] = {"products": len(catalog.products), "pruned": pruned, **dict(plan.outcomes)}
     workers = live_workers(app)
     if any(INDEX_QUEUE in queues for queues in workers.values()):
-        from lookalike.worker.tasks import audit
+        from lookalike.worker.client import audit_store
 
-        audited = audit.apply_async().get(timeout=timeout)
+        audited = audit_store(app, timeout=timeout)
     else:
         from lookalike.worker import pipeline
 

@@ -77,3 +77,26 @@ print(json.dumps({{"entry": entry, "heavy": heavy}}))
     result = json.loads(done.stdout)
     assert result["entry"], "the event was published"
     assert result["heavy"] == []
+
+
+def test_sending_work_to_the_workers_loads_no_image_model_http_or_store_code(env: dict[str, str]) -> None:
+    """The CLI and the API send tasks by name: they never import the tasks module and the worker behind it."""
+    script = f"""
+import json, sys
+from lookalike.state.messages import Job
+from lookalike.state.search import SearchRequest
+from lookalike.worker.app import app
+from lookalike.worker.client import CeleryPublisher, live_workers
+from lookalike.state.connection import redis_client
+from lookalike.config.settings import get_settings
+publisher = CeleryPublisher(app, redis_client(get_settings()))
+publisher.publish_jobs([Job(run_id="r", product_id="p", image_url="http://127.0.0.1:1/x.jpg", version=1)])
+live_workers(app)
+SearchRequest(text="red shoes").validate()
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r} and not name.startswith("celery"))
+print(json.dumps({{"heavy": heavy, "tasks": "lookalike.worker.tasks" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"heavy": [], "tasks": False}

@@ -1,4 +1,8 @@
-"""The sending side of the tasks: what producers and the CLI use to talk to workers through the broker."""
+"""The sending side of the tasks: what producers, the CLI and the API use to talk to workers through the broker.
+
+Tasks are sent by name (``send_task``), so nothing here imports the tasks module and with it the worker's heavy
+parts (Pillow, requests, fastembed, the store engines): a process that only sends work stays light.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,14 @@ from lookalike.state.messages import Job
 from lookalike.state.queues import FETCH_QUEUE, queue_depth
 from lookalike.state.search import SearchRequest
 
+# Task names, as the worker registers them (worker/tasks.py) and routes them (worker/app.py).
+FETCH_TASK = "lookalike.fetch"
+RECONCILE_TASK = "lookalike.reconcile"
+ENCODE_TASK = "lookalike.encode"
+SEARCH_TASK = "lookalike.search"
+AUDIT_TASK = "lookalike.audit"
+OPTIMIZE_TASK = "lookalike.optimize"
+
 
 class CeleryPublisher:
     """Publishes jobs and reconciles over one broker connection (fast: no pool acquire per message)."""
@@ -21,17 +33,15 @@ class CeleryPublisher:
         self.redis = redis_client
 
     def publish_jobs(self, jobs: Sequence[Job]) -> None:
-        from lookalike.worker.tasks import fetch
-
         with self.app.producer_or_acquire() as producer:
             for job in jobs:
-                fetch.apply_async(args=[job.to_message()], producer=producer, argsrepr=job.describe())
+                self.app.send_task(FETCH_TASK, args=[job.to_message()], producer=producer, argsrepr=job.describe())
 
     def publish_reconcile(self, product_ids: Sequence[str], run_id: str) -> None:
-        from lookalike.worker.tasks import reconcile
-
-        reconcile.apply_async(
-            args=[list(product_ids), run_id], argsrepr=f"[{len(product_ids)} products: {product_ids[0]} ...]"
+        self.app.send_task(
+            RECONCILE_TASK,
+            args=[list(product_ids), run_id],
+            argsrepr=f"[{len(product_ids)} products: {product_ids[0]} ...]",
         )
 
     def fetch_depth(self) -> int:
@@ -61,17 +71,26 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
     and never runs the model, so a slow or hostile image URL, or a burst of shoppers, cannot stall indexing or
     other queries. Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all.
     """
-    from lookalike.worker.tasks import encode, search
-
     deadline = time.monotonic() + timeout
     vector = None
     if request.needs_vector:
-        encoded = encode.apply_async(args=[request.to_message()], argsrepr=request.describe()).get(timeout=timeout)
+        encoded = app.send_task(ENCODE_TASK, args=[request.to_message()], argsrepr=request.describe()).get(
+            timeout=timeout
+        )
         if "error" in encoded:
             return dict(encoded)
         vector = encoded["vector"]
         request = request.encoded_form()
     remaining = max(0.1, deadline - time.monotonic())
-    return dict(
-        search.apply_async(args=[request.to_message(), vector], argsrepr=request.describe()).get(timeout=remaining)
-    )
+    answer = app.send_task(SEARCH_TASK, args=[request.to_message(), vector], argsrepr=request.describe())
+    return dict(answer.get(timeout=remaining))
+
+
+def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:
+    """The store owner's audit for `lookalike reconcile`."""
+    return dict(app.send_task(AUDIT_TASK).get(timeout=timeout))
+
+
+def optimize_store(app: Celery) -> None:
+    """Ask the store owner to build its search index now (after a large ingest, while nobody waits)."""
+    app.send_task(OPTIMIZE_TASK)
