@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -143,39 +143,120 @@ def worker(
 
 
 # ------------------------------------------------------------------------------------------------ search
-@app.command()
-def search(
-    image: Annotated[str, typer.Argument(help="Image file path, or an http(s) URL.")],
-    k: Annotated[int, typer.Option("-k", "--top", help="How many products to return.")] = 5,
-    category: Annotated[
-        str | None, typer.Option(help="Only products with this category (any level of the path).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print exactly the result list as JSON on stdout.")] = False,
-    timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait for a worker (default: LOOKALIKE_QUERY_TIMEOUT).")
-    ] = None,
-) -> None:
-    """Find the catalogue products that look most like IMAGE: one entry per product, best image, by score."""
-    from lookalike.commands import QueryFailed, image_request, run_query
-    from lookalike.config.settings import get_settings
-    from lookalike.state.search import Filters
+CategoryOption = Annotated[
+    str | None, typer.Option("--category", help="Only products in this category (any level of the A | B | C path).")
+]
+MinPriceOption = Annotated[float | None, typer.Option("--min-price", help="Only products priced at least this.")]
+MaxPriceOption = Annotated[float | None, typer.Option("--max-price", help="Only products priced at most this.")]
+MinScoreOption = Annotated[float | None, typer.Option("--min-score", help="Only results scoring at least this.")]
+TopOption = Annotated[int, typer.Option("-k", "--top", help="How many products to return (1-100).")]
+OffsetOption = Annotated[int, typer.Option("--offset", help="Skip this many products (pages: --offset 10 -k 10).")]
+DiverseOption = Annotated[
+    bool, typer.Option("--diverse", help="Re-rank for variety (MMR): near-identical variants do not fill a page.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result list as JSON (with --facets: {results, facets}).")
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option(help="Seconds to wait for a worker (default: LOOKALIKE_QUERY_TIMEOUT).")
+]
 
-    use_broker(note)
+
+def _answer(request: Any, *, timeout: float | None, as_json: bool, facets: bool) -> None:
+    from lookalike.commands import QueryFailed, run_query
 
     try:
-        request = image_request(
-            image, k=k, offset=0, filters=Filters(category=category), max_bytes=get_settings().query_max_bytes
-        )
-        results = [hit.to_data() for hit in run_query(request, timeout=timeout, note=note).results]
+        response = run_query(request, timeout=timeout, note=note)
     except QueryFailed as exc:
         raise fail(str(exc), exc.code) from None
+    data = response.to_data()
     if as_json:
-        print(json.dumps(results, ensure_ascii=False))
+        print(json.dumps(data if facets else data["results"], ensure_ascii=False))
         return
-    if not results:
-        print("no matches (is the catalogue ingested?)")
-        return
-    render.search_results(results, out)
+    if not data["results"]:
+        print("no matches (is the catalogue ingested? are the filters too narrow?)")
+    else:
+        render.search_results(data["results"], out)
+    if facets and data.get("facets"):
+        render.facets(data["facets"], out)
+
+
+@app.command()
+def search(
+    image: Annotated[str | None, typer.Argument(help="Image file path, or an http(s) URL.")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="Search by words instead of an image.")] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="For words: hybrid (CLIP text and BM25 keywords, fused), semantic (CLIP text) or keyword (BM25)."
+        ),
+    ] = "hybrid",
+    category: CategoryOption = None,
+    min_price: MinPriceOption = None,
+    max_price: MaxPriceOption = None,
+    min_score: MinScoreOption = None,
+    k: TopOption = 5,
+    offset: OffsetOption = 0,
+    diverse: DiverseOption = False,
+    facets: Annotated[bool, typer.Option("--facets", help="Also count the matches per category.")] = False,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = None,
+) -> None:
+    """Find the catalogue products that look like IMAGE, or match --text words: one entry per product (its
+    best image), best first. Filters narrow every kind of query; a bad value is a one-line error naming it."""
+    from lookalike.commands import QueryFailed, image_request
+    from lookalike.config.settings import get_settings
+    from lookalike.state.search import Filters, SearchRequest
+
+    if (image is None) == (text is None):
+        raise fail("give an IMAGE (a path or an http(s) URL) or --text WORDS, not both")
+    filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
+    if text is None:
+        assert image is not None
+        try:
+            request = image_request(
+                image, k=k, offset=offset, filters=filters, max_bytes=get_settings().query_max_bytes
+            )
+        except QueryFailed as exc:
+            raise fail(str(exc), exc.code) from None
+        from dataclasses import replace
+
+        request = replace(request, diverse=diverse, facets=facets)
+    else:
+        request = SearchRequest(
+            text=text,
+            mode=mode,
+            k=k,
+            offset=offset,
+            filters=filters,
+            diverse=diverse,
+            facets=facets,
+        )
+    use_broker(note)
+    _answer(request, timeout=timeout, as_json=as_json, facets=facets)
+
+
+@app.command()
+def similar(
+    product_id: Annotated[str, typer.Argument(help="A catalogue product id.")],
+    category: CategoryOption = None,
+    min_price: MinPriceOption = None,
+    max_price: MaxPriceOption = None,
+    min_score: MinScoreOption = None,
+    k: TopOption = 5,
+    offset: OffsetOption = 0,
+    diverse: DiverseOption = False,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = None,
+) -> None:
+    """More like this: the products that look most like PRODUCT_ID, from its own stored vectors (no download,
+    no embedding), without the product itself. An unknown id is an error (exit 2)."""
+    from lookalike.state.search import Filters, SearchRequest
+
+    filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
+    request = SearchRequest(product_id=product_id, k=k, offset=offset, filters=filters, diverse=diverse)
+    use_broker(note)
+    _answer(request, timeout=timeout, as_json=as_json, facets=False)
 
 
 # ------------------------------------------------------------------------------------------------ status

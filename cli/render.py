@@ -69,6 +69,11 @@ def search_results(results: list[dict[str, Any]], console: Console) -> None:
     console.print(table(("#", "score", "product id", "name", "image"), rows))
 
 
+def facets(counts: dict[str, int], console: Console) -> None:
+    rows = [(name, count) for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    console.print(table(("category", "products"), rows, title="categories"))
+
+
 def failures(items: list[dict[str, Any]], console: Console) -> None:
     rows = [(i["time"], i["stage"], i["reason"], i["product_id"], i["image_url"]) for i in items]
     console.print(table(("time", "stage", "reason", "product id", "url"), rows))
