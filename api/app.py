@@ -158,6 +158,19 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form schema without ``null`` alternatives: a multipart field cannot be null, only absent."""
+    for prop in schema.get("properties", {}).values():
+        branches = [branch for branch in prop.pop("anyOf", []) if branch.get("type") != "null"]
+        if len(branches) == 1:
+            prop.update(branches[0])
+        elif branches:
+            prop["anyOf"] = branches
+        if prop.get("default", ...) is None:
+            del prop["default"]
+    return schema
+
+
 def create_app(backend: SearchBackend, settings: Settings | None = None) -> FastAPI:
     """The whole HTTP side over ``backend``; nothing here talks to Redis, Celery or the store directly."""
     settings = settings or get_settings()
@@ -226,7 +239,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return JSONResponse(data)
 
-    form_schema = SearchForm.model_json_schema()
+    form_schema = _without_null(SearchForm.model_json_schema())
     json_schema = _inline_refs(SearchJSON.model_json_schema())
 
     @v1.post(
@@ -288,7 +301,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
                     fields[name] = await value.read()
                 elif name == "image":
                     raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
-                elif value != "":  # a browser sends empty inputs as empty strings: the same as absent
+                else:
                     fields[name] = value
         finally:
             await form.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lookalike.state.search import MAX_K, MAX_OFFSET
 
@@ -19,7 +19,8 @@ Mode = Literal["hybrid", "semantic", "keyword"]
 class FiltersIn(BaseModel):
     """Narrowing for any query: a category (any level of "A | B | C"), a price range, a lowest score."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON's own types only (no "5" for 5, no false for 0), as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     category: str | None = Field(None, min_length=1, max_length=500)
     min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
@@ -30,16 +31,16 @@ class FiltersIn(BaseModel):
 class SearchJSON(BaseModel):
     """A JSON search: exactly one of ``image_url`` or ``text`` (a photo is sent as multipart instead)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     image_url: str | None = Field(None, min_length=1, max_length=2000, description="http(s) URL of a photo.")
     text: str | None = Field(None, min_length=1, max_length=1000, description="Words describing the product.")
-    k: StrictInt = Field(5, ge=1, le=MAX_K, description="How many products to return.")
-    offset: StrictInt = Field(0, ge=0, le=MAX_OFFSET, description="How many of the best to skip (paging).")
+    k: int = Field(5, ge=1, le=MAX_K, description="How many products to return.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="How many of the best to skip (paging).")
     mode: Mode = Field("hybrid", description="For words: both signals fused, CLIP text only, or keywords only.")
     filters: FiltersIn | None = None
-    diverse: StrictBool = Field(False, description="Spread the results over categories.")
-    facets: StrictBool = Field(False, description="Also return category counts for the same query and filters.")
+    diverse: bool = Field(False, description="Spread the results over categories.")
+    facets: bool = Field(False, description="Also return category counts for the same query and filters.")
 
 
 class SearchForm(BaseModel):
@@ -57,6 +58,15 @@ class SearchForm(BaseModel):
     min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
     diverse: bool = False
     facets: bool = False
+
+    @field_validator("diverse", "facets", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: object) -> object:
+        """A form field is text: only ``true`` and ``false`` are booleans (what the schema promises), not
+        pydantic's lax ``0``/``on``/``yes``."""
+        if isinstance(value, str) and value.lower() not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value
 
 
 class Hit(BaseModel):
