@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -461,3 +462,13 @@ def test_the_page_is_served_from_the_package_with_a_strict_policy(client: TestCl
 
 def test_the_fake_catalogue_has_distinct_products() -> None:
     assert len({product.product_id for product in CATALOGUE}) == len(CATALOGUE)
+
+
+def test_the_compose_api_service_is_checked_on_readyz() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    assert api["command"] == ["serve"]
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    assert api["environment"]["LOOKALIKE_API_ADDRESS"] == "0.0.0.0"
