@@ -127,6 +127,23 @@ class Settings(BaseSettings):
     query_timeout: float = Field(15.0, gt=0, description="Seconds `lookalike search` waits for a worker.")
     query_result_ttl: int = Field(300, ge=10, description="Seconds a query result is kept in Redis.")
 
+    # --- HTTP API and page -----------------------------------------------------------------------------
+    api_address: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys the HTTP API requires in the X-API-Key header on /v1/ (unset: open).",
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins whose pages may call the HTTP API from a browser (default: none)."
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024 + 64 * 1024,
+        ge=1024,
+        description="Largest request body the HTTP API reads (a photo plus its form fields), checked while it "
+        "streams in.",
+    )
+
     # --- events, failures, operations ----------------------------------------------------------------
     events_stream: str = Field("lookalike:events", description="Redis Stream of catalogue change events.")
     events_group: str = Field("lookalike", description="Consumer group reading the event stream.")
@@ -175,6 +192,17 @@ class Settings(BaseSettings):
             for part in self.fetch_allow_networks.split(",")
             if part.strip()
         ]
+
+    @property
+    def api_key_values(self) -> tuple[str, ...]:
+        """The accepted API keys; empty when the API is open."""
+        if self.api_keys is None:
+            return ()
+        return tuple(part.strip() for part in self.api_keys.get_secret_value().split(",") if part.strip())
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [part.strip() for part in self.cors_origins.split(",") if part.strip()]
 
     @property
     def allowed_image_formats(self) -> frozenset[str]:

@@ -1,0 +1,108 @@
+"""The HTTP bodies, as pydantic models: they validate what comes in and generate the OpenAPI schema.
+
+They mirror :mod:`lookalike.state.search` and never replace it: a body is turned into a ``SearchRequest``
+(which validates again, so a rule lives in one place) and the answer is ``SearchResponse.to_data()`` as is.
+The response models only describe that JSON for the schema (and for the contract tests that check it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lookalike.state.search import MAX_K, MAX_OFFSET
+
+Mode = Literal["hybrid", "semantic", "keyword"]
+
+
+class FiltersIn(BaseModel):
+    """Narrowing for any query: a category (any level of "A | B | C"), a price range, a lowest score."""
+
+    # Strict: JSON's own types only (no "5" for 5, no false for 0), as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    category: str | None = Field(None, min_length=1, max_length=500)
+    min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
+
+
+class SearchJSON(BaseModel):
+    """A JSON search: exactly one of ``image_url`` or ``text`` (a photo is sent as multipart instead)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image_url: str | None = Field(None, min_length=1, max_length=2000, description="http(s) URL of a photo.")
+    text: str | None = Field(None, min_length=1, max_length=1000, description="Words describing the product.")
+    k: int = Field(5, ge=1, le=MAX_K, description="How many products to return.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="How many of the best to skip (paging).")
+    mode: Mode = Field("hybrid", description="For words: both signals fused, CLIP text only, or keywords only.")
+    filters: FiltersIn | None = None
+    diverse: bool = Field(False, description="Spread the results over categories.")
+    facets: bool = Field(False, description="Also return category counts for the same query and filters.")
+
+
+class SearchForm(BaseModel):
+    """A multipart search: the photo in ``image`` and the same options as form fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: bytes = Field(description="The photo (JPEG, PNG, GIF, WebP or BMP).", json_schema_extra={"format": "binary"})
+    k: int = Field(5, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    mode: Mode = "hybrid"
+    category: str | None = Field(None, min_length=1, max_length=500)
+    min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
+    diverse: bool = False
+    facets: bool = False
+
+    @field_validator("diverse", "facets", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: object) -> object:
+        """A form field is text: only ``true`` and ``false`` are booleans (what the schema promises), not
+        pydantic's lax ``0``/``on``/``yes``."""
+        if isinstance(value, str) and value.lower() not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value
+
+
+class Hit(BaseModel):
+    """One product: ``SearchHit.to_data()``."""
+
+    product_id: str
+    name: str | None
+    score: float
+    image_url: str | None = Field(description="The catalogue's own image URL (never proxied by this server).")
+    product_url: str | None
+    category: str | None
+    price: str | None
+    price_value: float | None
+    matched: list[str] = Field(description="Which signals found it: image, text, keyword.")
+
+
+class SearchOut(BaseModel):
+    """``SearchResponse.to_data()`` plus the time the search took."""
+
+    results: list[Hit] = Field(description="Best first, one entry per product.")
+    facets: dict[str, int] | None = Field(None, description="Category -> count, when asked for.")
+    took_ms: float = Field(description="Milliseconds spent answering, as measured by the API.")
+
+
+class ErrorOut(BaseModel):
+    """Every error, whatever the status: a stable reason token, a human detail, the request id."""
+
+    error: str = Field(description="Stable reason token (bad_k, too_large, not_an_image, unknown_product...).")
+    detail: str
+    request_id: str
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]

@@ -1,0 +1,323 @@
+// The lookalike search page: plain JavaScript, no build step, no third-party code, nothing from a CDN.
+//
+// Catalogue text (names, prices, categories) comes from the catalogue, not from us: it is only ever put in the
+// page with textContent and attributes, never parsed as HTML. Links and thumbnails are used only when they
+// are http(s) URLs; thumbnails are the catalogue's own image URLs (this server never proxies them).
+"use strict";
+
+(() => {
+  const K = 12;
+  const KEY_STORAGE = "lookalike-api-key";
+  const MESSAGES = {
+    not_an_image: "That file is not an image this search can read.",
+    truncated: "That image file is cut short.",
+    too_many_pixels: "That image is too big to decode.",
+    too_large: "That photo is too large to upload.",
+    empty_image: "That file is empty.",
+    corrupt_header: "That image file is damaged.",
+    decode_error: "That image could not be decoded.",
+    unknown_product: "That product is no longer in the catalogue.",
+    unavailable: "Search is unavailable right now; please try again in a moment.",
+    timeout: "Search took too long; please try again.",
+    not_ready: "Search is starting; please try again in a moment.",
+    missing_api_key: "This server needs an API key: enter it above.",
+    bad_api_key: "That API key was refused: check it above.",
+    bad_filter: "Check the price range.",
+    network: "The server could not be reached.",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    body: document.body,
+    drop: $("drop"),
+    photo: $("photo"),
+    queryPhoto: $("query-photo"),
+    wordsForm: $("words-form"),
+    words: $("words"),
+    category: $("category"),
+    minPrice: $("min-price"),
+    maxPrice: $("max-price"),
+    keyForm: $("key-form"),
+    apiKey: $("api-key"),
+    status: $("status"),
+    error: $("error"),
+    results: $("results"),
+  };
+
+  let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
+  let lastQuery = null;
+  let sequence = 0; // answers to older requests are dropped
+  let photoUrl = null;
+
+  class SearchError extends Error {
+    constructor(reason, detail, status) {
+      super(detail || reason);
+      this.reason = reason;
+      this.detail = detail;
+      this.status = status;
+    }
+  }
+
+  function safeUrl(value) {
+    if (typeof value !== "string" || !value) return null;
+    try {
+      const url = new URL(value, window.location.href);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function currentFilters() {
+    const filters = {};
+    if (els.category.value) filters.category = els.category.value;
+    const min = els.minPrice.value.trim();
+    const max = els.maxPrice.value.trim();
+    if (min !== "") filters.min_price = Number(min);
+    if (max !== "") filters.max_price = Number(max);
+    return filters;
+  }
+
+  async function call(method, url, body) {
+    const headers = { Accept: "application/json" };
+    if (apiKey) headers["X-API-Key"] = apiKey;
+    const init = { method, headers };
+    if (body instanceof FormData) {
+      init.body = body;
+    } else if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (error) {
+      throw new SearchError("network", String(error), 0);
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      if (response.status === 401) els.keyForm.hidden = false;
+      const reason = data && typeof data.error === "string" ? data.error : `http_${response.status}`;
+      const detail = data && typeof data.detail === "string" ? data.detail : response.statusText;
+      throw new SearchError(reason, detail, response.status);
+    }
+    return data;
+  }
+
+  function request(query) {
+    const filters = currentFilters();
+    if (query.kind === "photo") {
+      const form = new FormData();
+      form.append("image", query.file, query.file.name || "photo");
+      form.append("k", String(K));
+      form.append("facets", "true");
+      for (const [name, value] of Object.entries(filters)) form.append(name, String(value));
+      return call("POST", "/v1/search", form);
+    }
+    if (query.kind === "words") {
+      const body = { text: query.text, k: K, facets: true };
+      if (Object.keys(filters).length) body.filters = filters;
+      return call("POST", "/v1/search", body);
+    }
+    const params = new URLSearchParams({ k: String(K) });
+    for (const [name, value] of Object.entries(filters)) params.set(name, String(value));
+    return call("GET", `/v1/products/${encodeURIComponent(query.product.product_id)}/similar?${params}`);
+  }
+
+  function showQuery(query) {
+    if (query.kind === "photo") {
+      if (photoUrl) URL.revokeObjectURL(photoUrl);
+      photoUrl = URL.createObjectURL(query.file);
+      els.queryPhoto.src = photoUrl;
+      els.queryPhoto.hidden = false;
+    } else if (query.kind === "similar") {
+      const thumb = safeUrl(query.product.image_url);
+      if (thumb) {
+        els.queryPhoto.src = thumb;
+        els.queryPhoto.hidden = false;
+      } else {
+        els.queryPhoto.hidden = true;
+      }
+    } else {
+      els.queryPhoto.hidden = true;
+    }
+  }
+
+  function describe(query) {
+    if (query.kind === "photo") return "your photo";
+    if (query.kind === "words") return `“${query.text}”`;
+    return `more like “${query.product.name || query.product.product_id}”`;
+  }
+
+  async function run(query) {
+    lastQuery = query;
+    const mine = ++sequence;
+    showQuery(query);
+    els.error.hidden = true;
+    els.body.dataset.state = "loading";
+    els.results.setAttribute("aria-busy", "true");
+    els.status.textContent = `Searching for ${describe(query)}…`;
+    try {
+      const data = await request(query);
+      if (mine !== sequence) return;
+      if (data.facets) updateCategories(data.facets);
+      render(data.results || []);
+      const count = (data.results || []).length;
+      els.status.textContent = count
+        ? `${count} product${count === 1 ? "" : "s"} for ${describe(query)} in ${Math.round(data.took_ms)} ms`
+        : `No products match ${describe(query)}.`;
+      els.body.dataset.state = "ready";
+    } catch (error) {
+      if (mine !== sequence) return;
+      showError(error);
+    } finally {
+      if (mine === sequence) els.results.removeAttribute("aria-busy");
+    }
+  }
+
+  function showError(error) {
+    const reason = error instanceof SearchError ? error.reason : "error";
+    const friendly = MESSAGES[reason] || (error && error.detail) || "Something went wrong.";
+    els.error.textContent = `${friendly} (${reason})`;
+    els.error.title = (error && error.detail) || "";
+    els.error.hidden = false;
+    els.status.textContent = "";
+    els.body.dataset.state = "error";
+  }
+
+  function updateCategories(facets) {
+    const chosen = els.category.value;
+    const names = Object.keys(facets).sort((a, b) => facets[b] - facets[a] || a.localeCompare(b));
+    while (els.category.options.length > 1) els.category.remove(1);
+    for (const name of names) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = `${name} (${facets[name]})`;
+      els.category.append(option);
+    }
+    if (chosen && !names.includes(chosen)) {
+      const option = document.createElement("option");
+      option.value = chosen;
+      option.textContent = chosen;
+      els.category.append(option);
+    }
+    els.category.value = chosen;
+  }
+
+  function card(hit) {
+    const article = document.createElement("article");
+    article.className = "card";
+    article.dataset.productId = hit.product_id;
+    const link = safeUrl(hit.product_url);
+
+    const thumb = document.createElement(link ? "a" : "div");
+    thumb.className = "thumb";
+    const image = document.createElement("img");
+    image.loading = "lazy";
+    image.referrerPolicy = "no-referrer";
+    image.alt = hit.name || hit.product_id;
+    const source = safeUrl(hit.image_url);
+    if (source) image.src = source;
+    thumb.append(image);
+
+    const body = document.createElement("div");
+    body.className = "body";
+    const name = document.createElement(link ? "a" : "span");
+    name.className = "name";
+    name.textContent = hit.name || hit.product_id;
+    for (const anchor of link ? [thumb, name] : []) {
+      anchor.href = link;
+      anchor.target = "_blank";
+      anchor.rel = "noopener noreferrer";
+    }
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const price = document.createElement("span");
+    price.className = "price";
+    price.textContent = hit.price || "";
+    const score = document.createElement("span");
+    score.className = "score";
+    score.title = `matched by ${(hit.matched || []).join(", ") || "image"}`;
+    score.textContent = `score ${Number(hit.score).toFixed(3)}`;
+    meta.append(price, score);
+    const category = document.createElement("span");
+    category.className = "category";
+    category.textContent = hit.category || "";
+    const more = document.createElement("button");
+    more.type = "button";
+    more.className = "more";
+    more.textContent = "More like this";
+    more.addEventListener("click", () => run({ kind: "similar", product: hit }));
+    body.append(name, meta, category, more);
+    article.append(thumb, body);
+    return article;
+  }
+
+  function render(results) {
+    els.results.replaceChildren(...results.map(card));
+    els.results.dataset.seq = String(Number(els.results.dataset.seq || "0") + 1);
+  }
+
+  function searchPhoto(file) {
+    if (!file) return;
+    run({ kind: "photo", file });
+  }
+
+  // ------------------------------------------------------------------------------------------- wiring
+  els.photo.addEventListener("change", () => {
+    const file = els.photo.files && els.photo.files[0];
+    searchPhoto(file);
+    els.photo.value = ""; // choosing the same file again searches again
+  });
+
+  els.wordsForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = els.words.value.trim();
+    if (text) run({ kind: "words", text });
+  });
+
+  for (const name of ["dragenter", "dragover"]) {
+    els.drop.addEventListener(name, (event) => {
+      event.preventDefault();
+      els.drop.classList.add("over");
+    });
+  }
+  els.drop.addEventListener("dragleave", () => els.drop.classList.remove("over"));
+  els.drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    els.drop.classList.remove("over");
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) searchPhoto(files[0]);
+  });
+
+  document.addEventListener("paste", (event) => {
+    const items = (event.clipboardData && event.clipboardData.items) || [];
+    for (const item of items) {
+      if (item.kind === "file" && item.type.startsWith("image/")) {
+        event.preventDefault();
+        searchPhoto(item.getAsFile());
+        return;
+      }
+    }
+  });
+
+  for (const control of [els.category, els.minPrice, els.maxPrice]) {
+    control.addEventListener("change", () => {
+      if (lastQuery) run(lastQuery);
+    });
+  }
+
+  els.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = els.apiKey.value.trim();
+    if (apiKey) sessionStorage.setItem(KEY_STORAGE, apiKey);
+    else sessionStorage.removeItem(KEY_STORAGE);
+    els.keyForm.hidden = true;
+    if (lastQuery) run(lastQuery);
+  });
+})();
