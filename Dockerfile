@@ -26,6 +26,7 @@ COPY cli/ cli/
 COPY config/ config/
 COPY producer/ producer/
 COPY state/ state/
+COPY api/ api/
 COPY worker/ worker/
 COPY testing/ testing/
 RUN pip install . \

@@ -30,7 +30,7 @@ FIELD_REASON = {
     "offset": "bad_offset",
     "mode": "bad_mode",
     "text": "bad_text",
-    "image_url": "bad_url",
+    "image_url": "bad_scheme",
     "product_id": "bad_product_id",
     "filters": "bad_filter",
     "category": "bad_filter",

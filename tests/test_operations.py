@@ -28,7 +28,7 @@ RUN_KEYS = {
     "failed_by_reason", "cache_hits", "embed_calls", "progress", "images_per_second", "eta_seconds", "stage_seconds",
 }  # fmt: skip
 STATUS_KEYS = {"runs", "queues", "workers", "events", "failures_recorded", "products_registered"}
-QUEUES = {"lookalike.fetch", "lookalike.embed", "lookalike.index", "lookalike.query"}
+QUEUES = {"lookalike.fetch", "lookalike.embed", "lookalike.index", "lookalike.query", "lookalike.encode"}
 
 
 def free_port() -> int:

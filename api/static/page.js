@@ -13,7 +13,7 @@
     truncated: "That image file is cut short.",
     too_many_pixels: "That image is too big to decode.",
     too_large: "That photo is too large to upload.",
-    empty_image: "That file is empty.",
+    empty: "That file is empty.",
     corrupt_header: "That image file is damaged.",
     decode_error: "That image could not be decoded.",
     unknown_product: "That product is no longer in the catalogue.",
