@@ -427,6 +427,38 @@ def events(
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_API_ADDRESS).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: LOOKALIKE_API_PORT, 8080).")] = None,
+) -> None:
+    """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
+    search page at /.
+
+    Queries go to the workers through the broker (embedding on the embedding processes, search on the store
+    owner); with no worker running at all, this process answers them itself and says so in its log.
+    """
+    import uvicorn
+
+    from lookalike.api import create_app, uvicorn_log_config
+    from lookalike.api.workers import WorkerBackend
+    from lookalike.config.settings import get_settings
+
+    use_broker(note, share=True)
+    settings = get_settings()
+    host = host or settings.api_address
+    port = port or settings.api_port
+    note(f"serving the API and the page on http://{host}:{port}/")
+    uvicorn.run(
+        create_app(WorkerBackend(settings), settings),
+        host=host,
+        port=port,
+        log_config=uvicorn_log_config(settings.log_level),
+        access_log=False,
+    )
+
+
 # --------------------------------------------------------------------------------------------- reconcile
 @app.command()
 def reconcile(

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
 
     # --- HTTP API and page -----------------------------------------------------------------------------
     api_address: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
-    api_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    api_port: int = Field(8080, ge=1, le=65535, description="Port the HTTP API listens on.")
     api_keys: SecretStr | None = Field(
         None,
         description="Comma-separated keys the HTTP API requires in the X-API-Key header on /v1/ (unset: open).",
