@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     events_claim_idle: int = Field(
         60, ge=1, description="Seconds before a dead listener's pending events are claimed by another."
     )
+    events_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest event in bytes; a larger one is rejected (too_large) before it is parsed.",
+    )
     failures_cap: int = Field(100_000, ge=100, description="Failed images kept in the dead-letter list.")
     run_ttl: int = Field(14 * 24 * 3600, ge=60, description="Seconds a run's counters are kept.")
     task_events: bool = Field(
