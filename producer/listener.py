@@ -1,5 +1,11 @@
 """`lookalike listen`: consume change events from the Redis Stream in a consumer group.
 
+Every entry ends applied, stale or rejected, whatever it holds: a listener never dies on content. Validation
+refuses what it knows is bad (:func:`~lookalike.producer.events.parse_event`); anything else an entry makes go
+wrong - a bug - rejects that entry with the reason ``internal_<ExceptionName>`` instead of stopping every listener
+on it for good (the entry would stay pending, and each restarted listener would re-read it first and die again).
+Only Redis or the broker failing stops the listener, with nothing acknowledged: that is no entry's fault.
+
 An entry is acknowledged only after the work it asked for is on the queues (or after it was rejected and
 recorded). A listener that starts again under the same consumer name first re-reads its own unacknowledged
 entries; entries a dead listener left pending longer than ``claim_idle`` seconds are claimed by any listener.
@@ -30,7 +36,33 @@ log = logging.getLogger(__name__)
 
 EVENTS_RUN = "events"
 Entry = tuple[bytes, dict[bytes, bytes]]
+Parsed = tuple[bytes, bytes | None, UpsertEvent | DeleteEvent]  # (entry id, its text, the valid event)
 REJECTED_CAP = 10_000
+INTERNAL = "internal_"  # reason prefix of an entry rejected because handling it raised something unexpected
+
+# Redis or the broker failing. Celery's publisher wraps Redis's connection errors in kombu's OperationalError
+# (raised "from" them), so the chain of causes is searched rather than importing kombu here.
+INFRASTRUCTURE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # also BusyLoadingError (Redis loading its data) and authentication errors
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, Redis or the broker failing (then no entry is at fault)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain is short; the bound guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, INFRASTRUCTURE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass
@@ -102,43 +134,26 @@ class EventListener:
 
     # --------------------------------------------------------------------------------------- handling
     def handle(self, entries: list[Entry]) -> BatchReport:
-        """Apply a batch of entries, enqueue their work, then acknowledge them all."""
+        """Apply a batch of entries, enqueue their work, then acknowledge them all.
+
+        Each entry ends applied (its outcome: new, changed, stale ...) or rejected and recorded; the rejection
+        records and the acknowledgement go in one transaction, and the counts follow, once. An infrastructure
+        error (:func:`is_infrastructure`) propagates with nothing acknowledged.
+        """
         report = BatchReport(entries=len(entries))
-        upserts: list[tuple[Any, int | float]] = []
-        deletes: list[tuple[str, int | float]] = []
+        events: list[Parsed] = []
         rejected: list[str] = []
         for entry_id, fields in entries:
             raw = fields.get(EVENT_FIELD.encode())
             try:
                 if raw is None:
                     raise EventRejected("missing_field", EVENT_FIELD, "the stream entry has no 'event' field")
-                event = parse_event(raw)
-            except EventRejected as exc:
-                report.rejected[exc.reason] += 1
-                rejected.append(
-                    json.dumps(
-                        {
-                            "stream_id": entry_id.decode(),
-                            "reason": exc.reason,
-                            "field": exc.field,
-                            "detail": exc.detail,
-                            "event": (raw or b"").decode("utf-8", "replace")[:2000],
-                            "time": time.time(),
-                        }
-                    )
-                )
-                log.warning("rejected event %s: %s", entry_id.decode(), exc)
-                continue
-            if isinstance(event, UpsertEvent):
-                upserts.append((event.product, event.version))
-            elif isinstance(event, DeleteEvent):
-                deletes.append((event.product_id, event.version))
-        plan = SyncPlan()
-        if upserts:
-            plan.merge(plan_upserts(self.registry, upserts, EVENTS_RUN))
-        if deletes:
-            plan.merge(plan_deletes(self.registry, deletes))
-        carry_out(plan, self.publisher, self.registry, self.backpressure, run_id=EVENTS_RUN, ledger=self.ledger)
+                events.append((entry_id, raw, parse_event(raw)))
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                rejected.append(self._rejection(report, entry_id, raw, exc))
+        plan = self._apply(events, report, rejected)
         report.outcomes = plan.outcomes
         report.jobs = len(plan.jobs)
         counts = {f"events:{name}": n for name, n in plan.outcomes.items()}
@@ -146,7 +161,9 @@ class EventListener:
         handled = sum(n for name, n in plan.outcomes.items() if name != "stale")
         counts["events:handled"] = handled  # events:stale is among the outcomes already
         counts["events:failed"] = sum(report.rejected.values())
-        pipe = self.redis.pipeline(transaction=False)
+        # One transaction: an entry is never acknowledged without its rejection recorded (Redis refusing the
+        # record, out of memory say, refuses the acknowledgement with it).
+        pipe = self.redis.pipeline(transaction=True)
         if rejected:
             pipe.lpush(self.rejected_key, *rejected)
             pipe.ltrim(self.rejected_key, 0, REJECTED_CAP - 1)
@@ -154,6 +171,65 @@ class EventListener:
         pipe.execute()
         self.ledger.count_global({name: n for name, n in counts.items() if n})
         return report
+
+    def _plan_and_enqueue(self, events: list[UpsertEvent | DeleteEvent]) -> SyncPlan:
+        upserts = [(event.product, event.version) for event in events if isinstance(event, UpsertEvent)]
+        deletes = [(event.product_id, event.version) for event in events if isinstance(event, DeleteEvent)]
+        plan = SyncPlan()
+        if upserts:
+            plan.merge(plan_upserts(self.registry, upserts, EVENTS_RUN))
+        if deletes:
+            plan.merge(plan_deletes(self.registry, deletes))
+        carry_out(plan, self.publisher, self.registry, self.backpressure, run_id=EVENTS_RUN, ledger=self.ledger)
+        return plan
+
+    def _apply(self, events: list[Parsed], report: BatchReport, rejected: list[str]) -> SyncPlan:
+        """Plan and enqueue the batch's valid events together (one registry round trip, one publish).
+
+        When that raises something other than an infrastructure error, no event can be blamed yet: each is
+        then planned and enqueued on its own, so only the one at fault is rejected and the others are applied.
+        An event the failed attempt had already registered comes back as a replay, which the registry redoes in
+        full (as after a listener crash); nothing was counted for the failed attempt, so no outcome is counted twice.
+        """
+        if not events:
+            return SyncPlan()
+        try:
+            return self._plan_and_enqueue([event for _, _, event in events])
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise
+            log.warning("a batch of %d events failed (%r); applying them one at a time", len(events), exc)
+        plan = SyncPlan()
+        for entry_id, raw, event in events:
+            try:
+                plan.merge(self._plan_and_enqueue([event]))
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                rejected.append(self._rejection(report, entry_id, raw, exc))
+        return plan
+
+    def _rejection(self, report: BatchReport, entry_id: bytes, raw: bytes | None, exc: Exception) -> str:
+        """Count a rejected entry and return its record for ``lookalike events --rejected``."""
+        if isinstance(exc, EventRejected):
+            rejection = exc
+            log.warning("rejected event %s: %s", entry_id.decode(), rejection)
+        else:
+            log.exception("rejected event %s: handling it raised %s", entry_id.decode(), type(exc).__name__)
+            # Printable whatever the exception says: a message may quote the entry's text, surrogates and all.
+            detail = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+            rejection = EventRejected(INTERNAL + type(exc).__name__, None, detail)
+        report.rejected[rejection.reason] += 1
+        return json.dumps(
+            {
+                "stream_id": entry_id.decode(),
+                "reason": rejection.reason,
+                "field": rejection.field,
+                "detail": rejection.detail,
+                "event": (raw or b"").decode("utf-8", "replace")[:2000],
+                "time": time.time(),
+            }
+        )
 
     # ------------------------------------------------------------------------------------------ loop
     def run(

@@ -1,5 +1,5 @@
 """The event stream under hostile or broken entries: every entry ends applied, stale or rejected with a reason, the
-listener never dies on content, events are size-checked before
+listener never dies on content (only on Redis failing, with nothing acknowledged), events are size-checked before
 they are parsed."""
 
 from __future__ import annotations
@@ -7,14 +7,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+from collections.abc import Sequence
 from typing import Any
 
+import kombu.exceptions
 import pytest
 import redis
 
 from lookalike.producer import events as events_module
+from lookalike.producer.enqueue import Backpressure
 from lookalike.producer.events import DELETED, UPSERTED, EventRejected, parse_event, publish_event
-from lookalike.producer.listener import rejected_events
+from lookalike.producer.listener import EventListener, rejected_events
+from lookalike.state.messages import Job
 from lookalike.worker import pipeline
 
 from conftest import LOOKALIKE, set_env
@@ -38,7 +43,7 @@ def listen(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def add_entries(client: redis.Redis, raws: list[str | bytes]) -> str:
+def add_entries(client: redis.Redis, raws: Sequence[str | bytes]) -> str:
     stream = pipeline.current_context().settings.events_stream
     for raw in raws:
         client.xadd(stream, {"event": raw})
@@ -117,6 +122,98 @@ def test_a_listener_restarted_with_a_poison_entry_already_pending_rejects_it_and
     assert done.returncode == 0, done.stderr[-3000:]
     assert [item["reason"] for item in rejected()] == ["too_deep"]
     assert_the_valid_events_were_applied()
+
+
+# ------------------------------------------------------------------------------------ the last-resort guard
+class FakePublisher:
+    """Collects what would be enqueued; raises ``error`` when asked to publish the ``cursed`` product's jobs."""
+
+    def __init__(self, error: Exception | None = None, cursed: str = "cursed") -> None:
+        self.error = error
+        self.cursed = cursed
+        self.jobs: list[Job] = []
+
+    def publish_jobs(self, jobs: Sequence[Job]) -> None:
+        if self.error is not None and any(job.product_id == self.cursed for job in jobs):
+            raise self.error
+        self.jobs.extend(jobs)
+
+    def publish_reconcile(self, product_ids: Sequence[str], run_id: str) -> None:
+        pass
+
+    def fetch_depth(self) -> int:
+        return 0
+
+
+def in_process_listener(publisher: FakePublisher) -> EventListener:
+    ctx = pipeline.current_context()
+    return EventListener(
+        ctx.redis,
+        stream=ctx.settings.events_stream,
+        group=ctx.settings.events_group,
+        consumer="in-process",
+        registry=ctx.registry,
+        ledger=ctx.ledger,
+        publisher=publisher,
+        backpressure=Backpressure(1000),
+        rejected_key=ctx.settings.key("events", "rejected"),
+        block_ms=100,
+    )
+
+
+def test_an_entry_that_makes_enqueuing_raise_is_rejected_as_internal_and_its_batch_is_still_applied(env, redis_client):
+    add_entries(redis_client, [json.dumps(VALID[0]), json.dumps(upsert("cursed")), *map(json.dumps, VALID[1:])])
+    publisher = FakePublisher(ValueError("the publisher chokes on this product"))
+
+    in_process_listener(publisher).run(threading.Event(), stop_when_idle=0.3)  # returns: it did not die
+
+    [record] = rejected()
+    assert record["reason"] == "internal_ValueError" and "chokes" in record["detail"]
+    assert "cursed" in record["event"]
+    # The failed batch attempt had registered them: applied again one by one they are replays, done again in full
+    # (as after a listener crash; a replayed tombstone counts as deleted).
+    assert_the_valid_events_were_applied({"redone": 2, "deleted": 1})
+    assert sorted({job.product_id for job in publisher.jobs}) == ["good-1", "good-2"]
+    stats = pipeline.current_context().ledger.stats()
+    assert stats["events:failed"] == 1 and stats["events:failed:internal_ValueError"] == 1
+
+
+def test_an_entry_that_makes_parsing_raise_is_rejected_as_internal(env, redis_client, monkeypatch):
+    real_parse = parse_event
+
+    def parse_with_a_bug(raw: bytes) -> Any:
+        if b"cursed" in raw:
+            raise KeyError("a bug in validation")
+        return real_parse(raw)
+
+    monkeypatch.setattr("lookalike.producer.listener.parse_event", parse_with_a_bug)
+    add_entries(redis_client, [json.dumps(upsert("cursed")), *map(json.dumps, VALID)])
+
+    in_process_listener(FakePublisher()).run(threading.Event(), stop_when_idle=0.3)
+
+    assert [item["reason"] for item in rejected()] == ["internal_KeyError"]
+    assert_the_valid_events_were_applied()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [redis.ConnectionError("Redis went away"), redis.exceptions.BusyLoadingError("loading"), "kombu"],
+    ids=["redis connection error", "redis loading", "broker error raised from a redis connection error"],
+)
+def test_redis_failing_while_handling_stops_the_listener_with_nothing_acknowledged(error: Any, env, redis_client):
+    if error == "kombu":
+        try:
+            raise kombu.exceptions.OperationalError("Error 111 connecting") from redis.ConnectionError("refused")
+        except kombu.exceptions.OperationalError as wrapped:
+            error = wrapped
+    add_entries(redis_client, [json.dumps(upsert("cursed")), *map(json.dumps, VALID)])
+
+    with pytest.raises(type(error)):
+        in_process_listener(FakePublisher(error)).run(threading.Event(), stop_when_idle=0.3)
+
+    settings = pipeline.current_context().settings
+    assert redis_client.xpending(settings.events_stream, settings.events_group)["pending"] == 4
+    assert rejected() == []
 
 
 # ---------------------------------------------------------------------------------------------- size limit
