@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     events_claim_idle: int = Field(
         60, ge=1, description="Seconds before a dead listener's pending events are claimed by another."
     )
+    events_stream_maxlen: int = Field(
+        1_000_000,
+        ge=100,
+        description="Entries the event stream keeps: every publish trims it to about this many (XADD MAXLEN ~), "
+        "oldest first, so Redis's memory stays bounded when no listener reads.",
+    )
     events_max_bytes: int = Field(
         64 * 1024,
         ge=1024,

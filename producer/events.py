@@ -37,7 +37,6 @@ UPSERTED = "product.upserted"
 DELETED = "product.deleted"
 EVENT_FIELD = "event"  # the stream entry's field that holds the JSON
 MAX_IMAGES = 100
-STREAM_MAXLEN = 1_000_000
 # An event nests three deep (event -> product -> image_urls); the margin is for fields lookalike ignores.
 MAX_DEPTH = 32
 
@@ -240,10 +239,14 @@ def publish_event(
     *,
     client: redis.Redis | None = None,
     stream: str | None = None,
+    maxlen: int | None = None,
 ) -> str:
     """Validate and append one change event to the stream; returns its stream id.
 
     ``publish_event({"type": "product.deleted", "version": 7, "product_id": "sku-1"})``
+
+    Each append trims the stream to about ``maxlen`` entries (default ``LOOKALIKE_EVENTS_STREAM_MAXLEN``; ``~``:
+    Redis trims whole nodes, cheaply), so a stream nobody reads cannot fill Redis's memory.
     """
     if client is None or stream is None:
         from lookalike.config.settings import get_settings
@@ -252,10 +255,12 @@ def publish_event(
         settings = get_settings()
         client = client or redis_client(settings)
         stream = stream or settings.events_stream
+    if maxlen is None:
+        maxlen = _settings().events_stream_maxlen
     parsed = event if isinstance(event, UpsertEvent | DeleteEvent) else parse_event(event)
     body = event_json(parsed)
     limit = _settings().events_max_bytes
     if len(body.encode("utf-8")) > limit:  # what the listener would refuse is not published
         raise EventRejected("too_large", None, f"over {limit} bytes")
-    entry_id = client.xadd(stream, {EVENT_FIELD: body}, maxlen=STREAM_MAXLEN, approximate=True)
+    entry_id = client.xadd(stream, {EVENT_FIELD: body}, maxlen=maxlen, approximate=True)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

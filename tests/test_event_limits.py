@@ -1,6 +1,6 @@
 """The event stream under hostile or broken entries: every entry ends applied, stale or rejected with a reason, the
 listener never dies on content (only on Redis failing, with nothing acknowledged), events are size-checked before
-they are parsed."""
+they are parsed, and the stream stays bounded."""
 
 from __future__ import annotations
 
@@ -263,3 +263,24 @@ def test_the_listener_and_the_events_command_reject_an_oversized_event(env, cli,
     assert result.code == 1
     assert result.json()["published"] == 2 and result.json()["rejected"] == 1
     assert "line 2: not published: too_large" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- trimming
+def test_the_event_stream_stays_bounded_however_many_events_are_published(
+    env, cli, monkeypatch, redis_client, tmp_path
+):
+    set_env(monkeypatch, env, LOOKALIKE_EVENTS_STREAM_MAXLEN="100")
+    stream = pipeline.current_context().settings.events_stream
+    for version in range(1, 2001):
+        publish_event({"type": DELETED, "version": version, "product_id": "p"}, client=redis_client, stream=stream)
+    # MAXLEN ~ trims whole stream nodes (100 entries each by default): at least 100 kept, never much more.
+    assert 100 <= redis_client.xlen(stream) <= 200
+    newest = redis_client.xrevrange(stream, count=1)[0][1][b"event"]
+    assert json.loads(newest)["version"] == 2000, "trimming dropped the newest events instead of the oldest"
+
+    lines = tmp_path / "events.jsonl"
+    lines.write_text(
+        "".join(json.dumps({"type": DELETED, "version": v, "product_id": "q"}) + "\n" for v in range(1000))
+    )
+    assert cli("events", str(lines), "--json").code == 0
+    assert 100 <= redis_client.xlen(stream) <= 200
