@@ -594,7 +594,8 @@ def publish_events_file(file: str, note: Note) -> dict[str, Any]:
     ctx = state_context()
     stream = ctx.settings.events_stream
     published = rejected = 0
-    handle = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    # Bytes, not text: a line that is not UTF-8 is that line's error (invalid_json), not the end of the file.
+    handle = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
     try:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -606,7 +607,7 @@ def publish_events_file(file: str, note: Note) -> dict[str, Any]:
                 rejected += 1
                 note(f"line {number}: not published: {exc}")
     finally:
-        if handle is not sys.stdin:
+        if handle is not sys.stdin.buffer:
             handle.close()
     return {"stream": stream, "published": published, "rejected": rejected}
 

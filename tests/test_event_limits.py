@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import kombu.exceptions
@@ -284,3 +285,15 @@ def test_the_event_stream_stays_bounded_however_many_events_are_published(
     )
     assert cli("events", str(lines), "--json").code == 0
     assert 100 <= redis_client.xlen(stream) <= 200
+
+
+def test_a_line_that_is_not_utf8_is_rejected_alone_by_the_events_command(
+    cli: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    events = tmp_path / "mixed.jsonl"
+    good = json.dumps({"type": "product.deleted", "version": 3, "product_id": "sku-ok"}).encode()
+    events.write_bytes(b'{"type": "product.deleted", "version": 3, "product_id": "caf\xe9"}\n' + good + b"\n")
+    result = cli("events", str(events), "--json")
+    assert result.code == 1, result.stderr
+    assert result.json()["published"] == 1 and result.json()["rejected"] == 1
+    assert "line 1: not published: invalid_json" in result.stderr
