@@ -49,10 +49,15 @@ def state_context() -> StateContext:
 
 def require_broker(settings: Settings) -> str:
     """The broker URL, once something answers there; else a one-line error saying where it looked."""
+    from lookalike.worker.embedded import broker_problem
+
     url: str = settings.broker_url.get_secret_value()
-    if not redis_answers(url):
+    problem = broker_problem(url)
+    if problem is not None:
+        # A refused connection needs no explanation; a TLS failure or a stranger on the port does.
+        why = "" if "refused" in problem.lower() else f" ({problem})"
         raise BrokerUnreachable(
-            f"no broker answers at {_safe_url(url)}: start Redis (or `docker-compose up -d redis`), "
+            f"no broker answers at {_safe_url(url)}{why}: start Redis (or `docker-compose up -d redis`), "
             "or set LOOKALIKE_BROKER_URL (unset, lookalike runs an embedded one)"
         )
     return url

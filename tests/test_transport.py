@@ -111,6 +111,7 @@ TASK_OF_QUEUE = {
     "lookalike.embed": "lookalike.embed",
     "lookalike.index": "lookalike.index",
     "lookalike.query": "lookalike.search",
+    "lookalike.encode": "lookalike.encode",
 }
 
 

@@ -23,23 +23,34 @@ class BrokerUnavailable(RuntimeError):
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     """True when a Redis-speaking server answers PING at ``url``'s host and port."""
+    return broker_problem(url, timeout) is None
+
+
+def broker_problem(url: str, timeout: float = 0.5) -> str | None:
+    """None when a Redis-speaking server answers PING at ``url``'s host and port; else why not, in a few words
+    (a refused connection, a TLS certificate that does not verify...)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if parts.scheme == "rediss":
         import redis
 
         try:
-            return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
-        except Exception:
-            return False
+            redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+            return None
+        except redis.AuthenticationError:
+            return None  # something answers: the password is the next error, reported as such
+        except Exception as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
     # +PONG, or -NOAUTH when a password is required: either way a Redis is there.
-    return reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR"))
+    if reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR")):
+        return None
+    return "what answers there does not speak the Redis protocol"
 
 
 @dataclass

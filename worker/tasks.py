@@ -51,7 +51,7 @@ from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
-from lookalike.worker.embed import ModelUnavailable
+from lookalike.worker.embed import ModelUnavailable, model_dimension
 from lookalike.worker.logs import configure_logging
 from lookalike.worker.store import StoreError, StoreUnavailable
 
@@ -342,7 +342,8 @@ def _open_store(sender: Any = None, **_: Any) -> None:
     # The store owner (solo pool) opens the store up front: a locked store fails loudly now. It loads no model:
     # it writes vectors it is given and searches with vectors it is given.
     if INDEX_QUEUE in _consumes or QUERY_QUEUE in _consumes:
-        pipeline.current_context().store  # noqa: B018
+        ctx = pipeline.current_context()
+        ctx.ready_store(model_dimension(ctx.settings.model))
     # Only now, ready to consume, does the worker say it is alive (see lookalike.state.presence).
     ctx = pipeline.current_context()
     Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
