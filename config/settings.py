@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     # --- fetching ----------------------------------------------------------------------------------------
     fetch_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a download connection.")
     fetch_read_timeout: float = Field(15.0, gt=0, description="Seconds a download may go without receiving data.")
-    fetch_deadline: float = Field(30.0, gt=0, description="Overall seconds allowed for one download.")
+    fetch_deadline: float = Field(
+        30.0, gt=0, description="Overall seconds for one download, from connect to last byte (a watchdog cuts it)."
+    )
     fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image download in bytes.")
     fetch_max_redirects: int = Field(5, ge=0, description="Redirects a download may follow (each hop re-checked).")
     fetch_retries: int = Field(5, ge=0, description="Retries of a download on connection errors, 429 and 5xx.")
