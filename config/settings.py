@@ -121,7 +121,18 @@ class Settings(BaseSettings):
     fetch_user_agent: str = Field("lookalike/0.1", description="User-Agent header of downloads.")
 
     # --- images ------------------------------------------------------------------------------------------
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are refused before decoding.")
+    max_image_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Images with more pixels are refused before decoding (16 Mpx: a 4096x4096 zoom image or a "
+        "16 Mpx phone photo; the model sees 224x224).",
+    )
+    decode_memory_budget: int = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Bytes a fetch process may spend on images being decoded at once: with the pixel cap it "
+        "bounds how many decode together (at most two per usable CPU).",
+    )
     image_formats: str = Field("JPEG,PNG,GIF,WEBP,BMP", description="Image formats accepted (Pillow names).")
     query_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest query image in bytes.")
 

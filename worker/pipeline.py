@@ -22,7 +22,7 @@ import redis
 from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.product import point_id_for
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
-from lookalike.worker.decode import ImageRejected, decode_image, decode_transport, encode_for_transport
+from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.failures import Failure, FailureLog
 from lookalike.worker.fetch import AddressPolicy, FetchError, FetchLimits, fetch_image, make_session
@@ -74,7 +74,9 @@ class Context:
         self.policy = AddressPolicy.from_networks(settings.allowed_networks)
         # Hundreds of threads wait on the network, but decoding is CPU work: two at once per core, which keeps
         # the cores busy and bounds the memory that full-size decoded images can take.
-        self.decode_slots = threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
+        self.decode_slots = threading.BoundedSemaphore(
+            decode_slots(settings.decode_memory_budget, settings.max_image_pixels)
+        )
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
