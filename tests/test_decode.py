@@ -372,3 +372,40 @@ def test_a_broken_exif_block_costs_the_orientation_not_the_image() -> None:
     start = data.index(b"Exif\x00\x00")
     broken = data[: start + 6] + b"\xff" * 16 + data[start + 22 :]
     assert_model_ready(decode(broken))
+
+
+# ------------------------------------------------------------------------------------------ transport is checked
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _encoded(Image.new("RGB", (EDGE, EDGE), (9, 9, 9)), "TIFF"),
+        _encoded(Image.new("RGB", (EDGE, EDGE), (9, 9, 9)), "ICO", sizes=[(64, 64)]),
+        _encoded(Image.new("RGB", (EDGE, EDGE), (9, 9, 9)), "PNG"),
+        _encoded(Image.new("RGB", (EDGE + 1, EDGE), (9, 9, 9)), "JPEG"),
+        _encoded(Image.new("L", (EDGE, EDGE), 9), "JPEG"),
+        _encoded(Image.new("CMYK", (EDGE, EDGE), (9, 9, 9, 9)), "JPEG"),
+        images.png_bomb(9400, 9400),  # 88 Mpx
+        b"",
+        b"not an image at all",
+    ],
+    ids=["tiff", "ico", "png", "jpeg-225x224", "jpeg-grey", "jpeg-cmyk", "png-88mpx", "empty", "text"],
+)
+def test_transport_accepts_only_what_the_fetch_stage_produces(data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(ImageRejected) as excinfo:
+        decode_transport(data)
+    assert excinfo.value.reason == "bad_transport"
+    assert time.monotonic() - started < 1.0
+
+
+def test_transport_refuses_a_truncated_jpeg_of_the_right_size() -> None:
+    data = encode_for_transport(decode(images.product_bytes(33)))
+    with pytest.raises(ImageRejected) as excinfo:
+        decode_transport(data[: len(data) // 2])
+    assert excinfo.value.reason == "bad_transport"

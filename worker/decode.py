@@ -252,8 +252,22 @@ def encode_for_transport(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def decode_transport(data: bytes) -> Image.Image:
-    """Inverse of :func:`encode_for_transport` (trusted input: it was produced by a fetch worker)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB") if image.mode != "RGB" else image
+def decode_transport(data: bytes, *, edge: int = MODEL_INPUT_EDGE) -> Image.Image:
+    """Inverse of :func:`encode_for_transport`: accepts only what it produces, an RGB JPEG of ``edge`` x ``edge``.
+
+    Anyone who can write to the broker can put bytes here, so they are not trusted: any other format, mode or
+    size (a TIFF, an ICO, an 88 Mpx PNG) is refused from the header with ``bad_transport`` before any pixel
+    is decoded, and a JPEG that fails to decode is refused with the same reason.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=["JPEG"])
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error) as exc:
+        raise ImageRejected("bad_transport", f"not a JPEG ({type(exc).__name__})") from exc
+    if image.format != "JPEG" or image.mode != "RGB" or image.size != (edge, edge):
+        found = f"{image.format} {image.mode} {image.size[0]}x{image.size[1]}"
+        raise ImageRejected("bad_transport", f"{found}, expected an RGB JPEG of {edge}x{edge}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error) as exc:
+        raise ImageRejected("bad_transport", f"{type(exc).__name__}: {exc}"[:200]) from exc
+    return image
