@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import resource
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 
@@ -306,9 +308,10 @@ class RawServer:
     headers one byte at a time, say), which is how a hostile or broken server holds a client.
     """
 
-    def __init__(self, pieces: list[bytes], gap: float) -> None:
+    def __init__(self, pieces: list[bytes], gap: float, respond: Callable[[bytes], bytes] | None = None) -> None:
         self.pieces = pieces
         self.gap = gap
+        self.respond = respond  # when given: the whole answer to each request, at once
         self.requests: list[bytes] = []
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -339,6 +342,9 @@ class RawServer:
                         return
                     received += chunk
                 self.requests.append(received)
+                if self.respond is not None:
+                    conn.sendall(self.respond(received))
+                    return
                 for piece in self.pieces:
                     if self._stop.wait(self.gap):
                         return
@@ -428,3 +434,77 @@ def test_a_tls_handshake_trickled_a_byte_at_a_time_stops_at_the_deadline(
     elapsed = time.monotonic() - started
     assert excinfo.value.reason == "deadline_exceeded"
     assert elapsed <= limits.deadline + 0.5, f"returned after {elapsed:.2f}s"
+
+
+# ------------------------------------------------------------------------------------------ cookies, encodings
+def _answer(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _header(request: bytes, name: str) -> str | None:
+    for line in request.decode("latin-1").split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+@pytest.fixture
+def cookie_server() -> Iterator[RawServer]:
+    body = images.product_bytes(9)
+
+    def respond(request: bytes) -> bytes:
+        cookie = {"Set-Cookie": "tracker=abc; Path=/"}
+        if request.startswith(b"GET /redirect"):
+            return _answer("302 Found", {"Location": "/image.jpg", **cookie})
+        return _answer("200 OK", {"Content-Type": "image/jpeg", **cookie}, body)
+
+    server = RawServer([], 0, respond)
+    yield server
+    server.close()
+
+
+def test_a_cookie_set_by_a_server_is_never_sent_back(cookie_server: RawServer, session: requests.Session) -> None:
+    fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
+    fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
+    assert len(cookie_server.requests) == 2
+    assert [_header(request, "Cookie") for request in cookie_server.requests] == [None, None]
+    assert len(session.cookies) == 0
+
+
+def test_a_cookie_set_by_a_redirect_is_not_sent_to_the_next_hop(
+    cookie_server: RawServer, session: requests.Session
+) -> None:
+    fetched = fetch_image(cookie_server.url("/redirect"), session, LIMITS)
+    assert fetched.final_url.endswith("/image.jpg")
+    assert len(cookie_server.requests) == 2
+    assert [_header(request, "Cookie") for request in cookie_server.requests] == [None, None]
+
+
+def test_downloads_ask_for_the_bytes_as_stored(cookie_server: RawServer, session: requests.Session) -> None:
+    fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
+    assert _header(cookie_server.requests[0], "Accept-Encoding") == "identity"
+
+
+def test_a_gzip_bomb_is_cut_at_the_byte_cap_without_inflating_it(session: requests.Session) -> None:
+    # 256 MiB of zeros in 250 kB of gzip, sent although identity was asked for: the cap (1 MB) counts inflated
+    # bytes, and the download must stop at it quickly, having inflated about that much and not the whole bomb.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(256)) + packer.flush()
+    answer = _answer("200 OK", {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}, bomb)
+    server = RawServer([], 0, lambda request: answer)
+    try:
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.monotonic()
+        with pytest.raises(DownloadTooLarge) as excinfo:
+            fetch_image(server.url(), session, LIMITS)
+        elapsed = time.monotonic() - started
+        growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    finally:
+        server.close()
+    assert excinfo.value.reason == "too_large"
+    assert elapsed < 1.0, f"{elapsed:.2f}s"
+    assert growth_mib < 64, f"peak RSS grew by {growth_mib:.0f} MiB"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import http.cookiejar
 import ipaddress
 import itertools
 import os
@@ -78,6 +79,13 @@ class DownloadTooLarge(PermanentFetchError):
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+# IPv6 ranges Python's ipaddress calls global that no image host uses: IPv4-compatible (deprecated, RFC 4291),
+# IPv4-mapped (the socket would reach an IPv4 host), IPv4-translated (RFC 2765) and site-local (deprecated,
+# RFC 3879, still routed inside some networks). Refused whatever the IPv4 address inside.
+_DEPRECATED_V6 = tuple(
+    ipaddress.ip_network(net) for net in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "fec0::/10")
+)
+ALLOW_SETTING = "LOOKALIKE_FETCH_ALLOW_NETWORKS"
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -110,6 +118,8 @@ class AddressPolicy:
         if address.is_multicast or address.is_unspecified or not address.is_global:
             raise ForbiddenAddress(f"{address} is not a public address")
         if isinstance(address, ipaddress.IPv6Address):
+            if any(address in network for network in _DEPRECATED_V6):
+                raise ForbiddenAddress(f"{address} is in a deprecated or IPv4-mapped IPv6 range")
             # IPv6 forms that carry an IPv4 address a translator would reach: the IPv4 one must pass too.
             if address in _LOCAL_NAT64:
                 raise ForbiddenAddress(f"{address} is a local-use NAT64 address")
@@ -131,7 +141,10 @@ class AddressPolicy:
             try:
                 self.check(address)
             except ForbiddenAddress as exc:
-                raise ForbiddenAddress(f"{host} resolves to {address}, which is not a public address") from exc
+                raise ForbiddenAddress(
+                    f"{host} resolves to {address}, which is not a public address "
+                    f"(add its network to {ALLOW_SETTING} to allow it)"
+                ) from exc
         return infos
 
 
@@ -352,14 +365,59 @@ class FetchedImage:
     seconds: float
 
 
+class NoCookies(http.cookiejar.CookiePolicy):
+    """Refuses every cookie, to keep and to send: a download is not a browsing session.
+
+    One image host must not be able to tag the requests of a worker to another (or to itself, later)."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
+class DownloadSession(requests.Session):
+    """A session whose every cookie jar refuses cookies: the session's own, and the per-request jar requests
+    builds for each request and carries through redirects (which would otherwise keep a redirect's
+    Set-Cookie for the next hop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cookies.set_policy(NoCookies())
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        prepared = super().prepare_request(request)
+        jar = getattr(prepared, "_cookies", None)
+        if jar is not None:
+            jar.set_policy(NoCookies())
+        return prepared
+
+
 def make_session(
     policy: AddressPolicy, *, user_agent: str, max_redirects: int, pool_size: int = 64
 ) -> requests.Session:
-    """A pooled session for downloads: guarded sockets, no proxies from the environment, no netrc."""
-    session = requests.Session()
+    """A pooled session for downloads: guarded sockets, no proxies from the environment, no netrc, no cookies.
+
+    It asks for the bytes as stored (``Accept-Encoding: identity``): images are compressed already, and a
+    content encoding only adds inflation work and a bomb to defuse (a server may still send one: the byte cap
+    counts inflated bytes, and urllib3 >= 2.6 inflates no more than each read asks for)."""
+    session = DownloadSession()
     session.trust_env = False
     session.max_redirects = max_redirects
-    session.headers.update({"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5"})
+    session.headers.update(
+        {"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
+    )
     adapter = GuardedAdapter(policy, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
