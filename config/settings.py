@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     # --- fetching ----------------------------------------------------------------------------------------
     fetch_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a download connection.")
     fetch_read_timeout: float = Field(15.0, gt=0, description="Seconds a download may go without receiving data.")
-    fetch_deadline: float = Field(30.0, gt=0, description="Overall seconds allowed for one download.")
+    fetch_deadline: float = Field(
+        30.0, gt=0, description="Overall seconds for one download, from connect to last byte (a watchdog cuts it)."
+    )
     fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image download in bytes.")
     fetch_max_redirects: int = Field(5, ge=0, description="Redirects a download may follow (each hop re-checked).")
     fetch_retries: int = Field(5, ge=0, description="Retries of a download on connection errors, 429 and 5xx.")
@@ -119,7 +121,18 @@ class Settings(BaseSettings):
     fetch_user_agent: str = Field("lookalike/0.1", description="User-Agent header of downloads.")
 
     # --- images ------------------------------------------------------------------------------------------
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are refused before decoding.")
+    max_image_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Images with more pixels are refused before decoding (16 Mpx: a 4096x4096 zoom image or a "
+        "16 Mpx phone photo; the model sees 224x224).",
+    )
+    decode_memory_budget: int = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Bytes a fetch process may spend on images being decoded at once: with the pixel cap it "
+        "bounds how many decode together (at most two per usable CPU).",
+    )
     image_formats: str = Field("JPEG,PNG,GIF,WEBP,BMP", description="Image formats accepted (Pillow names).")
     query_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest query image in bytes.")
 

@@ -50,6 +50,9 @@ REQUIRED_COLUMNS = (
 
 PLACEHOLDER_PATTERN = re.compile(r"/images/G/\d+/x-locale/common/|transparent-pixel\.", re.IGNORECASE)
 MIN_PRODUCTS_FOR_SHARED = 20
+# Largest CSV read out of a zip. A zip member inflates to whatever its header says (a few kB can claim gigabytes),
+# and the whole CSV is held in memory, then parsed: 1 GiB is ten times the largest catalogue export we know of.
+MAX_ZIPPED_CSV_BYTES = 1 << 30
 SHARED_FRACTION = 0.5
 
 # Why a row gave no product.
@@ -95,8 +98,9 @@ class CatalogReport:
 
 
 @contextmanager
-def _open_catalog_bytes(path: Path) -> Iterator[tuple[IO[bytes], str]]:
-    """The CSV's bytes: the file itself, or the one CSV inside a zip, at any depth."""
+def _open_catalog_bytes(path: Path, max_zipped_bytes: int = MAX_ZIPPED_CSV_BYTES) -> Iterator[tuple[IO[bytes], str]]:
+    """The CSV's bytes: the file itself, or the one CSV inside a zip, at any depth (at most ``max_zipped_bytes``
+    inflated: refused from its header when it declares more, and cut while reading if it lies)."""
     if not path.exists():
         raise CatalogError(f"{path}: no such file")
     if path.is_dir():
@@ -119,8 +123,19 @@ def _open_catalog_bytes(path: Path) -> Iterator[tuple[IO[bytes], str]]:
             if len(csvs) > 1:
                 names = ", ".join(info.filename for info in csvs[:5])
                 raise CatalogError(f"{path}: the zip holds {len(csvs)} CSV files ({names}); expected one")
-            with archive.open(csvs[0]) as member:
-                yield member, f"{path}!{csvs[0].filename}"
+            member_info = csvs[0]
+            source = f"{path}!{member_info.filename}"
+            too_large = f"{source}: the CSV inflates to more than {max_zipped_bytes} bytes (a zip bomb?)"
+            if member_info.file_size > max_zipped_bytes:
+                raise CatalogError(too_large)
+            try:
+                with archive.open(member_info) as member:
+                    data = member.read(max_zipped_bytes + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+                raise CatalogError(f"{source}: broken zip member ({exc})") from exc
+            if len(data) > max_zipped_bytes:
+                raise CatalogError(too_large)
+            yield io.BytesIO(data), source
         return
     with path.open("rb") as handle:
         yield handle, str(path)
@@ -214,16 +229,17 @@ def read_catalog(
     fraction: float | None = None,
     seed: int = 0,
     limit: int | None = None,
+    max_zipped_bytes: int = MAX_ZIPPED_CSV_BYTES,
 ) -> CatalogReport:
     """Read a catalogue CSV or zip into products, accounting for every row and every image entry.
 
     ``fraction`` samples that share of the rows (reproducibly with ``seed``), as the seed notebook did;
-    ``limit`` then keeps the first N rows.
+    ``limit`` then keeps the first N rows. A CSV inside a zip may inflate to ``max_zipped_bytes`` at most.
     """
     if fraction is not None and not 0 < fraction <= 1:
         raise CatalogError(f"--fraction must be in (0, 1], got {fraction}")
     path = Path(path)
-    with _open_catalog_bytes(path) as (handle, source):
+    with _open_catalog_bytes(path, max_zipped_bytes) as (handle, source):
         raw = handle.read()
     frame, encoding, malformed = _read_frame(raw, source)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]

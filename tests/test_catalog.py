@@ -573,3 +573,43 @@ def test_point_id_is_the_same_in_another_process() -> None:
     code = "from lookalike.producer.product import point_id_for; print(point_id_for('p1', 'https://x.com/a.jpg'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == point_id_for("p1", "https://x.com/a.jpg")
+
+
+def test_zipped_csv_inflating_past_the_cap_is_refused_from_its_header(tmp_path: Path) -> None:
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("catalog.csv", _csv_bytes(tmp_path) + b"\n" * (4 << 20))  # 4 MiB of newlines: ~4 kB zipped
+    assert archive.stat().st_size < 64 * 1024
+    with pytest.raises(CatalogError) as excinfo:
+        read_catalog(archive, max_zipped_bytes=1 << 20)
+    message = one_line_error(excinfo)
+    assert "catalog.csv" in message and "more than 1048576 bytes" in message
+
+
+def test_zipped_csv_lying_about_its_size_is_refused_without_inflating_past_it(tmp_path: Path) -> None:
+    # A header claiming less than the member inflates to passes the header check; zipfile then stops at the
+    # declared size (and the read at the cap), and the CRC no longer matches: a one-line error either way.
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("catalog.csv", _csv_bytes(tmp_path) + b"\n" * (4 << 20))
+    original = zipfile.ZipFile.infolist
+
+    def understated(self: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+        infos = original(self)
+        for info in infos:
+            info.file_size = 1000
+        return infos
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "infolist", understated)
+        with pytest.raises(CatalogError) as excinfo:
+            read_catalog(archive, max_zipped_bytes=1 << 20)
+    assert "catalog.csv" in one_line_error(excinfo)
+
+
+def test_zipped_csv_under_the_cap_is_read(tmp_path: Path) -> None:
+    data = _csv_bytes(tmp_path)
+    archive = tmp_path / "fits.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("catalog.csv", data)
+    assert [p.id for p in read_catalog(archive, max_zipped_bytes=len(data)).products] == ["z1", "z2"]

@@ -335,3 +335,77 @@ def test_fuzz_only_image_rejected_escapes(data: bytes) -> None:
         }
         return
     assert_model_ready(image)
+
+
+# ------------------------------------------------------------------------------------------ orientation
+def _sideways_jpeg(orientation: int) -> bytes:
+    """A landscape photo stored as the camera saw it: red left half, blue right half, with its EXIF tag."""
+    stored = Image.new("RGB", (800, 600), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 400, 600))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("orientation", "top", "bottom"),
+    [(6, (255, 0, 0), (0, 0, 255)), (8, (0, 0, 255), (255, 0, 0)), (1, None, None)],
+)
+def test_exif_orientation_is_applied(
+    orientation: int, top: tuple[int, int, int] | None, bottom: tuple[int, int, int] | None
+) -> None:
+    # Orientation 6 (the phone was held upright): turn 90 degrees clockwise to show it, so the stored left
+    # half ends up on top; 8 is the other way round; 1 leaves it as stored (left red, right blue).
+    array = pixels(decode(_sideways_jpeg(orientation)))
+    if top is None:
+        assert np.abs(array[EDGE // 2, 20] - np.array([255, 0, 0])).max() <= 8
+        assert np.abs(array[EDGE // 2, EDGE - 20] - np.array([0, 0, 255])).max() <= 8
+    else:
+        assert np.abs(array[20, EDGE // 2] - np.array(top)).max() <= 8
+        assert np.abs(array[EDGE - 20, EDGE // 2] - np.array(bottom)).max() <= 8
+
+
+def test_a_broken_exif_block_costs_the_orientation_not_the_image() -> None:
+    data = _sideways_jpeg(6)
+    start = data.index(b"Exif\x00\x00")
+    broken = data[: start + 6] + b"\xff" * 16 + data[start + 22 :]
+    assert_model_ready(decode(broken))
+
+
+# ------------------------------------------------------------------------------------------ transport is checked
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _encoded(Image.new("RGB", (EDGE, EDGE), (9, 9, 9)), "TIFF"),
+        _encoded(Image.new("RGB", (EDGE, EDGE), (9, 9, 9)), "ICO", sizes=[(64, 64)]),
+        _encoded(Image.new("RGB", (EDGE, EDGE), (9, 9, 9)), "PNG"),
+        _encoded(Image.new("RGB", (EDGE + 1, EDGE), (9, 9, 9)), "JPEG"),
+        _encoded(Image.new("L", (EDGE, EDGE), 9), "JPEG"),
+        _encoded(Image.new("CMYK", (EDGE, EDGE), (9, 9, 9, 9)), "JPEG"),
+        images.png_bomb(9400, 9400),  # 88 Mpx
+        b"",
+        b"not an image at all",
+    ],
+    ids=["tiff", "ico", "png", "jpeg-225x224", "jpeg-grey", "jpeg-cmyk", "png-88mpx", "empty", "text"],
+)
+def test_transport_accepts_only_what_the_fetch_stage_produces(data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(ImageRejected) as excinfo:
+        decode_transport(data)
+    assert excinfo.value.reason == "bad_transport"
+    assert time.monotonic() - started < 1.0
+
+
+def test_transport_refuses_a_truncated_jpeg_of_the_right_size() -> None:
+    data = encode_for_transport(decode(images.product_bytes(33)))
+    with pytest.raises(ImageRejected) as excinfo:
+        decode_transport(data[: len(data) // 2])
+    assert excinfo.value.reason == "bad_transport"

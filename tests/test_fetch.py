@@ -3,10 +3,14 @@ schemes, refused connections and connection pooling."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import resource
 import socket
+import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 
 import pytest
@@ -294,3 +298,213 @@ def test_session_reuses_connections(
         assert fetch_image(paths[i % 4], session, LIMITS).data == body
     assert server.hits() == 20
     assert 1 <= len(connects) <= 2, f"{len(connects)} TCP connections for 20 sequential fetches"
+
+
+# ------------------------------------------------------------------------------------------ trickling servers
+class RawServer:
+    """A TCP server on 127.0.0.1 that answers every connection by sending ``pieces`` one ``gap`` apart.
+
+    The image server speaks proper HTTP; this one sends whatever bytes a test scripts (a status line and
+    headers one byte at a time, say), which is how a hostile or broken server holds a client.
+    """
+
+    def __init__(self, pieces: list[bytes], gap: float, respond: Callable[[bytes], bytes] | None = None) -> None:
+        self.pieces = pieces
+        self.gap = gap
+        self.respond = respond  # when given: the whole answer to each request, at once
+        self.requests: list[bytes] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/a.jpg") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            received = b""
+            conn.settimeout(2.0)
+            with contextlib.suppress(OSError):
+                while not received.endswith(b"\r\n\r\n") and not received.startswith(b"\x16"):
+                    chunk = conn.recv(4096)  # an HTTP request's head, or a TLS client hello
+                    if not chunk:
+                        return
+                    received += chunk
+                self.requests.append(received)
+                if self.respond is not None:
+                    conn.sendall(self.respond(received))
+                    return
+                for piece in self.pieces:
+                    if self._stop.wait(self.gap):
+                        return
+                    conn.sendall(piece)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=2)
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[list[bytes], float], RawServer]]:
+    started: list[RawServer] = []
+
+    def start(pieces: list[bytes], gap: float) -> RawServer:
+        started.append(RawServer(pieces, gap))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.close()
+
+
+def _one_byte_at_a_time(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+TRICKLE_LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=MAX_BYTES)
+
+
+def test_headers_trickled_a_byte_at_a_time_stop_at_the_deadline(
+    raw_server: Callable[[list[bytes], float], RawServer], session: requests.Session
+) -> None:
+    # A byte every 0.25 s never lets the read timeout (1 s) fire, and the headers never end: only the deadline
+    # can stop it, and it must, although no body byte has arrived yet.
+    headers = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n" + b"X-Slow: " + b"a" * 1000
+    server = raw_server(_one_byte_at_a_time(headers), 0.25)
+    started = time.monotonic()
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(server.url(), session, TRICKLE_LIMITS)
+    elapsed = time.monotonic() - started
+    assert excinfo.value.reason == "deadline_exceeded"
+    assert elapsed <= TRICKLE_LIMITS.deadline + 0.5, f"returned after {elapsed:.2f}s"
+
+
+def test_a_body_trickled_without_a_length_stops_at_the_deadline_not_at_a_short_image(
+    raw_server: Callable[[list[bytes], float], RawServer], session: requests.Session
+) -> None:
+    # No Content-Length and no chunking: the body ends when the connection closes. Cutting the connection at
+    # the deadline must not pass for the end of the image.
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n"
+    server = raw_server([head, *_one_byte_at_a_time(b"\xff" * 1000)], 0.1)
+    started = time.monotonic()
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(server.url(), session, TRICKLE_LIMITS)
+    elapsed = time.monotonic() - started
+    assert excinfo.value.reason == "deadline_exceeded"
+    assert elapsed <= TRICKLE_LIMITS.deadline + 0.5, f"returned after {elapsed:.2f}s"
+
+
+def test_a_connection_left_in_the_pool_is_not_cut_by_an_earlier_download_deadline(
+    server: ImageServer, session: requests.Session
+) -> None:
+    # The deadline of a finished download must not fire later on its pooled connection, now someone else's.
+    body = images.product_bytes(8)
+    fast = server.add("/pooled-fast.jpg", Route(body=body))
+    slow = server.add("/pooled-slow.jpg", Route(body=body, trickle_seconds=1.5))
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=1.0, max_bytes=MAX_BYTES)
+    assert fetch_image(fast, session, limits).data == body
+    relaxed = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=5.0, max_bytes=MAX_BYTES)
+    assert fetch_image(slow, session, relaxed).data == body
+
+
+def test_a_tls_handshake_trickled_a_byte_at_a_time_stops_at_the_deadline(
+    raw_server: Callable[[list[bytes], float], RawServer], session: requests.Session
+) -> None:
+    # A handshake record announcing 16 kB that arrives a byte at a time: the client is inside the TLS handshake
+    # (its socket object already detached by the ssl module) when the deadline comes, and is still cut. The
+    # ssl module bounds a handshake by the connect timeout, so that one is longer than the deadline here.
+    limits = FetchLimits(connect_timeout=6.0, read_timeout=1.0, deadline=2.0, max_bytes=MAX_BYTES)
+    record = b"\x16\x03\x03\x40\x00" + b"\x02" * 16384
+    server = raw_server(_one_byte_at_a_time(record), 0.25)
+    started = time.monotonic()
+    with pytest.raises(TransientFetchError) as excinfo:
+        fetch_image(server.url().replace("http://", "https://"), session, limits)
+    elapsed = time.monotonic() - started
+    assert excinfo.value.reason == "deadline_exceeded"
+    assert elapsed <= limits.deadline + 0.5, f"returned after {elapsed:.2f}s"
+
+
+# ------------------------------------------------------------------------------------------ cookies, encodings
+def _answer(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _header(request: bytes, name: str) -> str | None:
+    for line in request.decode("latin-1").split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+@pytest.fixture
+def cookie_server() -> Iterator[RawServer]:
+    body = images.product_bytes(9)
+
+    def respond(request: bytes) -> bytes:
+        cookie = {"Set-Cookie": "tracker=abc; Path=/"}
+        if request.startswith(b"GET /redirect"):
+            return _answer("302 Found", {"Location": "/image.jpg", **cookie})
+        return _answer("200 OK", {"Content-Type": "image/jpeg", **cookie}, body)
+
+    server = RawServer([], 0, respond)
+    yield server
+    server.close()
+
+
+def test_a_cookie_set_by_a_server_is_never_sent_back(cookie_server: RawServer, session: requests.Session) -> None:
+    fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
+    fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
+    assert len(cookie_server.requests) == 2
+    assert [_header(request, "Cookie") for request in cookie_server.requests] == [None, None]
+    assert len(session.cookies) == 0
+
+
+def test_a_cookie_set_by_a_redirect_is_not_sent_to_the_next_hop(
+    cookie_server: RawServer, session: requests.Session
+) -> None:
+    fetched = fetch_image(cookie_server.url("/redirect"), session, LIMITS)
+    assert fetched.final_url.endswith("/image.jpg")
+    assert len(cookie_server.requests) == 2
+    assert [_header(request, "Cookie") for request in cookie_server.requests] == [None, None]
+
+
+def test_downloads_ask_for_the_bytes_as_stored(cookie_server: RawServer, session: requests.Session) -> None:
+    fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
+    assert _header(cookie_server.requests[0], "Accept-Encoding") == "identity"
+
+
+def test_a_gzip_bomb_is_cut_at_the_byte_cap_without_inflating_it(session: requests.Session) -> None:
+    # 256 MiB of zeros in 250 kB of gzip, sent although identity was asked for: the cap (1 MB) counts inflated
+    # bytes, and the download must stop at it quickly, having inflated about that much and not the whole bomb.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(256)) + packer.flush()
+    answer = _answer("200 OK", {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}, bomb)
+    server = RawServer([], 0, lambda request: answer)
+    try:
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.monotonic()
+        with pytest.raises(DownloadTooLarge) as excinfo:
+            fetch_image(server.url(), session, LIMITS)
+        elapsed = time.monotonic() - started
+        growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    finally:
+        server.close()
+    assert excinfo.value.reason == "too_large"
+    assert elapsed < 1.0, f"{elapsed:.2f}s"
+    assert growth_mib < 64, f"peak RSS grew by {growth_mib:.0f} MiB"

@@ -16,6 +16,7 @@ process and through a real worker (which must survive every input).
 from __future__ import annotations
 
 import io
+import math
 import struct
 import time
 import zlib
@@ -420,7 +421,7 @@ def test_whole_fuzz_run_stayed_bounded_and_reasons_are_documented() -> None:
 # what a fuzzed header can ask for. Each must decode within the time limit, and the Python-heap buffers alive at
 # once (what tracemalloc sees: numpy arrays, bytes; not Pillow's own image memory) must stay within about one
 # RGBA copy of the canvas (Pillow's WebP decoder hands over exactly that, 160 MiB, as bytes).
-CAP_EDGE = 6324
+CAP_EDGE = math.isqrt(MAX_PIXELS)  # the largest square the pixel cap admits
 HEAP_PEAK_BYTES = 200 * 1024 * 1024
 
 

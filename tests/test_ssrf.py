@@ -470,3 +470,39 @@ def test_answer_query_refuses_a_redirect_to_the_metadata_service(
     # Only the first hops connected (to the image server); the fixture vouches nothing went elsewhere.
     assert 1 <= len(net.connects_to(server.port)) <= 3
     assert {address[0] for address in net.connects} == {"127.0.0.1"}
+
+
+# Deprecated or transitional IPv6 ranges that Python 3.11's ipaddress calls global: IPv4-compatible (::/96,
+# RFC 4291), IPv4-mapped to a public address (::ffff:0:0/96: what it reaches is an IPv4 host, through a
+# socket family the guard did not ask for), IPv4-translated (::ffff:0:0:0/96, RFC 2765) and site-local
+# (fec0::/10, RFC 3879; still routed inside some old networks).
+DEPRECATED_IPV6 = [
+    pytest.param("http://[::7f00:1]/x.jpg", id="v4-compatible-127.0.0.1"),
+    pytest.param("http://[::a9fe:a9fe]/latest/meta-data/", id="v4-compatible-metadata"),
+    pytest.param("http://[::808:808]/x.jpg", id="v4-compatible-public"),
+    pytest.param("http://[::ffff:808:808]/x.jpg", id="v4-mapped-public"),
+    pytest.param("http://[::ffff:0:a00:5]/x.jpg", id="v4-translated-10.0.0.5"),
+    pytest.param("http://[fec0::1]/x.jpg", id="site-local"),
+    pytest.param("http://[feff:ffff::1]/x.jpg", id="site-local-top"),
+]
+
+
+@pytest.mark.parametrize("url", DEPRECATED_IPV6)
+def test_deprecated_ipv6_ranges_are_refused(url: str, strict_session: requests.Session, net: Net) -> None:
+    try:
+        error = refused(url, strict_session)
+    except BaseException:
+        assert net.violations == [], f"connected to a deprecated IPv6 address: {net.violations}"
+        raise
+    assert error.reason == "forbidden_address", error
+    assert net.connects == []
+
+
+def test_an_allowed_network_covers_a_deprecated_ipv6_range() -> None:
+    AddressPolicy.from_networks([ipaddress.ip_network("fec0::/10")]).check(ipaddress.ip_address("fec0::1"))
+
+
+def test_the_refusal_names_the_setting_that_allows_a_network(strict_session: requests.Session, net: Net) -> None:
+    error = refused("http://10.0.0.1/x.jpg", strict_session)
+    assert "LOOKALIKE_FETCH_ALLOW_NETWORKS" in error.detail, error.detail
+    assert "10.0.0.1" in error.detail

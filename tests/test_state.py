@@ -272,3 +272,20 @@ def test_a_registry_product_state_says_which_images_it_wants() -> None:
     state = ProductState(version=1, deleted=False, payload={}, images=("http://a",))
     assert state.wants("http://a") and not state.wants("http://b")
     assert not ProductState(version=2, deleted=True, payload={}, images=("http://a",)).wants("http://a")
+
+
+def test_an_item_whose_transport_image_is_refused_fails_alone_in_its_batch(env: dict[str, str]) -> None:
+    from lookalike.testing import images
+    from lookalike.worker.decode import decode_image, encode_for_transport
+
+    ctx = pipeline.current_context()
+    run_id = ctx.ledger.start_run("test", "unit", status="enqueued")
+    good = encode_for_transport(decode_image(images.product_bytes(5), max_pixels=10**7, formats=frozenset({"JPEG"})))
+    items = [
+        PreparedImage(Job(run_id, "p1", "http://img/good.jpg", 1), "aa" * 32, image=good),
+        PreparedImage(Job(run_id, "p2", "http://img/tiff.jpg", 1), "bb" * 32, image=images.product_bytes(6, "TIFF")),
+    ]
+    points = pipeline.embed_stage(ctx, items)
+    assert [point.job.product_id for point in points] == ["p1"]
+    [failure] = ctx.failures.entries()
+    assert (failure.product_id, failure.stage, failure.reason) == ("p2", "decode", "bad_transport")

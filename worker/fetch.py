@@ -5,12 +5,24 @@ is checked (loopback, private, link-local, metadata, multicast and reserved rang
 allowed network covers them) and the socket connects to the address that was checked, so there is no second
 lookup to race. Redirects open new connections through the same guard, so every hop is checked. TLS still
 verifies the certificate against the host name, because only the socket creation is replaced.
+
+The deadline holds from the first connect to the last byte. Timeouts alone cannot do that: a server that sends
+its status line and headers one byte at a time, each inside the read timeout, keeps http.client reading
+forever, and Celery's thread and solo pools enforce no task time limit. So every socket a download uses is
+watched (:class:`_DeadlineWatch`): when the deadline passes, one shared watchdog thread shuts it down, which
+wakes whatever read is blocked on it, TLS or not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import http.cookiejar
 import ipaddress
+import itertools
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +78,13 @@ class DownloadTooLarge(PermanentFetchError):
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+# IPv6 ranges Python's ipaddress calls global that no image host uses: IPv4-compatible (deprecated, RFC 4291),
+# IPv4-mapped (the socket would reach an IPv4 host), IPv4-translated (RFC 2765) and site-local (deprecated,
+# RFC 3879, still routed inside some networks). Refused whatever the IPv4 address inside.
+_DEPRECATED_V6 = tuple(
+    ipaddress.ip_network(net) for net in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "fec0::/10")
+)
+ALLOW_SETTING = "LOOKALIKE_FETCH_ALLOW_NETWORKS"
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -98,6 +117,8 @@ class AddressPolicy:
         if address.is_multicast or address.is_unspecified or not address.is_global:
             raise ForbiddenAddress(f"{address} is not a public address")
         if isinstance(address, ipaddress.IPv6Address):
+            if any(address in network for network in _DEPRECATED_V6):
+                raise ForbiddenAddress(f"{address} is in a deprecated or IPv4-mapped IPv6 range")
             # IPv6 forms that carry an IPv4 address a translator would reach: the IPv4 one must pass too.
             if address in _LOCAL_NAT64:
                 raise ForbiddenAddress(f"{address} is a local-use NAT64 address")
@@ -119,8 +140,114 @@ class AddressPolicy:
             try:
                 self.check(address)
             except ForbiddenAddress as exc:
-                raise ForbiddenAddress(f"{host} resolves to {address}, which is not a public address") from exc
+                raise ForbiddenAddress(
+                    f"{host} resolves to {address}, which is not a public address "
+                    f"(add its network to {ALLOW_SETTING} to allow it)"
+                ) from exc
         return infos
+
+
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+class _DeadlineWatch:
+    """The sockets one download is using, shut down by the watchdog if the download outlives its deadline.
+
+    Each socket is watched through a duplicate of its file descriptor: ``shutdown`` acts on the socket itself,
+    so it reaches the connection even while the TLS handshake has detached the original socket object, and the
+    duplicate can never name another socket later. A connection handed back to the pool is released first, so a
+    deadline never cuts a connection that another download has taken since.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.started = time.monotonic()
+        self.expires = self.started + deadline
+        self.fired = False
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watched: dict[int, socket.socket] = {}
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def watch(self, owner: object, sock: socket.socket) -> None:
+        with self._lock:
+            if self._closed or id(owner) in self._watched:
+                return
+            if self.fired:
+                # Too late already: cut it at once rather than let it start a read nobody will stop.
+                sock.shutdown(socket.SHUT_RDWR)
+                return
+            self._watched[id(owner)] = sock.dup()
+
+    def release(self, owner: object) -> None:
+        with self._lock:
+            duplicate = self._watched.pop(id(owner), None)
+        if duplicate is not None:
+            duplicate.close()
+
+    def expire(self) -> None:
+        """Called by the watchdog at the deadline: cut every socket still in use."""
+        with self._lock:
+            if self._closed:
+                return
+            self.fired = True
+            for duplicate in self._watched.values():
+                with contextlib.suppress(OSError):  # not connected (yet, or any more): nothing blocks on it
+                    duplicate.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            watched, self._watched = list(self._watched.values()), {}
+        for duplicate in watched:
+            duplicate.close()
+
+
+class _Watchdog:
+    """One thread for every download of the process: a heap of deadlines, each expired when it is due.
+
+    A thread per download would cost a thread start per image; the heap costs a push. Entries of downloads that
+    ended stay until their time comes and are then dropped (expiring a closed watch does nothing).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, _DeadlineWatch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: _DeadlineWatch) -> None:
+        with self._condition:
+            heapq.heappush(self._heap, (watch.expires, next(self._order), watch))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lookalike-fetch-deadlines", daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is watch:
+                self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._condition.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, watch = heapq.heappop(self._heap)
+            watch.expire()
+
+    def reset_after_fork(self) -> None:
+        """A forked child has no watchdog thread: start afresh (its parent's downloads are not its own)."""
+        self._condition = threading.Condition()
+        self._heap = []
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
+_current = threading.local()
+
+
+def _current_watch() -> _DeadlineWatch | None:
+    return getattr(_current, "watch", None)
 
 
 def _connect_checked(
@@ -130,8 +257,15 @@ def _connect_checked(
     timeout: float | None,
     socket_options: Sequence[tuple[int, int, int | bytes]] | None,
 ) -> socket.socket:
+    watch = _current_watch()
     last_error: OSError | None = None
     for family, kind, proto, _name, address in policy.resolve(host, port):
+        if watch is not None:
+            # A connect in progress is not woken by shutdown: bound it by what is left of the deadline instead.
+            left = watch.remaining()
+            if left <= 0:
+                raise TimeoutError("deadline passed before connecting")
+            timeout = left if timeout is None else min(timeout, left)
         sock = socket.socket(family, kind, proto)
         try:
             for option in socket_options or ():
@@ -152,13 +286,17 @@ def _guarded_pool_classes(policy: AddressPolicy) -> dict[str, type[HTTPConnectio
 
     def new_conn(conn: HTTPConnection) -> socket.socket:
         try:
-            return _connect_checked(policy, conn._dns_host, conn.port, conn.timeout, conn.socket_options)
+            sock = _connect_checked(policy, conn._dns_host, conn.port, conn.timeout, conn.socket_options)
         except TimeoutError as exc:
             raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out") from exc
         except FetchError:
             raise
         except OSError as exc:
             raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+        watch = _current_watch()
+        if watch is not None:
+            watch.watch(conn, sock)
+        return sock
 
     class GuardedHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
@@ -168,10 +306,26 @@ def _guarded_pool_classes(policy: AddressPolicy) -> dict[str, type[HTTPConnectio
         def _new_conn(self) -> socket.socket:
             return new_conn(self)
 
-    class GuardedHTTPConnectionPool(HTTPConnectionPool):
+    class WatchedPool(HTTPConnectionPool):
+        """Connections taken from the pool are watched by the download's deadline; handed back, released."""
+
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn: Any = super()._get_conn(timeout)
+            watch = _current_watch()
+            if watch is not None and conn.sock is not None:  # a pooled connection: its socket already exists
+                watch.watch(conn, conn.sock)
+            return conn
+
+        def _put_conn(self, conn: Any) -> None:
+            watch = _current_watch()
+            if watch is not None and conn is not None:
+                watch.release(conn)
+            super()._put_conn(conn)
+
+    class GuardedHTTPConnectionPool(WatchedPool):
         ConnectionCls = GuardedHTTPConnection
 
-    class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    class GuardedHTTPSConnectionPool(HTTPSConnectionPool, WatchedPool):
         ConnectionCls = GuardedHTTPSConnection
 
     return {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}
@@ -210,14 +364,59 @@ class FetchedImage:
     seconds: float
 
 
+class NoCookies(http.cookiejar.CookiePolicy):
+    """Refuses every cookie, to keep and to send: a download is not a browsing session.
+
+    One image host must not be able to tag the requests of a worker to another (or to itself, later)."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
+class DownloadSession(requests.Session):
+    """A session whose every cookie jar refuses cookies: the session's own, and the per-request jar requests
+    builds for each request and carries through redirects (which would otherwise keep a redirect's
+    Set-Cookie for the next hop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cookies.set_policy(NoCookies())
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        prepared = super().prepare_request(request)
+        jar = getattr(prepared, "_cookies", None)
+        if jar is not None:
+            jar.set_policy(NoCookies())
+        return prepared
+
+
 def make_session(
     policy: AddressPolicy, *, user_agent: str, max_redirects: int, pool_size: int = 64
 ) -> requests.Session:
-    """A pooled session for downloads: guarded sockets, no proxies from the environment, no netrc."""
-    session = requests.Session()
+    """A pooled session for downloads: guarded sockets, no proxies from the environment, no netrc, no cookies.
+
+    It asks for the bytes as stored (``Accept-Encoding: identity``): images are compressed already, and a
+    content encoding only adds inflation work and a bomb to defuse (a server may still send one: the byte cap
+    counts inflated bytes, and urllib3 >= 2.6 inflates no more than each read asks for)."""
+    session = DownloadSession()
     session.trust_env = False
     session.max_redirects = max_redirects
-    session.headers.update({"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5"})
+    session.headers.update(
+        {"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
+    )
     adapter = GuardedAdapter(policy, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -250,13 +449,33 @@ def _check_url(url: str) -> None:
 
 
 def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> FetchedImage:
-    """Download one image, streaming, within the byte cap and the overall deadline.
+    """Download one image, streaming, within the byte cap and the overall deadline (connect to last byte).
 
     Raises :class:`TransientFetchError` for what a later retry may fix and :class:`PermanentFetchError` for
     what it cannot.
     """
     _check_url(url)
-    started = time.monotonic()
+    watch = _DeadlineWatch(limits.deadline)
+    outer = _current_watch()
+    _current.watch = watch
+    _WATCHDOG.add(watch)
+    try:
+        fetched = _fetch(url, session, limits, watch.started)
+    except FetchError as exc:
+        if watch.fired and exc.reason != DEADLINE_EXCEEDED:
+            # Whatever the cut connection looked like (a reset, a TLS error, a short body), it was the deadline.
+            raise TransientFetchError(DEADLINE_EXCEEDED, f"download took over {limits.deadline:g}s") from exc
+        raise
+    finally:
+        watch.close()
+        _current.watch = outer
+    if watch.fired:
+        # A body that ends when the connection closes looks complete when the watchdog closed it.
+        raise TransientFetchError(DEADLINE_EXCEEDED, f"download took over {limits.deadline:g}s")
+    return fetched
+
+
+def _fetch(url: str, session: requests.Session, limits: FetchLimits, started: float) -> FetchedImage:
     try:
         response = session.get(
             url, stream=True, timeout=(limits.connect_timeout, limits.read_timeout), allow_redirects=True
@@ -303,7 +522,7 @@ def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> Fet
                 if received > limits.max_bytes:
                     raise DownloadTooLarge(f"more than {limits.max_bytes} bytes")
                 if time.monotonic() - started > limits.deadline:
-                    raise TransientFetchError("deadline_exceeded", f"download took over {limits.deadline:g}s")
+                    raise TransientFetchError(DEADLINE_EXCEEDED, f"download took over {limits.deadline:g}s")
                 chunks.append(chunk)
         except FetchError:
             raise
@@ -314,7 +533,7 @@ def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> Fet
         except (HTTPError, OSError) as exc:
             raise TransientFetchError("connection_error", str(exc)[:200]) from exc
         if time.monotonic() - started > limits.deadline:
-            raise TransientFetchError("deadline_exceeded", f"download took over {limits.deadline:g}s")
+            raise TransientFetchError(DEADLINE_EXCEEDED, f"download took over {limits.deadline:g}s")
         return FetchedImage(
             url=url,
             final_url=response.url,

@@ -8,7 +8,6 @@ reconcile:    make a product's points match the registry (removed images, payloa
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from lookalike.state.queues import INDEX_QUEUE, queue_depth
 from lookalike.state.registry import ProductState
 from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
-from lookalike.worker.decode import decode_image, decode_transport, encode_for_transport
+from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.logs import OutcomeLogger
@@ -61,9 +60,11 @@ class WorkerContext(StateContext):
             max_bytes=settings.fetch_max_bytes,
         )
         self.policy = AddressPolicy.from_networks(settings.allowed_networks)
-        # Hundreds of threads wait on the network, but decoding is CPU work: two at once per core, which keeps
-        # the cores busy and bounds the memory that full-size decoded images can take.
-        self.decode_slots = threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
+        # Hundreds of threads wait on the network, but decoding is CPU work: at most two at once per usable core,
+        # and no more than the memory budget allows for images at the pixel cap.
+        self.decode_slots = threading.BoundedSemaphore(
+            decode_slots(settings.decode_memory_budget, settings.max_image_pixels)
+        )
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
@@ -184,12 +185,24 @@ def fetch_stage(ctx: WorkerContext, job: Job) -> PreparedImage:
 
 # ------------------------------------------------------------------------------------------------- embed
 def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[EmbeddedPoint]:
-    """Embed the batch's images in one model call; cached vectors pass through."""
+    """Embed the batch's images in one model call; cached vectors pass through. An item whose transport image
+    is refused (not the 224x224 JPEG the fetch stage makes) fails alone, with stage ``decode``."""
     started = time.time()
-    to_embed = [item for item in items if not item.cached]
+    images: list[Any] = []
+    to_embed: list[PreparedImage] = []
+    refused: list[tuple[PreparedImage, ImageRejected]] = []
+    for item in items:
+        if item.cached:
+            continue
+        try:
+            images.append(decode_transport(item.image or b""))
+            to_embed.append(item)
+        except ImageRejected as exc:
+            refused.append((item, exc))
+    for item, rejection in refused:
+        fail_jobs(ctx, [item.job], rejection.stage, rejection.reason, rejection.detail)
     vectors: dict[int, str] = {}
     if to_embed:
-        images = [decode_transport(item.image or b"") for item in to_embed]
         embed_started = time.perf_counter()
         embedded = ctx.embedder.embed(images)
         seconds = time.perf_counter() - embed_started
@@ -206,6 +219,7 @@ def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[Embe
             timings=item.waited(started),
         )
         for item in items
+        if item.vector is not None or id(item) in vectors
     ]
 
 
