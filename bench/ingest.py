@@ -13,6 +13,10 @@
               worker`, started and warmed first) and the embedded store; stage seconds from the run's
               counters, peak RSS of each worker process.
 
+With --vit, the model is CLIP ViT-B/32's vision graph with random weights (lookalike.testing.vit_model: the
+real model's cost) and then its int8 copy (lookalike.worker.quantize), in one run: the ceiling and lookalike
+for each, nothing else; results in ingest-N<images>-L<latency>-vit.json.
+
 Images are served by a local HTTP server on 127.0.0.1 that adds --latency-ms to every response (a CDN's
 round trip). The tiny test model is used unless LOOKALIKE_MODEL_DIR points at a real one. Prints a table and
 writes bench/results/ingest-N<images>-L<latency>.json. Needs the test extras (`pip install -e '.[test]'`).
@@ -132,10 +136,14 @@ def _ceiling_fastembed_worker(args: tuple[list[str], int, str, str | None, int])
     return len(files), time.perf_counter() - started
 
 
-def run_ceiling(paths: list[Path], processes: int, settings: Any, fastembed_decode: bool = False) -> dict[str, Any]:
+def run_ceiling(
+    paths: list[Path], processes: int, settings: Any, fastembed_decode: bool = False, model_dir: Path | None = None
+) -> dict[str, Any]:
     shares = [[str(p) for p in paths[i::processes]] for i in range(processes)]
-    model_dir = str(settings.model_dir) if settings.model_dir else None
-    jobs = [(share, settings.batch_size, settings.model, model_dir, settings.onnx_threads) for share in shares]
+    chosen = model_dir or settings.model_dir
+    directory = str(chosen) if chosen else None
+    threads = settings.effective_onnx_threads
+    jobs = [(share, settings.batch_size, settings.model, directory, threads) for share in shares]
     worker = _ceiling_fastembed_worker if fastembed_decode else _ceiling_worker
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.map(worker, jobs)
@@ -147,6 +155,7 @@ def run_ceiling(paths: list[Path], processes: int, settings: Any, fastembed_deco
         "seconds": round(wall, 3),
         "images_per_second": round(images / wall, 2),
         "processes": processes,
+        "onnx_threads": threads,
     }
 
 
@@ -317,6 +326,88 @@ def _wait_ready(env: dict[str, str], timeout: float = 90) -> None:
     raise TimeoutError("lookalike worker did not come up")
 
 
+# ------------------------------------------------------------------------------------------------- --vit
+def vit_models() -> tuple[Path, Path, dict[str, Any]]:
+    """The ViT-B/32 graph and its int8 copy, built once and kept in bench/work (335 + 84 MiB)."""
+    from dataclasses import asdict
+
+    from lookalike.testing.vit_model import build_vit_model
+    from lookalike.worker.quantize import quantize_model_dir
+
+    fp32, int8 = WORK / "vit-fp32", WORK / "vit-int8"
+    if not (fp32 / ".complete").exists():
+        print("building the ViT-B/32 graph ...", file=sys.stderr)
+        build_vit_model(fp32)
+        (fp32 / ".complete").write_text("ok")
+        shutil.rmtree(int8, ignore_errors=True)
+    print("quantizing it (and measuring both on one batch, 1 thread) ...", file=sys.stderr)
+    quantized = quantize_model_dir(fp32, int8)
+    (int8 / ".complete").unlink(missing_ok=True)  # copied from fp32 with the other files; not a marker there
+    summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(quantized).items()}
+    summary["speedup"] = round(quantized.speedup, 2)
+    summary["size_ratio"] = round(quantized.size_ratio, 2)
+    return fp32, int8, summary
+
+
+def run_vit(
+    paths: list[Path], catalog: Path, env: dict[str, str], scratch: Path, args: Any, settings: Any
+) -> dict[str, Any]:
+    """fp32 then int8: the ceiling and the whole pipeline of each, on the same images and catalogue."""
+    import redis
+
+    fp32, int8, quantized = vit_models()
+    out: dict[str, Any] = {"quantize": quantized}
+    processes = settings.effective_embed_concurrency
+    for name, directory in (("fp32", fp32), ("int8", int8)):
+        variant = {**env, "LOOKALIKE_MODEL_DIR": str(directory), "LOOKALIKE_QDRANT_PATH": str(scratch / f"q-{name}")}
+        os.environ.update(variant)
+        redis.Redis.from_url(env["LOOKALIKE_BROKER_URL"]).flushdb()  # a fresh registry: every image is new
+        row: dict[str, Any] = {"model_dir": str(directory)}
+        if "ceiling" not in args.skip:
+            print(f"{name}: ceiling ...", file=sys.stderr)
+            row["ceiling"] = run_ceiling(paths, processes, settings, model_dir=directory)
+        if "lookalike" not in args.skip:
+            print(f"{name}: lookalike ...", file=sys.stderr)
+            row["lookalike"] = run_lookalike(catalog, variant, len(paths), args.workers)
+        if "ceiling" in row and "lookalike" in row:
+            row["lookalike_over_ceiling"] = round(
+                row["lookalike"]["images_per_second"] / row["ceiling"]["images_per_second"], 3
+            )
+        out[name] = row
+    for way in ("ceiling", "lookalike"):
+        if way in out["fp32"] and way in out["int8"]:
+            out[f"int8_over_fp32_{way}"] = round(
+                out["int8"][way]["images_per_second"] / out["fp32"][way]["images_per_second"], 2
+            )
+    return out
+
+
+def print_vit_table(report: dict[str, Any]) -> None:
+    vit = report["vit"]
+    q = vit["quantize"]
+    print(
+        f"\n{report['images']} images, {report['latency_ms']:g} ms latency, {report['cores']} cores, "
+        "CLIP ViT-B/32 vision graph (random weights)"
+    )
+    print(
+        f"int8 copy: {q['bytes_before'] / 2**20:.0f} -> {q['bytes_after'] / 2**20:.0f} MiB, "
+        f"{q['rate_before']:.1f} -> {q['rate_after']:.1f} images/s on one thread ({q['speedup']:.2f}x)"
+    )
+    print(f"{'model':<6} {'ceiling':>10} {'lookalike':>10} {'lookalike / ceiling':>20}")
+    for name in ("fp32", "int8"):
+        row = vit[name]
+        ceiling = row.get("ceiling", {}).get("images_per_second")
+        pipeline = row.get("lookalike", {}).get("images_per_second")
+        ratio = row.get("lookalike_over_ceiling")
+        print(
+            f"{name:<6} {ceiling or float('nan'):>10.1f} {pipeline or float('nan'):>10.1f} "
+            f"{format(ratio, '.0%') if ratio else '-':>20}"
+        )
+    for way in ("ceiling", "lookalike"):
+        if f"int8_over_fp32_{way}" in vit:
+            print(f"int8 / fp32 ({way}) = {vit[f'int8_over_fp32_{way}']:.2f}x")
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,6 +419,11 @@ def main() -> None:
     parser.add_argument("--redis-db", type=int, default=14)
     parser.add_argument("--random-seed", type=int, default=7)
     parser.add_argument("--tag", default="", help="suffix of the results file (e.g. the settings varied)")
+    parser.add_argument(
+        "--vit",
+        action="store_true",
+        help="run with CLIP ViT-B/32's vision graph (random weights), fp32 then its int8 copy: ceiling and lookalike",
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-bench-", dir=WORK if WORK.exists() else None))
@@ -359,14 +455,17 @@ def main() -> None:
         "images": len(paths),
         "latency_ms": args.latency_ms,
         "cores": cores,
-        "model": model_kind,
+        "model": "ViT-B/32 vision graph, random weights (fp32 and int8)" if args.vit else model_kind,
         "batch_size": settings.batch_size,
         "bytes_total": sum(p.stat().st_size for p in paths),
     }
     try:
+        if args.vit:
+            report["vit"] = run_vit(paths, catalog, env, scratch, args, settings)
+            return finish(report, args)
         if "ceiling" not in args.skip:
             print("ceiling ...", file=sys.stderr)
-            processes = max(1, cores // settings.onnx_threads)
+            processes = settings.effective_embed_concurrency
             report["ceiling"] = run_ceiling(paths, processes, settings)
             report["ceiling_fastembed_decode"] = run_ceiling(paths, processes, settings, fastembed_decode=True)
         if "seed" not in args.skip:
@@ -381,7 +480,15 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+    finish(report, args)
 
+
+def finish(report: dict[str, Any], args: Any) -> None:
+    """Ratios, the table and the JSON file."""
+    if "vit" in report:
+        print_vit_table(report)
+        write_results(report, args, "vit")
+        return
     rate = report.get("lookalike", {}).get("images_per_second")
     if rate and "ceiling" in report:
         report["lookalike_over_ceiling"] = round(rate / report["ceiling"]["images_per_second"], 3)
@@ -391,8 +498,12 @@ def main() -> None:
     if rate and "seed" in report:
         report["lookalike_over_seed"] = round(rate / report["seed"]["images_per_second"], 2)
     print_table(report)
+    write_results(report, args)
+
+
+def write_results(report: dict[str, Any], args: Any, kind: str = "") -> None:
     RESULTS.mkdir(exist_ok=True)
-    suffix = f"-{args.tag}" if args.tag else ""
+    suffix = "".join(f"-{part}" for part in (kind, args.tag) if part)
     out = RESULTS / f"ingest-N{args.images}-L{int(args.latency_ms)}{suffix}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(ROOT.parent)}")

@@ -7,13 +7,14 @@ A ``.env`` file in the working directory is read when present. Read the settings
 from __future__ import annotations
 
 import ipaddress
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lookalike.config.cpus import usable_cpus
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL = "Qdrant/clip-ViT-B-32-vision"
@@ -64,7 +65,17 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where fastembed caches downloaded models (default: fastembed's own cache)."
     )
-    onnx_threads: int = Field(1, ge=1, description="ONNX Runtime threads per embedding process.")
+    onnx_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime threads per embedding process (0 = usable CPUs / embedding processes, "
+        "so threads x processes never exceeds the CPUs this process may use).",
+    )
+    onnx_providers: str = Field(
+        "CPUExecutionProvider",
+        description="Comma-separated ONNX Runtime execution providers for the models, in order of preference "
+        "(checked against onnxruntime.get_available_providers() when a model loads).",
+    )
     batch_size: int = Field(32, ge=1, le=256, description="Images per embedding call.")
     batch_linger: float = Field(
         0.1, ge=0, description="Seconds a fetch process waits to fill a batch before sending a partial one."
@@ -83,7 +94,7 @@ class Settings(BaseSettings):
         1, ge=1, description="Fetch worker processes per `lookalike worker` (each with FETCH_CONCURRENCY threads)."
     )
     embed_concurrency: int = Field(
-        0, ge=0, description="Embedding processes per worker (0 = one per core / onnx_threads)."
+        0, ge=0, description="Embedding processes per worker (0 = usable CPUs / onnx_threads, or one per usable CPU)."
     )
     visibility_timeout: int = Field(
         240,
@@ -192,6 +203,13 @@ class Settings(BaseSettings):
         False, description="Let Flower listen on a non-loopback address without basic auth."
     )
 
+    @field_validator("onnx_providers")
+    @classmethod
+    def _providers_named(cls, value: str) -> str:
+        if not [part for part in value.split(",") if part.strip()]:
+            raise ValueError("name at least one provider, e.g. CPUExecutionProvider")
+        return value
+
     @field_validator("fetch_allow_networks")
     @classmethod
     def _networks_parse(cls, value: str) -> str:
@@ -236,7 +254,18 @@ class Settings(BaseSettings):
     def effective_embed_concurrency(self) -> int:
         if self.embed_concurrency:
             return self.embed_concurrency
-        return max(1, (os.cpu_count() or 1) // self.onnx_threads)
+        return max(1, usable_cpus() // max(1, self.onnx_threads))
+
+    @property
+    def effective_onnx_threads(self) -> int:
+        """ONNX threads per embedding process: as set, or the usable CPUs shared among the processes."""
+        if self.onnx_threads:
+            return self.onnx_threads
+        return max(1, usable_cpus() // self.effective_embed_concurrency)
+
+    @property
+    def onnx_provider_names(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.onnx_providers.split(",") if part.strip())
 
     def key(self, *parts: str) -> str:
         """A Redis key under lookalike's prefix."""
