@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from lookalike.config.cpus import usable_cpus
 from lookalike.config.settings import Settings
-from lookalike.worker.decode import DECODE_BYTES_PER_PIXEL, ImageTooLarge, decode_image, decode_slots, usable_cpus
+from lookalike.worker.decode import DECODE_BYTES_PER_PIXEL, ImageTooLarge, decode_image, decode_slots
 
 SIDE = 6324  # 40 Mpx: just under the old default cap
 
@@ -76,14 +77,14 @@ def test_the_default_pixel_cap_refuses_that_image_before_decoding(big_rgba_png: 
 # ------------------------------------------------------------------------------------------ decode slots
 def test_usable_cpus_follow_the_cgroup_quota(tmp_path: Path) -> None:
     affinity = len(os.sched_getaffinity(0))
-    cpu_max = tmp_path / "cpu.max"
+    cpu_max = tmp_path / "cpu.max"  # a cgroup v2 root holding cpu.max
     assert usable_cpus(tmp_path / "absent") == affinity
     cpu_max.write_text("max 100000\n")
-    assert usable_cpus(cpu_max) == affinity
+    assert usable_cpus(tmp_path) == affinity
     cpu_max.write_text("50000 100000\n")  # half a CPU: still one decode's worth
-    assert usable_cpus(cpu_max) == 1
+    assert usable_cpus(tmp_path) == 1
     cpu_max.write_text(f"{(affinity + 7) * 100000} 100000\n")  # a quota above the mask: the mask wins
-    assert usable_cpus(cpu_max) == affinity
+    assert usable_cpus(tmp_path) == affinity
 
 
 def test_usable_cpus_follow_the_affinity_mask_not_the_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
 import warnings
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lookalike.config.cpus import usable_cpus
 from lookalike.state.errors import DECODE, Rejected
 
 MODEL_INPUT_EDGE = 224
@@ -36,7 +35,6 @@ STRIP_PIXELS = 1 << 20
 # Worst-case peak bytes per pixel of the cap, measured (tests/test_decode_memory.py): 4 for the decoded RGBA
 # pixels, the rest for the decoder's buffers and the strips.
 DECODE_BYTES_PER_PIXEL = 5
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 # EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -84,30 +82,11 @@ def open_checked(data: bytes, *, max_pixels: int, formats: Iterable[str]) -> Ima
     return image
 
 
-def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """CPUs this process may actually use: its affinity mask, bounded by a cgroup v2 CPU quota.
-
-    ``os.cpu_count()`` counts the host's CPUs, which in a container limited to two of sixty-four overstates
-    the CPU that decodes can have thirty-fold.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError, ZeroDivisionError):
-        pass  # no cgroup v2, or no quota: the affinity mask is the bound
-    return max(1, cpus)
-
-
 def decode_slots(memory_budget: int, max_pixels: int, cpus: int | None = None) -> int:
     """How many images a fetch process decodes at once: two per usable CPU (Pillow releases the GIL, and
     a second decode covers the first's Python work), fewer when the memory budget cannot hold that many images
     of the largest accepted size. Never fewer than one."""
-    cpus = usable_cpus() if cpus is None else cpus
+    cpus = usable_cpus() if cpus is None else cpus  # affinity mask and cgroup quota (lookalike.config.cpus)
     by_memory = memory_budget // max(1, max_pixels * DECODE_BYTES_PER_PIXEL)
     return max(1, min(2 * cpus, by_memory))
 
