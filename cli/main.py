@@ -427,6 +427,44 @@ def events(
         raise typer.Exit(1)
 
 
+# ----------------------------------------------------------------------------------------------- reindex
+@app.command()
+def reindex(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker.")] = 3600.0,
+) -> None:
+    """Upgrade an index built by an earlier release to the current layout (keyword vectors for word queries).
+
+    Copies every point's stored vector into a new collection with its keyword vector added (no download, no
+    embedding), then switches to it once the copy is complete: queries never see a half-built index. An
+    interrupted run loses nothing and can be run again; on a current index it does nothing.
+    """
+    from lookalike.state.queues import INDEX_QUEUE
+    from lookalike.worker.app import app as celery_app
+    from lookalike.worker.client import live_workers, reindex_store
+
+    use_broker(note)
+    if any(INDEX_QUEUE in queues for queues in live_workers(celery_app).values()):
+        done = reindex_store(celery_app, timeout=timeout)
+    else:
+        from lookalike.worker import pipeline
+        from lookalike.worker.store import StoreError
+
+        note("no store worker is running: reindexing in this process")
+        try:
+            done = pipeline.reindex_stage(pipeline.current_context())
+        except StoreError as exc:
+            raise fail(str(exc), 3) from None
+        finally:
+            pipeline.reset_context()
+    if as_json:
+        print(json.dumps(done, indent=2))
+    elif done["upgraded"]:
+        print(f"upgraded: {done['points']} points copied to {done['collection']} (was {done['previous']}), now live")
+    else:
+        print(f"nothing to do: {done['collection']} is already in the current layout ({done['points']} points)")
+
+
 # ------------------------------------------------------------------------------------------------- serve
 @app.command()
 def serve(

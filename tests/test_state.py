@@ -237,6 +237,26 @@ class MemoryStore(VectorStore):
     def close(self) -> None:
         pass
 
+    layout = "named"
+
+    def query_dense(self, vector: Any, limit: int, narrowing: Any, **_: Any) -> list[Hit]:
+        return self.search(vector, limit)
+
+    query_keywords = query_hybrid = recommend = query_dense
+
+    def product_vectors(self, product_id: str) -> list[list[float]]:
+        return [v for _id, _p, v in self.scroll(product_id, with_vectors=True) if v]
+
+    def facet_categories(self, narrowing: Any, limit: int = 50) -> dict[str, int]:
+        return {}
+
+    def set_keywords(self, point_ids: Sequence[str], keywords: Any) -> None:
+        pass
+
+    def set_point_payload(self, point_ids: Sequence[str], payload: dict[str, Any]) -> None:
+        for pid in point_ids:
+            self.points[pid][1].update(payload)
+
 
 def test_the_index_stage_writes_wanted_points_drops_superseded_ones_and_fails_unknown_products(
     env: dict[str, str],

@@ -549,3 +549,183 @@ def test_open_store_with_url_uses_the_server_and_maps_connection_errors(tmp_path
             thread.join(timeout=5)
     assert not (tmp_path / "products").exists()
     assert not (tmp_path / "local").exists()
+
+
+# ------------------------------------------------------------------------------- the current layout's queries
+def shop(store: VectorStore) -> dict[str, str]:
+    """Six products with words, categories and prices; each has two images (orthogonal axis pairs)."""
+    from lookalike.worker.keywords import document_vector
+
+    items = [
+        ("kettle", "Stainless electric kettle", "Home & Kitchen | Kettles", 25.0, 0),
+        ("teapot", "Porcelain teapot with infuser", "Home & Kitchen | Teapots", 40.0, 1),
+        ("jacket", "Blue denim jacket", "Clothing | Jackets", 60.0, 2),
+        ("scarf", "Wool scarf, grey", "Clothing | Scarves", 15.0, 3),
+        ("puzzle", "Jigsaw puzzle of a lighthouse", "Toys & Games | Puzzles", 12.5, 4),
+        ("drone", "Quadcopter drone with camera", "Toys & Games | Drones", None, 5),
+    ]
+    records = []
+    for pid, name, category, price, axis in items:
+        payload = {
+            "product_id": pid,
+            "name": name,
+            "category": category,
+            "categories": [level.strip() for level in category.split("|")],
+            "price_value": price,
+        }
+        for image in range(2):
+            vector = np.array(unit(axis)) * 0.9 + np.array(unit(axis + 6 + image)) * 0.1
+            url = f"http://img.test/{pid}/{image}.jpg"
+            records.append(
+                PointRecord(
+                    point_id_for(pid, url),
+                    vector,
+                    {**payload, "image_url": url, "primary": int(image == 0)},
+                    keywords=document_vector(payload),
+                )
+            )
+    store.upsert(records)
+    return {pid: name for pid, name, *_ in items}
+
+
+def products(hits: list[Any]) -> list[str]:
+    return list(dict.fromkeys(hit.payload["product_id"] for hit in hits))
+
+
+def test_a_new_collection_has_the_current_layout(store: VectorStore) -> None:
+    from lookalike.worker.store import NAMED
+
+    assert store.layout == NAMED
+
+
+def test_dense_queries_take_every_filter_alone_and_combined(store: VectorStore) -> None:
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    query = unit(0)
+    assert products(store.query_dense(query, 20, Narrowing()))[0] == "kettle"
+    assert set(products(store.query_dense(query, 20, Narrowing(category="Clothing")))) == {"jacket", "scarf"}
+    assert set(products(store.query_dense(query, 20, Narrowing(category="Puzzles")))) == {"puzzle"}
+    assert set(products(store.query_dense(query, 20, Narrowing(min_price=20)))) == {"kettle", "teapot", "jacket"}
+    assert set(products(store.query_dense(query, 20, Narrowing(max_price=15)))) == {"scarf", "puzzle"}
+    both = Narrowing(category="Home & Kitchen", min_price=30, max_price=50)
+    assert products(store.query_dense(query, 20, both)) == ["teapot"]
+    assert products(store.query_dense(query, 20, Narrowing(), score_threshold=0.5)) == ["kettle"]
+    assert "kettle" not in products(store.query_dense(query, 20, Narrowing(exclude_product="kettle")))
+
+
+def test_keyword_queries_find_a_rare_word_first(store: VectorStore) -> None:
+    from lookalike.worker.keywords import query_vector
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    assert products(store.query_keywords(query_vector("lighthouse"), 10, Narrowing())) == ["puzzle"]
+    assert products(store.query_keywords(query_vector("porcelain teapot"), 10, Narrowing()))[0] == "teapot"
+    assert products(store.query_keywords(query_vector("denim"), 10, Narrowing(category="Home & Kitchen"))) == []
+    assert store.query_keywords(query_vector("zzzz"), 10, Narrowing()) == []
+
+
+def test_hybrid_queries_fuse_both_signals(store: VectorStore) -> None:
+    from lookalike.worker.keywords import query_vector
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    # The dense side points at the kettle, the words at the drone: both come first, ahead of the rest.
+    fused = products(store.query_hybrid(unit(0), query_vector("quadcopter"), 10, Narrowing(), candidates=20))
+    assert set(fused[:2]) == {"kettle", "drone"}
+    only_toys = products(
+        store.query_hybrid(unit(0), query_vector("quadcopter"), 10, Narrowing(category="Toys & Games"), candidates=20)
+    )
+    assert set(only_toys) <= {"puzzle", "drone"} and only_toys[0] == "drone"
+
+
+def test_recommend_from_a_products_own_vectors_leaves_it_out(store: VectorStore) -> None:
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    positives = store.product_vectors("kettle")
+    assert len(positives) == 2
+    similar = products(store.recommend(positives, 10, Narrowing(exclude_product="kettle")))
+    assert "kettle" not in similar and len(similar) == 5
+    assert store.product_vectors("no-such-product") == []
+
+
+def test_mmr_diversity_returns_the_same_set_size(store: VectorStore) -> None:
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    plain = store.query_dense(unit(0), 6, Narrowing())
+    diverse = store.query_dense(unit(0), 6, Narrowing(), diversity=0.5)
+    assert len(diverse) == len(plain) == 6
+    assert diverse[0].payload["product_id"] == "kettle"
+
+
+def test_facets_count_products_per_category_level(store: VectorStore) -> None:
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    counts = store.facet_categories(Narrowing())
+    assert counts["Home & Kitchen"] == 2 and counts["Clothing"] == 2 and counts["Toys & Games"] == 2
+    assert counts["Kettles"] == 1, "one point per product is counted, not one per image"
+    assert store.facet_categories(Narrowing(max_price=20)) == {
+        "Clothing": 1,
+        "Scarves": 1,
+        "Toys & Games": 1,
+        "Puzzles": 1,
+    }
+
+
+def test_a_keyword_vector_is_replaced_in_place(store: VectorStore) -> None:
+    from lookalike.worker.keywords import document_vector, query_vector
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    ids = [point_id for point_id, _p, _v in store.scroll(product_id="scarf")]
+    store.set_keywords(ids, document_vector({"name": "Cashmere shawl"}))
+    assert products(store.query_keywords(query_vector("cashmere"), 10, Narrowing())) == ["scarf"]
+    assert products(store.query_keywords(query_vector("wool"), 10, Narrowing())) == []
+
+
+# ------------------------------------------------------------------------------------- the legacy layout
+def legacy_edge(root: Path, count: int = 3) -> None:
+    """A collection as the previous release made it: one unnamed dense vector, no keyword vector."""
+    from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Point, UpdateOperation
+
+    path = root / COLLECTION
+    path.mkdir(parents=True)
+    shard = EdgeShard.create(str(path), EdgeConfig(vectors=EdgeVectorParams(size=DIM, distance=Distance.Cosine)))
+    shard.update(
+        UpdateOperation.upsert_points(
+            [
+                Point(
+                    point_id_for(f"old{i}", f"http://img.test/old{i}.jpg"),
+                    unit(i),
+                    {
+                        "product_id": f"old{i}",
+                        "name": f"Vintage item {i} lantern" if i == 1 else f"Item {i}",
+                        "categories": ["Old"],
+                        "image_url": f"http://img.test/old{i}.jpg",
+                    },
+                )
+                for i in range(count)
+            ]
+        )
+    )
+    shard.flush()
+    shard.close()
+
+
+def test_a_legacy_collection_answers_image_queries_and_asks_for_a_reindex_for_words(tmp_path: Path) -> None:
+    from lookalike.worker.keywords import query_vector
+    from lookalike.worker.store import LEGACY, Narrowing
+
+    legacy_edge(tmp_path)
+    store = EdgeStore(tmp_path, COLLECTION)
+    try:
+        assert store.layout == LEGACY
+        assert products(store.query_dense(unit(1), 3, Narrowing()))[0] == "old1"
+        assert store.search(unit(2), 1)[0].payload["product_id"] == "old2"
+        with pytest.raises(StoreError, match="lookalike reindex"):
+            store.query_keywords(query_vector("lantern"), 3, Narrowing())
+    finally:
+        store.close()

@@ -27,6 +27,7 @@ TASK_ROUTES = {
     "lookalike.reconcile": {"queue": INDEX_QUEUE},
     "lookalike.optimize": {"queue": INDEX_QUEUE},
     "lookalike.audit": {"queue": INDEX_QUEUE},
+    "lookalike.reindex": {"queue": INDEX_QUEUE},
     "lookalike.search": {"queue": QUERY_QUEUE},
     "lookalike.encode": {"queue": ENCODE_QUEUE},
 }

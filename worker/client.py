@@ -23,6 +23,7 @@ ENCODE_TASK = "lookalike.encode"
 SEARCH_TASK = "lookalike.search"
 AUDIT_TASK = "lookalike.audit"
 OPTIMIZE_TASK = "lookalike.optimize"
+REINDEX_TASK = "lookalike.reindex"
 
 
 class CeleryPublisher:
@@ -89,6 +90,11 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
 def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:
     """The store owner's audit for `lookalike reconcile`."""
     return dict(app.send_task(AUDIT_TASK).get(timeout=timeout))
+
+
+def reindex_store(app: Celery, *, timeout: float) -> dict[str, Any]:
+    """The store owner's upgrade of the live collection to the current layout."""
+    return dict(app.send_task(REINDEX_TASK).get(timeout=timeout))
 
 
 def optimize_store(app: Celery) -> None:

@@ -62,9 +62,7 @@ def resolve_providers(names: str | Sequence[str]) -> tuple[str, ...]:
     not offer is a one-line :class:`ModelUnavailable`, not a stack trace from deep inside fastembed."""
     import onnxruntime
 
-    wanted = tuple(
-        part.strip() for part in (names.split(",") if isinstance(names, str) else names) if part.strip()
-    )
+    wanted = tuple(part.strip() for part in (names.split(",") if isinstance(names, str) else names) if part.strip())
     available = onnxruntime.get_available_providers()
     missing = [name for name in wanted if name not in available]
     if missing or not wanted:

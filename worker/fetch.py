@@ -81,9 +81,7 @@ _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 # IPv6 ranges Python's ipaddress calls global that no image host uses: IPv4-compatible (deprecated, RFC 4291),
 # IPv4-mapped (the socket would reach an IPv4 host), IPv4-translated (RFC 2765) and site-local (deprecated,
 # RFC 3879, still routed inside some networks). Refused whatever the IPv4 address inside.
-_DEPRECATED_V6 = tuple(
-    ipaddress.ip_network(net) for net in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "fec0::/10")
-)
+_DEPRECATED_V6 = tuple(ipaddress.ip_network(net) for net in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "fec0::/10"))
 ALLOW_SETTING = "LOOKALIKE_FETCH_ALLOW_NETWORKS"
 
 
@@ -414,9 +412,7 @@ def make_session(
     session = DownloadSession()
     session.trust_env = False
     session.max_redirects = max_redirects
-    session.headers.update(
-        {"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
-    )
+    session.headers.update({"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"})
     adapter = GuardedAdapter(policy, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

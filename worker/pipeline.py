@@ -33,9 +33,10 @@ from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerpri
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
+from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
 from lookalike.worker.query import encode_request, run_search, search_request
-from lookalike.worker.store import PointRecord, StoreError, VectorStore, open_store
+from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_store
 
 OPTIMIZE_AFTER_POINTS = 20_000
 
@@ -245,6 +246,7 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     records: list[PointRecord] = []
     outcomes: list[tuple[Job, Outcome]] = []
     unknown: list[Job] = []
+    keywords: dict[str, Sparse] = {}
     for point in points:
         job = point.job
         timings = point.waited(started)
@@ -255,8 +257,16 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
             outcomes.append((job, Outcome(job.job_id, job.run_id, SUPERSEDED, timings=timings)))
             report.superseded += 1
         else:
-            payload = {**state.payload, "image_url": job.image_url, "image_sha256": point.sha256}
-            records.append(PointRecord(job.point_id, point.array(), payload))
+            payload = {
+                **state.payload,
+                "image_url": job.image_url,
+                "image_sha256": point.sha256,
+                # One point per product carries the flag (1): facets count products, not images.
+                "primary": int(bool(state.images) and job.image_url == state.images[0]),
+            }
+            if job.product_id not in keywords:
+                keywords[job.product_id] = document_vector(state.payload)
+            records.append(PointRecord(job.point_id, point.array(), payload, keywords=keywords[job.product_id]))
             outcomes.append((job, Outcome(job.job_id, job.run_id, INDEXED, cached=point.cached, timings=timings)))
             report.indexed += 1
     upsert_seconds = 0.0
@@ -343,17 +353,29 @@ def reconcile(
                 changed += 1
             continue
         wanted = {point_id_for(product_id, url) for url in state.images}
+        first = point_id_for(product_id, state.images[0]) if state.images else None
         needs_payload = False
         removed = 0
+        kept: list[str] = []
+        primary: dict[bool, list[str]] = {True: [], False: []}
         for point_id, payload, _vector in store.scroll(product_id=product_id):
             if point_id not in wanted:
                 stale_points.append(point_id)
                 removed += 1
-            elif any(payload.get(key) != value for key, value in state.payload.items()):
+                continue
+            kept.append(point_id)
+            if any(payload.get(key) != value for key, value in state.payload.items()):
                 needs_payload = True
+            if bool(payload.get("primary")) != (point_id == first):
+                primary[point_id == first].append(point_id)  # the first image changed: move the flag
         if needs_payload:
+            # Fields and keyword vector in place: no download, no embedding.
             store.set_product_payload(product_id, state.payload)
-        if needs_payload or removed:
+            store.set_keywords(kept, document_vector(state.payload))
+        for flag, ids in primary.items():
+            if ids:
+                store.set_point_payload(ids, {"primary": int(flag)})
+        if needs_payload or removed or primary[True] or primary[False]:
             changed += 1
     store.delete_ids(stale_points)
     return changed
@@ -446,3 +468,65 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
             continue
         report.missing.extend((product_id, url) for url in state.images if point_id_for(product_id, url) not in present)
     return report
+
+
+# ----------------------------------------------------------------------------------------------- reindex
+REINDEX_PAGE = 1000
+
+
+def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> dict[str, Any]:
+    """Upgrade the live collection to the current layout: copy every point's stored vector into a new
+    collection with its keyword vector and flags added, then switch the live collection to it.
+
+    No download and no embedding: the vectors are the stored ones. Queries see the old collection until the
+    switch, which happens only once the copy holds every point. Upserts are idempotent, so an interrupted run
+    (``interrupt_after`` pages, for the tests) is simply run again. Nothing to do on a current collection.
+    """
+    from lookalike.worker.store import LEGACY, NAMED, live_collection, open_collection, switch_live
+
+    source = ctx.store
+    live = live_collection(ctx.settings)
+    if source.layout != LEGACY:
+        return {"upgraded": False, "collection": live, "points": source.count(), "layout": source.layout or "none"}
+    target_name = f"{ctx.settings.collection}.v2" if live == ctx.settings.collection else f"{live}.v2"
+    target = open_collection(ctx.settings, target_name)
+    copied = pages = 0
+    try:
+        page: list[tuple[str, dict[str, Any], Any]] = []
+
+        def flush() -> None:
+            nonlocal copied
+            if not page:
+                return
+            if target.layout is None:
+                target.ensure_collection(len(page[0][2]))
+            states = ctx.registry.get_many(str(payload.get("product_id")) for _id, payload, _v in page)
+            records = []
+            for point_id, payload, vector in page:
+                state = states.get(str(payload.get("product_id")))
+                first = state.images[0] if state and state.images else payload.get("image_url")
+                flagged = {**payload, "primary": int(payload.get("image_url") == first)}
+                records.append(PointRecord(point_id, vector, flagged, keywords=document_vector(payload)))
+            target.upsert(records)
+            copied += len(page)
+            page.clear()
+
+        for point in source.scroll(with_vectors=True):
+            page.append(point)
+            if len(page) >= REINDEX_PAGE:
+                flush()
+                pages += 1
+                if interrupt_after is not None and pages >= interrupt_after:
+                    raise RuntimeError(f"interrupted after {pages} page(s), as asked")
+        flush()
+        expected = source.count()
+        if target.count() < expected:
+            raise StoreError(f"the copy holds {target.count()} of {expected} points: not switching")
+        if target.layout != NAMED:
+            raise StoreError("the copy is not in the current layout: not switching")
+    finally:
+        target.close()
+    # The switch: from here on, the live collection is the copy.
+    ctx.close()
+    switch_live(ctx.settings, target_name)
+    return {"upgraded": True, "collection": target_name, "points": copied, "previous": live}

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from lookalike.config.settings import Settings
 from lookalike.state.errors import Rejected
-from lookalike.state.search import IMAGE, QueryRejected, SearchHit, SearchRequest, SearchResponse
+from lookalike.state.search import IMAGE, KEYWORD, TEXT, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.worker.decode import decode_image
 from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import FetchLimits, fetch_image
-from lookalike.worker.store import Hit, VectorStore
+from lookalike.worker.keywords import query_vector, shares_a_word
+from lookalike.worker.store import Hit, Narrowing, StoreError, VectorStore
 
 MAX_CANDIDATES = 2000
 
@@ -77,6 +79,10 @@ def paged_products(search: Callable[[int], list[Hit]], *, k: int, offset: int) -
         limit = min(limit * 4, MAX_CANDIDATES)
 
 
+DIVERSITY = 0.5  # MMR's trade-off for --diverse: half relevance, half novelty
+HYBRID_CANDIDATES = 100  # each side's prefetch in a hybrid query (at least the page asked for)
+
+
 def encode_request(
     request: SearchRequest,
     *,
@@ -84,13 +90,20 @@ def encode_request(
     session: Any,
     limits: FetchLimits,
     settings: Settings,
+    text_embedder: Callable[[], Any] | None = None,
 ) -> np.ndarray | None:
-    """The request's dense vector: its image downloaded (guarded), decoded and embedded. Runs on the embedding
-    processes, never on the store owner. Every refusal is a :class:`QueryRejected`."""
+    """The request's dense vector: its image downloaded (guarded), decoded and embedded, or its words embedded
+    by CLIP's text model. Runs on the embedding processes, never on the store owner. Refusals are
+    :class:`QueryRejected`."""
     if not request.needs_vector:
         return None
     if request.kind == "text":
-        raise QueryRejected("unsupported", "word queries need the text model")
+        assert request.text is not None
+        if text_embedder is None:
+            from lookalike.worker.text import TextSpec, get_text_embedder
+
+            return get_text_embedder(TextSpec.from_settings(settings)).embed([request.text])[0]
+        return text_embedder().embed([request.text])[0]
     try:
         data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
         prepared = decode_image(data, max_pixels=settings.max_image_pixels, formats=settings.allowed_image_formats)
@@ -102,13 +115,65 @@ def encode_request(
 
 
 def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: VectorStore) -> SearchResponse:
-    """Search the store for a validated request, with its vector already computed (``encode_request``)."""
+    """Search the store for a validated request, with its vector already computed (``encode_request``):
+    no download, no model. One entry per product, its best image, best first; pages by ``offset``."""
     if request.needs_vector and vector is None:
         raise QueryRejected("not_encoded", "this query needs its vector computed first (the lookalike.encode task)")
-    category = request.filters.category
-    assert vector is not None
-    products = paged_products(lambda limit: store.search(vector, limit, category), k=request.k, offset=request.offset)
-    return SearchResponse(results=tuple(to_result(hit, (IMAGE,)) for hit in products))
+    filters = request.filters
+    narrowing = Narrowing(category=filters.category, min_price=filters.min_price, max_price=filters.max_price)
+    threshold = filters.min_score
+    diversity = DIVERSITY if request.diverse else None
+    labels: Callable[[Hit], tuple[str, ...]] = lambda _hit: (IMAGE,)  # noqa: E731
+    search: Callable[[int], list[Hit]]
+    try:
+        if request.kind == "similar":
+            assert request.product_id is not None
+            positives = store.product_vectors(request.product_id)
+            if not positives:
+                raise QueryRejected("unknown_product", f"no indexed product {request.product_id!r}")
+            narrowing = replace(narrowing, exclude_product=request.product_id)
+
+            def search(limit: int) -> list[Hit]:
+                return store.recommend(positives, limit, narrowing, score_threshold=threshold)
+
+        elif request.kind == "text" and request.mode != "semantic":
+            assert request.text is not None
+            words = query_vector(request.text)
+            if request.mode == "keyword":
+                labels = lambda _hit: (KEYWORD,)  # noqa: E731
+
+                def search(limit: int) -> list[Hit]:
+                    return store.query_keywords(words, limit, narrowing, score_threshold=threshold)
+
+            else:
+                assert vector is not None
+                labels = lambda hit: (TEXT, KEYWORD) if shares_a_word(words, hit.payload) else (TEXT,)  # noqa: E731
+
+                def search(limit: int) -> list[Hit]:
+                    return store.query_hybrid(
+                        vector,
+                        words,
+                        limit,
+                        narrowing,
+                        candidates=max(limit, HYBRID_CANDIDATES),
+                        score_threshold=threshold,
+                    )
+
+        else:
+            assert vector is not None
+            if request.kind == "text":
+                labels = lambda _hit: (TEXT,)  # noqa: E731
+
+            def search(limit: int) -> list[Hit]:
+                return store.query_dense(vector, limit, narrowing, score_threshold=threshold, diversity=diversity)
+
+        products = paged_products(search, k=request.k, offset=request.offset)
+        facets = store.facet_categories(narrowing) if request.facets else None
+    except StoreError as exc:
+        if "lookalike reindex" in str(exc):
+            raise QueryRejected("needs_reindex", str(exc)) from exc
+        raise
+    return SearchResponse(results=tuple(to_result(hit, labels(hit)) for hit in products), facets=facets)
 
 
 def run_search(

@@ -282,6 +282,12 @@ def audit() -> dict[str, Any]:
     return pipeline.audit_stage(pipeline.current_context()).to_data()
 
 
+@app.task(name="lookalike.reindex", ignore_result=False)
+def reindex() -> dict[str, Any]:
+    """`lookalike reindex` on the store owner (acknowledged when done: a killed run is delivered again)."""
+    return pipeline.reindex_stage(pipeline.current_context())
+
+
 @app.task(name="lookalike.optimize")
 def optimize() -> dict[str, Any]:
     pipeline.current_context().store.optimize()
@@ -363,4 +369,4 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "search"]
+__all__ = ["audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search"]
