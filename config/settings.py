@@ -18,6 +18,7 @@ from lookalike.config.cpus import usable_cpus
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL = "Qdrant/clip-ViT-B-32-vision"
+DEFAULT_TEXT_MODEL = "Qdrant/clip-ViT-B-32-text"
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,15 @@ class Settings(BaseSettings):
     )
     model_cache_dir: Path | None = Field(
         None, description="Where fastembed caches downloaded models (default: fastembed's own cache)."
+    )
+    text_model: str = Field(
+        DEFAULT_TEXT_MODEL,
+        description="fastembed text model name for text queries (its vectors share the image model's space).",
+    )
+    text_model_dir: Path | None = Field(
+        None,
+        description="Local text model directory (model.onnx + tokenizer.json, tokenizer_config.json, "
+        "special_tokens_map.json, config.json) used instead of downloading the text model.",
     )
     onnx_threads: int = Field(
         0,
