@@ -49,6 +49,7 @@ BASE_ENV = {
     "LOOKALIKE_BROKER_URL": REDIS_URL,
     "LOOKALIKE_KEY_PREFIX": "lookalike-test",
     "LOOKALIKE_MODEL_DIR": str(_session_dir / "model"),
+    "LOOKALIKE_TEXT_MODEL_DIR": str(_session_dir / "text-model"),
     "LOOKALIKE_QDRANT_PATH": str(_session_dir / "qdrant-default"),
     "LOOKALIKE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
     "LOOKALIKE_FETCH_RETRIES": "2",
@@ -68,9 +69,10 @@ for _name in [n for n in os.environ if n.startswith("LOOKALIKE_")]:
     del os.environ[_name]
 os.environ.update(BASE_ENV)
 
-from lookalike.testing.tiny_model import build_tiny_model  # noqa: E402
+from lookalike.testing.tiny_model import build_tiny_model, build_tiny_text_model  # noqa: E402
 
 build_tiny_model(_session_dir / "model")
+build_tiny_text_model(_session_dir / "text-model")
 
 from lookalike.config.settings import get_settings, reset_settings  # noqa: E402
 from lookalike.state.context import reset_state  # noqa: E402

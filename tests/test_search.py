@@ -227,3 +227,51 @@ def test_reindex_upgrades_a_previous_release_index_and_resumes_after_an_interrup
 
     again = cli("reindex", "--json")
     assert again.code == 0 and again.json()["upgraded"] is False
+
+
+# ----------------------------------------------------------------------------------------- words, CLIP side
+def test_words_find_the_product_whose_images_lie_in_their_direction(env: dict[str, str]) -> None:
+    """Semantic and hybrid modes with the tiny CLIP text model: a product whose image vector is the direction
+    the text model gives a word is found first by that word, with no keyword in common (semantic), and the
+    keyword side adds a product named by the word (hybrid)."""
+    from lookalike.state.search import SearchRequest
+    from lookalike.testing.tiny_model import tiny_text_direction
+    from lookalike.worker.keywords import document_vector
+    from lookalike.worker.store import PointRecord
+
+    ctx = pipeline.current_context()
+    store = ctx.ready_store(512)
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(30):
+        vector = rng.standard_normal(512).astype(np.float32)
+        payload = {"product_id": f"w{i}", "name": f"Gadget {i}", "categories": ["Misc"], "primary": 1}
+        if i == 4:
+            vector = tiny_text_direction("kettle")  # looks like a kettle; its name does not say so
+        if i == 9:
+            payload["name"] = "Copper kettle"  # says kettle; does not look like one
+        records.append(
+            PointRecord(
+                f"00000000-0000-0000-0000-{i:012d}", vector / np.linalg.norm(vector), payload, document_vector(payload)
+            )
+        )
+    store.upsert(records)
+    semantic = pipeline.answer_query(ctx, SearchRequest(text="kettle", mode="semantic", k=3))
+    assert semantic.results[0].product_id == "w4" and semantic.results[0].matched == ("text",)
+    hybrid = pipeline.answer_query(ctx, SearchRequest(text="kettle", k=3))
+    assert {hit.product_id for hit in hybrid.results[:2]} == {"w4", "w9"}
+    named = next(hit for hit in hybrid.results if hit.product_id == "w9")
+    assert "keyword" in named.matched
+    keyword = pipeline.answer_query(ctx, SearchRequest(text="kettle", mode="keyword", k=3))
+    assert [hit.product_id for hit in keyword.results] == ["w9"]
+
+
+def test_word_queries_go_through_the_worker_in_every_mode(cli: Any, shop: dict[str, Any]) -> None:
+    hybrid = cli("search", "--text", "lighthouse puzzle", "--json")
+    assert hybrid.code == 0, hybrid.stderr
+    assert "puzzle" in ids(hybrid)[:3]
+    semantic = cli("search", "--text", "kettle", "--mode", "semantic", "-k", "4", "--json")
+    assert semantic.code == 0 and len(ids(semantic)) == 4
+    assert all(hit["matched"] == ["text"] for hit in semantic.json())
+    bad = cli("search", "--text", "kettle", "--mode", "fuzzy")
+    assert bad.code == 2 and "bad_mode" in bad.stderr
