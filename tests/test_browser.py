@@ -5,9 +5,10 @@ three), click "more like this" (a new grid without that product), upload somethi
 message, not a broken page). Catalogue text with markup shows as text. Every request the page makes goes to
 127.0.0.1: the page works offline.
 
-The search side is one fixture, :func:`site`: today the fake backend over a tiny catalogue with thumbnails
-on a local image server; the same test runs against the real pipeline by swapping that fixture for one that
-ingests a catalogue with real workers and returns the same :class:`Site`.
+The search side is one fixture, :func:`site`: the real pipeline. A catalogue (thumbnails on a local image
+server) is ingested by real workers through the installed command, and the API runs over the real backend
+(queries through the broker: encoded on the embedding processes, searched on the store owner). The photo is a
+re-encoded copy of a catalogue image; the words are a distinctive word of a product's name.
 
 Playwright's own browser download cannot work here, so the test uses /usr/bin/chromium (``apt-get install -y
 chromium``; .ci/run installs it). Without it the test is skipped on a developer machine and fails in CI.
@@ -24,10 +25,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from lookalike.api import create_app
-from lookalike.config.settings import Settings
 from lookalike.testing.server import ImageServer
 
-from api_support import BY_ID, FakeBackend, catalogue_images, photo_of, serving
+from api_support import serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -66,23 +66,83 @@ class Site:
     markup_words: str | None = None  # words that find it
 
 
+PRODUCTS = [
+    # id, name, category, price, image seed
+    ("kettle", "Stainless electric kettle", "Home & Kitchen | Kettles", "$25.00", 11),
+    ("teapot", "Porcelain teapot with infuser", "Home & Kitchen | Teapots", "$40.00", 12),
+    ("jacket", "Blue denim jacket", "Clothing | Jackets", "$60.00", 13),
+    ("scarf", '<b>Grey</b> wool scarf <img src=x onerror="window.pwned=1">', "Clothing | Scarves", "$15.00", 14),
+    ("puzzle", "Jigsaw puzzle of a lighthouse", "Toys & Games | Puzzles", "$12.50", 15),
+    ("drone", "Quadcopter drone with camera", "Toys & Games | Drones", "$99.00", 16),
+    ("lamp", "Brass desk lamp", "Home & Kitchen | Lighting", "$35.00", 17),
+    ("boots", "Leather hiking boots", "Clothing | Shoes", "$120.00", 18),
+]
+
+
 @pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    """THE place to swap the backend: the fake one here; the real pipeline yields the same Site."""
-    backend = FakeBackend()
-    with ImageServer() as images:
-        catalogue_images(images, backend)
-        with serving(create_app(backend, Settings())) as base_url:
-            yield Site(
-                base_url=base_url,
-                photo=photo_of("p-orange-kettle"),
-                photo_product="p-orange-kettle",
-                words="blue denim jacket",
-                words_product="p-blue-jacket",
-                markup_product="p-grey-scarf",
-                markup_name=BY_ID["p-grey-scarf"].name,
-                markup_words="scarf",
-            )
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The real pipeline: real workers, the installed `lookalike ingest`, the API over the real backend."""
+    import redis
+
+    from lookalike.api.workers import WorkerBackend
+    from lookalike.config.settings import get_settings, reset_settings
+    from lookalike.state.context import reset_state
+    from lookalike.testing import images
+    from lookalike.testing.catalogs import catalog_row, write_catalog
+    from lookalike.testing.server import Route
+    from lookalike.worker import pipeline
+
+    from conftest import BASE_ENV, REDIS_URL, WorkerProcess, run_cli
+
+    scratch = tmp_path_factory.mktemp("browser")
+    env = {**BASE_ENV, "LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant")}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    reset_settings()
+    pipeline.reset_context()
+    reset_state()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    worker = None
+    try:
+        with ImageServer() as server:
+            rows = [
+                catalog_row(
+                    pid,
+                    name,
+                    [server.add(f"/browser/{pid}.jpg", Route(body=images.product_bytes(seed * 53)))],
+                    category=category,
+                    price=price,
+                )
+                for pid, name, category, price, seed in PRODUCTS
+            ]
+            catalog = write_catalog(scratch / "catalog.csv", rows)
+            worker = WorkerProcess(env)
+            worker.wait_ready()
+            ingested = run_cli(["ingest", str(catalog), "--wait"], env)
+            assert ingested.code == 0, ingested.stderr
+            settings = get_settings()
+            with serving(create_app(WorkerBackend(settings), settings)) as base_url:
+                yield Site(
+                    base_url=base_url,
+                    photo=images.resized_copy(images.product_bytes(13 * 53), 0.8, fmt="JPEG", quality=80),
+                    photo_product="jacket",
+                    words="lighthouse",
+                    words_product="puzzle",
+                    markup_product="scarf",
+                    markup_name=PRODUCTS[3][1],
+                    markup_words="wool scarf",
+                )
+    finally:
+        if worker is not None:
+            worker.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_settings()
+        pipeline.reset_context()
+        reset_state()
 
 
 @pytest.fixture(scope="module")
