@@ -537,6 +537,15 @@ def reconcile(
     print(f"enqueued  {done['missing_images_enqueued']} images that had no point")
 
 
+def _add_model_commands() -> None:
+    from lookalike.models import model_app
+
+    app.add_typer(model_app, name="model")
+
+
+_add_model_commands()
+
+
 def main() -> None:
     import kombu.exceptions
     import redis

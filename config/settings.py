@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         False, description="Let Flower listen on a non-loopback address without basic auth."
     )
 
+    @field_validator("model_dir", "text_model_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``LOOKALIKE_MODEL_DIR=`` means no local directory, not the current one."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("onnx_providers")
     @classmethod
     def _providers_named(cls, value: str) -> str:

@@ -1,0 +1,122 @@
+"""`lookalike model`: quantize the configured models, and compare two models on the user's own catalogue."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+model_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Make a faster model and see what it costs in quality on your own catalogue.",
+)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from lookalike.main import fail
+
+    return fail(message, code)
+
+
+def _note(message: str) -> None:
+    from lookalike.main import note
+
+    note(message)
+
+
+@model_app.command("quantize")
+def quantize(
+    out: Annotated[Path, typer.Option(help="Where to write the int8 model directories (vision/ and text/).")] = Path(
+        "models-int8"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Dynamic int8 quantization (onnxruntime) of the configured vision model (LOOKALIKE_MODEL_DIR) and text
+    model (LOOKALIKE_TEXT_MODEL_DIR), written as directories that those settings load as they are. Prints the
+    size and speed of both. Needs the `quantize` extra (pip install 'lookalike[quantize]')."""
+    from lookalike.config.settings import get_settings
+
+    settings = get_settings()
+    sources = {"vision": settings.model_dir, "text": settings.text_model_dir}
+    if not any(sources.values()):
+        raise _fail("set LOOKALIKE_MODEL_DIR (and LOOKALIKE_TEXT_MODEL_DIR) to the model directories to quantize")
+    try:
+        from lookalike.worker.quantize import QuantizeError, quantize_model_dir
+    except ImportError as exc:
+        raise _fail(f"quantizing needs the quantize extra: pip install 'lookalike[quantize]' ({exc})") from None
+    reports: dict[str, Any] = {}
+    for kind, source in sources.items():
+        if source is None:
+            _note(f"no {kind} model directory configured: skipped")
+            continue
+        try:
+            report = quantize_model_dir(Path(source), out / kind)
+        except QuantizeError as exc:
+            raise _fail(str(exc)) from None
+        reports[kind] = report
+        if not as_json:
+            before, after = report.bytes_before / 2**20, report.bytes_after / 2**20
+            print(
+                f"{kind:6s} {report.output}: {before:.1f} MiB -> {after:.1f} MiB ({report.size_ratio:.1f}x smaller);"
+                f" {report.rate_before:.1f} -> {report.rate_after:.1f} {report.unit} ({report.speedup:.1f}x)"
+            )
+    if as_json:
+        print(
+            json.dumps({k: {**asdict(v), "source": str(v.source), "output": str(v.output)} for k, v in reports.items()})
+        )
+    else:
+        print(
+            f"use them: LOOKALIKE_MODEL_DIR={out / 'vision'}"
+            + (f" LOOKALIKE_TEXT_MODEL_DIR={out / 'text'}" if "text" in reports else "")
+        )
+
+
+@model_app.command("compare")
+def compare(
+    dir_a: Annotated[Path, typer.Argument(help="A vision model directory (say, the current one).")],
+    dir_b: Annotated[Path, typer.Argument(help="Another one (say, its int8 copy).")],
+    sample: Annotated[int, typer.Option(help="How many of the indexed catalogue's images to embed.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed for the sample.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Embed a sample of the indexed catalogue's images with both models and report the mean and 5th-percentile
+    cosine between them and how many of each image's 10 nearest products under A model B also returns."""
+    from lookalike.commands import state_context, use_broker
+    from lookalike.worker import pipeline
+    from lookalike.worker.compare import compare_models, decode_sample
+    from lookalike.worker.decode import ImageRejected
+    from lookalike.worker.fetch import FetchError, fetch_image
+
+    use_broker(_note)
+    registry = state_context().registry
+    urls = sorted({url for _pid, state in registry.items() if not state.deleted for url in state.images})
+    if len(urls) < 2:
+        raise _fail("the catalogue has fewer than 2 images: ingest it first")
+    chosen = random.Random(seed).sample(urls, min(sample, len(urls)))
+    ctx = pipeline.current_context()
+    images = []
+    skipped = 0
+    for url in chosen:
+        try:
+            images.append(decode_sample(fetch_image(url, ctx.session, ctx.limits).data, ctx.settings))
+        except (FetchError, ImageRejected):
+            skipped += 1
+    if len(images) < 2:
+        raise _fail(f"fewer than 2 of the {len(chosen)} sampled images could be downloaded and decoded", 3)
+    report = compare_models(dir_a, dir_b, images, k=10, model_name=ctx.settings.model)
+    if as_json:
+        print(json.dumps({**asdict(report), "overlaps": list(report.overlaps), "skipped": skipped}))
+        return
+    print(f"images    {report.images} embedded with both ({skipped} could not be fetched)")
+    print(
+        f"cosine    mean {report.cosine_mean:.4f}, 5th percentile {report.cosine_p5:.4f}, min {report.cosine_min:.4f}"
+    )
+    print(
+        f"top {report.k}    mean {report.overlap_mean:.2f} of A's {report.k} nearest also in B's "
+        f"(min {report.overlap_min})"
+    )
