@@ -485,6 +485,28 @@ def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
         "events": {name.split(":", 1)[1]: value for name, value in stats.items() if name.startswith("events:")},
         "failures_recorded": ctx.failures.count(),
         "products_registered": ctx.registry.count(),
+        "model": _model_in_effect(settings),
+    }
+
+
+def _model_in_effect(settings: Settings) -> dict[str, Any]:
+    """The models, execution providers and threads an embedding process started here would use."""
+    from lookalike.worker.embed import ModelUnavailable, onnx_runtime_in_effect
+
+    found: dict[str, Any] = {
+        "vision": str(settings.model_dir or settings.model),
+        "text": str(settings.text_model_dir or settings.text_model),
+    }
+    try:
+        runtime = onnx_runtime_in_effect(settings)
+    except ModelUnavailable as exc:
+        return {**found, "error": str(exc)}
+    return {
+        **found,
+        "providers": list(runtime.providers),
+        "threads_per_process": runtime.threads,
+        "embedding_processes": runtime.processes,
+        "usable_cpus": runtime.usable_cpus,
     }
 
 

@@ -109,6 +109,19 @@ def status(data: dict[str, Any], console: Console) -> None:
     console.print(table(("queue", "waiting", "oldest (s)"), queue_rows, title="queues"))
     worker_rows = [(node, ", ".join(queues)) for node, queues in data["workers"].items()] or [("(none answering)", "")]
     console.print(table(("worker", "queues"), worker_rows, title="workers"))
+    model = data.get("model") or {}
+    if model:
+        console.print(
+            f"model: {model.get('vision')} (text: {model.get('text')}); "
+            + (
+                f"providers {', '.join(model.get('providers', []))}, {model.get('embedding_processes')} embedding "
+                f"processes x {model.get('threads_per_process')} threads on {model.get('usable_cpus')} usable CPUs"
+                if "providers" in model
+                else str(model.get("error"))
+            ),
+            markup=False,
+            highlight=False,
+        )
     events = data["events"]
     console.print(
         f"events: {events or 'none'}   failures recorded: {data['failures_recorded']}   "
