@@ -29,6 +29,7 @@ class WorkerBackend:
         self.app = create_app(settings)
         self._in_process_lock = threading.Lock()
         self._said_in_process = False
+        self._consumed_cache: tuple[float, set[str] | None] = (0.0, None)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _broker_answers(self) -> bool:
@@ -36,14 +37,20 @@ class WorkerBackend:
 
         return redis_answers(self.settings.broker_url.get_secret_value(), timeout=0.5)
 
-    def _consumed(self) -> set[str] | None:
-        """Queues the live workers consume (None: no worker at all)."""
+    def _consumed(self, *, max_age: float = 0.0) -> set[str] | None:
+        """Queues the live workers consume (None: no worker at all); a reading up to ``max_age`` seconds old may
+        be reused, so a busy API does not scan Redis for every query."""
+        import time
+
         from lookalike.worker.client import live_workers
 
+        read_at, consumed = self._consumed_cache
+        if max_age and time.monotonic() - read_at < max_age:
+            return consumed
         workers = live_workers(self.app, timeout=1.0)
-        if not workers:
-            return None
-        return {queue for queues in workers.values() for queue in queues}
+        consumed = {queue for queues in workers.values() for queue in queues} if workers else None
+        self._consumed_cache = (time.monotonic(), consumed)
+        return consumed
 
     # ------------------------------------------------------------------------------------------- protocol
     def readiness(self) -> dict[str, bool]:
@@ -61,12 +68,10 @@ class WorkerBackend:
         import redis
         from celery.exceptions import TimeoutError as CeleryTimeout
 
-        if not self._broker_answers():
-            raise BackendUnavailable("no broker answers (LOOKALIKE_BROKER_URL)")
         try:
-            consumed = self._consumed()
+            consumed = self._consumed(max_age=1.0)
         except redis.RedisError as exc:
-            raise BackendUnavailable(f"the broker failed: {exc}") from exc
+            raise BackendUnavailable(f"no broker answers (LOOKALIKE_BROKER_URL): {exc}") from exc
         if consumed is None:
             return self._in_process(request)
         if QUERY_QUEUE not in consumed:

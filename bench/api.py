@@ -1,0 +1,252 @@
+"""The HTTP API under load: 1, 8 and 32 concurrent clients for 30 s each, image and word queries, against a
+store of 100,000 points, beside the same query answered in-process.
+
+    python bench/api.py [--points 100000] [--seconds 30] [--clients 1,8,32] [--vit]
+
+Runs what a deployment runs: `lookalike worker` (embedding processes that encode queries, the store owner that
+searches) and `lookalike serve`, on this machine; the clients are threads with one keep-alive connection each.
+With --vit the vision model is CLIP ViT-B/32's graph with random weights (bench/work/vit-fp32, built by
+bench/ingest.py --vit or here), so an image query costs what a real one costs; word queries use the tiny text
+model (no real-cost text graph is built). Reports req/s, p50 and p99 per kind and concurrency, the errors, and
+the in-process p50. Writes bench/results/api[-vit].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import bench_environment
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / "work"
+LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def query_photo() -> bytes:
+    from lookalike.testing.images import product_bytes
+
+    return product_bytes(4242, "JPEG", (800, 600))
+
+
+def multipart(image: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def load(port: int, kind: str, clients: int, seconds: float) -> dict[str, Any]:
+    photo_body, photo_type = multipart(query_photo())
+    words = [
+        b'{"text": "red kettle", "k": 10}',
+        b'{"text": "blue jacket", "k": 10}',
+        b'{"text": "wooden chair", "k": 10}',
+    ]
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine: list[float] = []
+        n = 0
+        while time.monotonic() < deadline:
+            if kind == "image":
+                body, content_type = photo_body, photo_type
+            else:
+                body, content_type = words[(index + n) % len(words)], "application/json"
+            n += 1
+            started = time.perf_counter()
+            try:
+                connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
+                response = connection.getresponse()
+                payload = response.read()
+                if response.status != 200:
+                    with lock:
+                        errors.append(f"{response.status} {payload[:120]!r}")
+                    continue
+            except (OSError, http.client.HTTPException) as exc:
+                with lock:
+                    errors.append(repr(exc))
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    values = np.array(latencies) * 1000 if latencies else np.array([0.0])
+    return {
+        "kind": kind,
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "req_per_s": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(float(np.percentile(values, 50)), 1),
+        "p99_ms": round(float(np.percentile(values, 99)), 1),
+    }
+
+
+def in_process(queries: int) -> dict[str, float]:
+    from lookalike.state.search import SearchRequest
+    from lookalike.worker import pipeline
+
+    ctx = pipeline.current_context()
+    result: dict[str, float] = {}
+    for kind, request in (
+        ("image", SearchRequest(image=query_photo(), k=10)),
+        ("text", SearchRequest(text="red kettle", k=10)),
+    ):
+        pipeline.answer_query(ctx, request)  # warm: models loaded, store open
+        samples = []
+        for _ in range(queries):
+            started = time.perf_counter()
+            pipeline.answer_query(ctx, request)
+            samples.append(time.perf_counter() - started)
+        result[f"{kind}_p50_ms"] = round(float(np.percentile(np.array(samples) * 1000, 50)), 1)
+    pipeline.reset_context()
+    return result
+
+
+def wait_ready(env: dict[str, str], port: int, timeout: float = 180) -> None:
+    from lookalike.worker.app import create_app
+    from lookalike.worker.client import live_workers
+
+    app = create_app()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        consumed = {q for qs in live_workers(app, 0.5).values() for q in qs}
+        if {"lookalike.encode", "lookalike.query"} <= consumed:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/readyz")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.5)
+    raise TimeoutError("the worker or the API did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--vit", action="store_true", help="CLIP ViT-B/32's vision graph at real cost")
+    parser.add_argument("--redis-db", type=int, default=14)
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="lookalike-api-bench-"))
+    extra = {"LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant"), "LOOKALIKE_QUERY_TIMEOUT": "60"}
+    if args.vit:
+        from lookalike.testing.vit_model import build_vit_model
+
+        vit = WORK / "vit-fp32"
+        if not (vit / ".complete").exists():
+            build_vit_model(vit)
+            (vit / ".complete").write_text("ok")
+        os.environ["LOOKALIKE_MODEL_DIR"] = str(vit)
+    text_dir = scratch / "text-model"
+    from lookalike.testing.tiny_model import build_tiny_text_model
+
+    build_tiny_text_model(text_dir)
+    extra["LOOKALIKE_TEXT_MODEL_DIR"] = str(text_dir)
+    env, model_kind = bench_environment(scratch, args.redis_db, **extra)
+    import redis
+
+    redis.Redis.from_url(env["LOOKALIKE_BROKER_URL"]).flushdb()
+
+    sys.path.insert(0, str(ROOT))
+    from search import build
+
+    from lookalike.worker.store import EdgeStore
+
+    store = EdgeStore(scratch / "qdrant", "products")
+    print(f"building {args.points} points ...", file=sys.stderr, flush=True)
+    built = build(store, args.points)
+    store.close()
+    report: dict[str, Any] = {
+        "points": args.points,
+        "model": "ViT-B/32 graph (random weights)" if args.vit else model_kind,
+        **built,
+    }
+    print("in-process queries ...", file=sys.stderr, flush=True)
+    report["in_process"] = in_process(30 if args.vit else 100)
+    print(f"in process: {report['in_process']}", file=sys.stderr, flush=True)
+
+    port = free_port()
+    log = (scratch / "processes.log").open("w")
+    worker = subprocess.Popen(
+        [LOOKALIKE, "worker", "--loglevel", "WARNING"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    server = subprocess.Popen(
+        [LOOKALIKE, "serve", "--port", str(port)],
+        env={**env, "LOOKALIKE_LOG_LEVEL": "WARNING"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(env, port)
+        runs = []
+        for kind in ("image", "text"):
+            load(port, kind, 1, 3)  # warm every embedding process
+            for clients in (int(c) for c in args.clients.split(",")):
+                run = load(port, kind, clients, args.seconds)
+                runs.append(run)
+                print(
+                    f"{kind:5s} {clients:3d} clients: {run['req_per_s']:8.2f} req/s  p50 {run['p50_ms']:8.1f} ms  "
+                    f"p99 {run['p99_ms']:8.1f} ms  errors {run['errors']}",
+                    flush=True,
+                )
+        report["runs"] = runs
+    finally:
+        for process in (server, worker):
+            process.terminate()
+        for process in (server, worker):
+            process.wait(60)
+    one = {r["kind"]: r for r in report["runs"] if r["clients"] == 1}
+    eight = {r["kind"]: r for r in report["runs"] if r["clients"] == 8}
+    report["scaling_8_over_1"] = {k: round(eight[k]["req_per_s"] / one[k]["req_per_s"], 2) for k in one if k in eight}
+    report["api_adds_p50_ms"] = {k: round(one[k]["p50_ms"] - report["in_process"][f"{k}_p50_ms"], 1) for k in one}
+    (ROOT / "results").mkdir(exist_ok=True)
+    name = "api-vit.json" if args.vit else "api.json"
+    (ROOT / "results" / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
