@@ -46,10 +46,16 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    from lookalike.config.settings import get_settings
+    from pydantic import ValidationError
+
+    from lookalike.config.settings import get_settings, settings_error_line
     from lookalike.worker.logs import configure_logging
 
-    configure_logging(get_settings().log_level)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # a malformed LOOKALIKE_* variable: one line, exit 2, before anything runs
+        raise fail(settings_error_line(exc), 2) from None
+    configure_logging(settings.log_level)
 
 
 # ------------------------------------------------------------------------------------------------ ingest
@@ -557,8 +563,9 @@ def main() -> None:
     except BrokerUnreachable as exc:
         _broker_failed(str(exc), NO_BROKER_EXIT)
     except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
+        blame = "the database number" if "DB index" in str(exc) else "the password"  # Redis has 0-15 by default
         _broker_failed(
-            f"the broker refused the connection ({_first_line(exc)}); check the password in LOOKALIKE_BROKER_URL", 2
+            f"the broker refused the connection ({_first_line(exc)}); check {blame} in LOOKALIKE_BROKER_URL", 2
         )
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as exc:
         _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL", NO_BROKER_EXIT)

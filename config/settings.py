@@ -10,8 +10,9 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookalike.config.cpus import usable_cpus
@@ -19,6 +20,54 @@ from lookalike.config.cpus import usable_cpus
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL = "Qdrant/clip-ViT-B-32-vision"
 DEFAULT_TEXT_MODEL = "Qdrant/clip-ViT-B-32-text"
+ENV_PREFIX = "LOOKALIKE_"
+BROKER_URL_FORM = "redis://[:password@]host[:port][/db] or rediss://..."
+# Both clients of the broker URL must accept it: Celery's (kombu: redis, rediss, sentinel, redis+socket) and
+# lookalike's own (redis-py's from_url: redis, rediss, unix). Only these two schemes are common to both.
+BROKER_SCHEMES = ("redis", "rediss")
+
+
+def broker_url_problem(url: str) -> str | None:
+    """What is wrong with a broker URL, in a few words (never the password), or None when it is usable.
+
+    Checked when the settings load, because each client fails on its own terms and far from the cause:
+    redis-py refuses a missing scheme with a 60-line traceback, urllib a non-numeric port with another, and a
+    database that is not a number is read as database 0 by redis-py but refused by kombu, so the producer and
+    the workers would not even agree on where the queues are."""
+    if not url.strip():
+        return f"is empty (expected {BROKER_URL_FORM}; unset it for the default)"
+    if "://" not in url:
+        return f"has no scheme (expected {BROKER_URL_FORM})"
+    parts = urlsplit(url.strip())
+    if parts.scheme not in BROKER_SCHEMES:
+        return f"has the scheme {parts.scheme + '://'!r}; use redis:// or rediss:// ({BROKER_URL_FORM})"
+    netloc = parts.netloc.rpartition("@")[2]
+    if not parts.hostname:
+        return f"has no host (expected {BROKER_URL_FORM})"
+    try:
+        _ = parts.port  # urllib raises on a port that is not a number in range
+    except ValueError:
+        return f"has a port that is not a number from 1 to 65535: {netloc.rpartition(':')[2]!r}"
+    databases = [parts.path[1:]] if parts.path not in ("", "/") else []
+    databases += parse_qs(parts.query).get("db", [])
+    for database in databases:
+        if not (database.isascii() and database.isdigit()):
+            return f"has a database that is not a number: {database!r} (the path is /0, /1, ...)"
+    return None
+
+
+def settings_error_line(exc: ValidationError) -> str:
+    """One line for the settings that could not load: the variables and what is wrong with each.
+
+    Never the rejected values themselves (pydantic's own message quotes them, and a broker URL holds a
+    password), so the CLI can print it as is, with no traceback."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        cause = (error.get("ctx") or {}).get("error")
+        text = str(cause) if error["type"] == "value_error" and cause is not None else error["msg"]
+        problems.append(f"{name} {text}" if name == "LOOKALIKE_BROKER_URL" else f"{name}: {text}")
+    return "; ".join(problems) or "the settings could not be loaded"
 
 
 class Settings(BaseSettings):
@@ -30,7 +79,7 @@ class Settings(BaseSettings):
     broker_url: SecretStr = Field(
         SecretStr(DEFAULT_BROKER_URL),
         description="Redis URL for the Celery broker, results and lookalike's own state "
-        "(redis://, rediss:// for TLS; a password goes in the URL).",
+        "(redis://, rediss:// for TLS; a password goes in the URL); checked when the settings load.",
     )
     key_prefix: str = Field("lookalike", description="Prefix of every Redis key lookalike writes itself.")
     embedded_broker: Literal["auto", "never"] = Field(
@@ -224,6 +273,14 @@ class Settings(BaseSettings):
     def _providers_named(cls, value: str) -> str:
         if not [part for part in value.split(",") if part.strip()]:
             raise ValueError("name at least one provider, e.g. CPUExecutionProvider")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_usable(cls, value: SecretStr) -> SecretStr:
+        problem = broker_url_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("fetch_allow_networks")
