@@ -222,6 +222,7 @@ class EdgeStore(VectorStore):
         self.path = Path(root) / collection
         self.lock_wait = lock_wait
         self._shard: Any = None
+        self._layout: str | None = None
         if (self.path / "edge_config.json").exists() or (self.path / "wal").exists():
             self._open()
 
@@ -296,13 +297,18 @@ class EdgeStore(VectorStore):
 
     @property
     def layout(self) -> str | None:
-        config_file = self.path / "edge_config.json"
-        if self._shard is None or not config_file.exists():
+        """Read from the shard's config once per open shard (a shard's layout never changes)."""
+        if self._shard is None:
             return None
-        import json
+        if self._layout is None:
+            config_file = self.path / "edge_config.json"
+            if not config_file.exists():
+                return None
+            import json
 
-        vectors = json.loads(config_file.read_text()).get("vectors", {})
-        return NAMED if DENSE in vectors else LEGACY
+            vectors = json.loads(config_file.read_text()).get("vectors", {})
+            self._layout = NAMED if DENSE in vectors else LEGACY
+        return self._layout
 
     def _using(self) -> str | None:
         return DENSE if self.layout == NAMED else None
@@ -573,6 +579,7 @@ class EdgeStore(VectorStore):
             finally:
                 self._shard.close()
                 self._shard = None
+                self._layout = None
 
 
 # ------------------------------------------------------------------------------------------- qdrant-client
