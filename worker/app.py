@@ -6,8 +6,13 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 from celery import Celery
 from kombu import Queue
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from lookalike.config.settings import Settings, get_settings
 from lookalike.state.queues import (
@@ -31,6 +36,70 @@ TASK_ROUTES = {
     "lookalike.search": {"queue": QUERY_QUEUE},
     "lookalike.encode": {"queue": ENCODE_QUEUE},
 }
+
+
+def _is_outage(error: BaseException) -> bool:
+    """A connection error that waiting can cure (refused, reset, closed, loading), not a refusal that stays: a
+    wrong password or a certificate that does not verify fails at once, as before."""
+    if isinstance(error, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return "certificate" not in str(error).lower()
+
+
+class _OutageRetry(Retry):
+    """redis-py's retry, for outages only (see :func:`_is_outage`)."""
+
+    def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
+        def retryable(error: Exception) -> bool:
+            return _is_outage(error) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+# How long a command on the broker's connections (an acknowledgement, above all) keeps retrying while Redis is
+# away: a restart, an AOF reload, a fail-over. Backoff 0.1 s doubling to 2 s, 34 retries: about a minute.
+BROKER_COMMAND_RETRY = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), 34)
+
+
+class _RetryingChannel(kombu_redis.Channel):
+    """kombu's Redis channel whose connections retry a command through a short Redis outage.
+
+    Without this a worker can stop consuming for good after Redis restarts. A task that finishes while Redis is
+    down cannot be acknowledged; Celery logs "Couldn't ack" and carries on, but kombu keeps the message in its
+    in-memory count of unacknowledged deliveries. At prefetch 1 (the embed and store workers) that count stays
+    at the limit, so the channel never sends another BRPOP; and as no BRPOP is pending, no socket tells the
+    event loop that the connection was lost, so Celery never reconnects with a fresh channel either. The job
+    itself is safe (it is in Redis's unacked hash and goes back to its queue after the visibility timeout), but
+    nothing consumes that queue any more. With the acknowledgement retried until Redis answers again, the count
+    drops, the next BRPOP finds the dead socket and Celery reconnects as usual. BRPOP itself is read without
+    retries, so a lost connection is still noticed at once.
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        params["retry"] = BROKER_COMMAND_RETRY
+        # Not timeouts: a write that timed out may have been applied, and replaying it would duplicate it.
+        params["retry_on_error"] = [redis.exceptions.ConnectionError]
+        return params
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport (redis:// and rediss://) with :class:`_RetryingChannel`."""
+
+    Channel = _RetryingChannel
+
+
+# redis:// and rediss:// URLs get this transport wherever Celery opens a broker connection (workers, producer,
+# Flower's app): the URL's scheme keeps naming the transport (and rediss:// still means TLS), as before.
+for _scheme in ("redis", "rediss"):
+    TRANSPORT_ALIASES[_scheme] = f"{__name__}:RedisTransport"
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:
