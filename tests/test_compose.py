@@ -22,10 +22,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 AUTH = "admin:s3cret-pass"
+REDIS_PASSWORD = "0123abcdef-redis-pass"
+BROKER_URL = f"redis://:{REDIS_PASSWORD}@redis:6379/0"
 
 
-def compose_config(auth: str | None) -> subprocess.CompletedProcess[str]:
-    """`docker-compose config` on the repository's compose file, with or without the Flower login."""
+def compose_config(auth: str | None, redis_password: str | None = REDIS_PASSWORD) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` on the repository's compose file, with or without the Flower login and Redis's
+    password."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail("docker-compose is not installed: run `apt-get install -y docker-compose` (CI installs it)")
@@ -34,6 +37,8 @@ def compose_config(auth: str | None) -> subprocess.CompletedProcess[str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
     if auth is not None:
         environment["LOOKALIKE_FLOWER_BASIC_AUTH"] = auth
+    if redis_password is not None:
+        environment["LOOKALIKE_REDIS_PASSWORD"] = redis_password
     with tempfile.TemporaryDirectory(prefix="lookalike-compose-") as scratch:
         env_file = Path(scratch) / "empty.env"
         env_file.write_text("")
@@ -70,6 +75,20 @@ def published_ports(service: dict[str, Any]) -> set[int]:
             if len(parts) >= 2:
                 ports.add(int(parts[-2]))
     return ports
+
+
+def published_bindings(service: dict[str, Any]) -> set[tuple[str, int]]:
+    """(host address, host port) of every published port; "0.0.0.0" when no address is given (every one)."""
+    bindings: set[tuple[str, int]] = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            if port.get("published") is not None:
+                bindings.add((str(port.get("host_ip") or "0.0.0.0"), int(port["published"])))
+        else:
+            parts = str(port).split("/")[0].split(":")
+            if len(parts) >= 2:
+                bindings.add((parts[-3] if len(parts) >= 3 else "0.0.0.0", int(parts[-2])))
+    return bindings
 
 
 def as_text(value: Any) -> str:
@@ -115,7 +134,7 @@ def test_worker_talks_to_the_servers_and_waits_for_them() -> None:
     config = resolved_config()
     worker = config["services"]["worker"]
     environment = worker["environment"]
-    assert environment["LOOKALIKE_BROKER_URL"] == "redis://redis:6379/0"
+    assert environment["LOOKALIKE_BROKER_URL"] == BROKER_URL
     assert environment["LOOKALIKE_QDRANT_URL"] == "http://qdrant:6333"
     assert environment["LOOKALIKE_MODEL_CACHE_DIR"] == "/models"
     assert any(str(volume).startswith("models:/models") for volume in worker["volumes"])
@@ -147,7 +166,51 @@ def test_flower_is_published_with_basic_auth() -> None:
     environment = flower["environment"]
     assert environment["LOOKALIKE_FLOWER_BASIC_AUTH"] == AUTH
     assert environment["LOOKALIKE_FLOWER_ADDRESS"] == "0.0.0.0"
-    assert environment["LOOKALIKE_BROKER_URL"] == "redis://redis:6379/0"
+    assert environment["LOOKALIKE_BROKER_URL"] == BROKER_URL
+
+
+def test_flower_is_published_on_the_host_loopback_only() -> None:
+    flower = resolved_config()["services"]["flower"]
+    assert published_bindings(flower) == {("127.0.0.1", 5555)}
+
+
+def test_metrics_answers_from_outside_its_container_on_the_host_loopback() -> None:
+    """`lookalike metrics` listens on 127.0.0.1 by default: inside a container the published port would lead
+    nowhere. It must listen on 0.0.0.0 there, and be published on the host's loopback only."""
+    metrics = resolved_config()["services"]["metrics"]
+    command = as_text(metrics["command"])
+    assert re.search(r"--address[ =]0\.0\.0\.0\b", command), command
+    assert published_bindings(metrics) == {("127.0.0.1", 9808)}
+    assert "http://127.0.0.1:9808/metrics" in as_text(metrics["healthcheck"]["test"])
+
+
+def test_redis_requires_the_password_from_the_environment() -> None:
+    redis = resolved_config()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == REDIS_PASSWORD, command
+    # The healthcheck authenticates (through REDISCLI_AUTH, not its command line) and needs a PONG: a NOAUTH
+    # reply is not healthy.
+    assert redis["environment"]["REDISCLI_AUTH"] == REDIS_PASSWORD
+    check = as_text(redis["healthcheck"]["test"])
+    assert "PONG" in check and REDIS_PASSWORD not in check
+    assert not redis.get("ports"), "Redis must not be published"
+
+
+def test_every_service_that_uses_the_broker_carries_the_password() -> None:
+    services = resolved_config()["services"]
+    users = {name for name, service in services.items() if "LOOKALIKE_BROKER_URL" in service.get("environment", {})}
+    assert {"worker", "flower", "metrics", "api"} <= users
+    for name in users:
+        assert services[name]["environment"]["LOOKALIKE_BROKER_URL"] == BROKER_URL, name
+
+
+@pytest.mark.parametrize("password", [None, ""], ids=["unset", "empty"])
+def test_compose_refuses_redis_without_a_password(password: str | None) -> None:
+    """No default secret is committed: without LOOKALIKE_REDIS_PASSWORD nothing starts."""
+    result = compose_config(AUTH, redis_password=password)
+    assert result.returncode != 0, "docker-compose configured a Redis without a password:\n" + result.stdout
+    assert "LOOKALIKE_REDIS_PASSWORD" in result.stderr
+    assert "LOOKALIKE_REDIS_PASSWORD:-" not in COMPOSE_FILE.read_text()
 
 
 def test_metrics_is_published() -> None:
