@@ -76,7 +76,12 @@ def expected_points(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         )
         for url in product.image_urls:
             payload = {k: v for k, v in product.payload().items() if v is not None}
-            points[point_id_for(product.id, url)] = {**payload, "image_url": url}
+            # One point per product, its first image's, carries the facet flag.
+            points[point_id_for(product.id, url)] = {
+                **payload,
+                "image_url": url,
+                "primary": int(url == product.image_urls[0]),
+            }
     return points
 
 
