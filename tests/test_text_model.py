@@ -55,10 +55,11 @@ def test_unknown_words_map_to_unk(embedder: TextEmbedder) -> None:
     assert float(vector @ tiny_text_direction("[UNK]")) > 0.99
 
 
-def test_spec_from_settings(tmp_path: Path) -> None:
+def test_spec_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(_env_file=None, text_model_dir=tmp_path, onnx_threads=2)  # type: ignore[call-arg]
     spec = TextSpec.from_settings(settings)
     assert spec.name == TEXT_MODEL and spec.local_dir == tmp_path and spec.threads == 2
+    monkeypatch.delenv("LOOKALIKE_TEXT_MODEL_DIR", raising=False)  # the test session sets it for every test
     assert Settings(_env_file=None).text_model_dir is None  # type: ignore[call-arg]
 
 
