@@ -120,7 +120,8 @@ def ingest(
 @app.command()
 def worker(
     queues: Annotated[
-        str | None, typer.Option(help="Comma-separated stages to run: fetch, embed, index, query (default: all).")
+        str | None,
+        typer.Option(help="Comma-separated stages: fetch, embed, encode (queries), index, query (default: all)."),
     ] = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Embedding processes (default: cores / LOOKALIKE_ONNX_THREADS).")
