@@ -354,21 +354,31 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         summary="Broker, store and a query worker answer",
         responses={503: {"model": ErrorOut, "description": "Something is missing; the detail names it."}},
     )
+    def readiness_and_conditions() -> tuple[dict[str, bool], list[str]]:
+        checks = backend.readiness()
+        # Conditions that stop indexing but not searching (the store's disk is full, a pool stopped): named here
+        # for the operator, without taking the API out of a load balancer.
+        conditions = getattr(backend, "conditions", None)
+        return checks, list(conditions()) if conditions is not None else []
+
     async def readyz(request: Request) -> JSONResponse:
+        conditions: list[str] = []
         try:
             with anyio.fail_after(READINESS_TIMEOUT):
-                checks = await anyio.to_thread.run_sync(backend.readiness, abandon_on_cancel=True)
+                checks, conditions = await anyio.to_thread.run_sync(readiness_and_conditions, abandon_on_cancel=True)
             checks = {name: bool(checks.get(name, False)) for name in READINESS_CHECKS}
         except Exception as exc:  # a readiness probe answers; it never fails with a 500
             log.warning("readiness check failed: %r", exc)
             checks = dict.fromkeys(READINESS_CHECKS, False)
+        named = {"conditions": conditions} if conditions else {}
         missing = [name for name, ok in checks.items() if not ok]
         if missing:
+            detail = f"not answering: {', '.join(missing)}" + "".join(f"; {line}" for line in conditions)
             return error_response(
-                request.scope, 503, "not_ready", f"not answering: {', '.join(missing)}",
-                {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}, checks=checks,
+                request.scope, 503, "not_ready", detail,
+                {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}, checks=checks, **named,
             )
-        return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "ready", "checks": checks, **named})
 
     @app.get(
         "/metrics",

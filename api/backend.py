@@ -58,5 +58,7 @@ class SearchBackend(Protocol):
         """Which dependencies answer now: ``{"broker": ..., "store": ..., "query_worker": ...}``.
 
         Called by /readyz (a load balancer polls it), so it must be cheap and bounded in time.
+        A backend may also offer ``conditions() -> list[str]``: what stops indexing now, one line each, which
+        /readyz names without failing (searches still answer).
         """
         ...

@@ -102,6 +102,11 @@ class ErrorOut(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
+    conditions: list[str] = Field(
+        default_factory=list,
+        description="What stops indexing now, one line each (e.g. 'store: disk full at PATH (N MiB free)'); "
+        "absent when nothing does. Searches still answer.",
+    )
 
 
 class HealthOut(BaseModel):

@@ -63,6 +63,17 @@ class WorkerBackend:
             "query_worker": ENCODE_QUEUE in consumed,
         }
 
+    def conditions(self) -> list[str]:
+        """What stops indexing now (the store's disk is full, a pool stopped), as `lookalike status` says it."""
+        from lookalike.state.conditions import Conditions
+        from lookalike.state.connection import redis_client
+
+        client = redis_client(self.settings)
+        try:
+            return [str(c["message"]) for c in Conditions(client, self.settings.key_prefix).active()]
+        finally:
+            client.close()
+
     def search(self, request: SearchRequest) -> SearchResponse:
         import kombu.exceptions
         import redis

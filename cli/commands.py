@@ -474,8 +474,11 @@ def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
                 raise LookupError(f"no run {run_id!r} (runs are kept {settings.run_ttl}s)")
             continue
         found.append(_run_summary(run))
+    from lookalike.state.conditions import Conditions
+
     stats = ctx.ledger.stats()
     return {
+        "conditions": Conditions(ctx.redis, settings.key_prefix).active(),
         "runs": found,
         "queues": {
             queue: {"depth": queue_depth(ctx.redis, queue), "oldest_age_seconds": _round(oldest_age(ctx.redis, queue))}

@@ -80,6 +80,9 @@ def failures(items: list[dict[str, Any]], console: Console) -> None:
 
 
 def status(data: dict[str, Any], console: Console) -> None:
+    for condition in data.get("conditions", []):
+        # First, and alone on its line: what stops work now (a full disk, a stopped pool).
+        console.print(str(condition["message"]), markup=False, highlight=False, style="bold red")
     runs = Table(title="runs", show_edge=False)
     runs.add_column("run", no_wrap=True, min_width=20)
     for column in ("status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):

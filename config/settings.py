@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookalike.config.cpus import usable_cpus
@@ -66,6 +66,9 @@ def settings_error_line(exc: ValidationError) -> str:
         name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
         cause = (error.get("ctx") or {}).get("error")
         text = str(cause) if error["type"] == "value_error" and cause is not None else error["msg"]
+        if not error["loc"]:  # a rule across settings names its variables itself
+            problems.append(text)
+            continue
         problems.append(f"{name} {text}" if name == "LOOKALIKE_BROKER_URL" else f"{name}: {text}")
     return "; ".join(problems) or "the settings could not be loaded"
 
@@ -166,11 +169,31 @@ class Settings(BaseSettings):
         12, ge=0, description="Retries of a batch the store could not take (exponential backoff, full jitter)."
     )
     store_backoff_max: int = Field(60, ge=1, description="Longest wait in seconds between store retries.")
+    store_min_free_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Free bytes the embedded store's filesystem must keep before the store owner writes (0: no "
+        "check). Short of it, index batches go back to their queue and wait; the embedded engine memory-maps its "
+        "files, and a write that finds the disk full kills the process (SIGBUS) instead of failing.",
+    )
     fetch_high_water: int = Field(
         20000, ge=100, description="The producer pauses while more jobs than this wait in the fetch queue."
     )
     embed_high_water: int = Field(
         64, ge=2, description="Fetch workers pause while more batches than this wait in the embed queue."
+    )
+
+    wait_grace: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a waiting command (ingest --wait, reconcile, reindex) lets a queue holding its work "
+        "go without a live worker consuming it before saying so (longer than a pool restart).",
+    )
+    wait_deadline: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds with no live worker consuming a queue that holds its work after which a waiting "
+        "command gives up (exit code 3) instead of waiting on nobody.",
     )
 
     # --- fetching ----------------------------------------------------------------------------------------
@@ -290,6 +313,12 @@ class Settings(BaseSettings):
             if part.strip():
                 ipaddress.ip_network(part.strip(), strict=False)
         return value
+
+    @model_validator(mode="after")
+    def _deadline_after_grace(self) -> Settings:
+        if self.wait_deadline < self.wait_grace:
+            raise ValueError("LOOKALIKE_WAIT_DEADLINE must be at least LOOKALIKE_WAIT_GRACE")
+        return self
 
     # --- derived ---------------------------------------------------------------------------------------
     @property

@@ -27,7 +27,7 @@ RUN_KEYS = {
     "run_id", "kind", "source", "status", "created", "enqueued", "indexed", "failed", "superseded", "skipped_rows",
     "failed_by_reason", "cache_hits", "embed_calls", "progress", "images_per_second", "eta_seconds", "stage_seconds",
 }  # fmt: skip
-STATUS_KEYS = {"runs", "queues", "workers", "events", "failures_recorded", "products_registered", "model"}
+STATUS_KEYS = {"conditions", "runs", "queues", "workers", "events", "failures_recorded", "products_registered", "model"}
 QUEUES = {"lookalike.fetch", "lookalike.embed", "lookalike.index", "lookalike.query", "lookalike.encode"}
 
 

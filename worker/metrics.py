@@ -17,6 +17,10 @@ lookalike_events_total{outcome}                   counter    change events: new,
                                                              deleted, missing, redone, stale, failed
 lookalike_stage_seconds{stage}                    histogram  download, decode, embed (per batch), upsert
                                                              (per batch), queue_wait (per job, all queues)
+lookalike_store_disk_full_total                   counter    index batches put back to wait because the store's
+                                                             disk was short of LOOKALIKE_STORE_MIN_FREE_BYTES
+lookalike_conditions{kind}                        gauge      conditions stopping work now: store_disk_full,
+                                                             pool_stopped (see lookalike.state.conditions)
 lookalike_queue_depth{queue}                      gauge      messages waiting in each queue
 lookalike_queue_oldest_age_seconds{queue}         gauge      how long the oldest waiting message has waited
 lookalike_failures_recorded                       gauge      entries in the dead-letter list
@@ -26,12 +30,14 @@ lookalike_products_registered                     gauge      products in the reg
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from lookalike.state.conditions import CONDITION_KINDS, Conditions
 from lookalike.state.ledger import BUCKETS, STAGES
 from lookalike.state.outcomes import EVENT_OUTCOMES
 from lookalike.state.queues import oldest_age, queue_depth
@@ -56,6 +62,19 @@ class LookalikeCollector(Collector):
         yield counter("lookalike_embedding_cache_hits", "Images whose vector came from the cache.", "cache_hits")
         yield counter("lookalike_embed_calls", "Model calls (batches).", "embed_calls")
         yield counter("lookalike_embedded_images", "Images through the model.", "embedded")
+
+        yield counter(
+            "lookalike_store_disk_full",
+            "Index batches put back to wait because the store's disk was short of its minimum free space.",
+            "store_disk_full",
+        )
+        active = Counter(c.get("kind") for c in Conditions(self.ctx.redis, self.ctx.settings.key_prefix).active())
+        conditions = GaugeMetricFamily(
+            "lookalike_conditions", "Conditions stopping work now (store_disk_full, pool_stopped).", labels=["kind"]
+        )
+        for kind in CONDITION_KINDS:
+            conditions.add_metric([kind], active.get(kind, 0))
+        yield conditions
 
         failed = CounterMetricFamily("lookalike_images_failed", "Images failed for good, by reason.", labels=["reason"])
         for name, value in sorted(stats.items()):

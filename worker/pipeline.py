@@ -8,6 +8,7 @@ reconcile:    make a product's points match the registry (removed images, payloa
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.config.settings import Settings, get_settings
+from lookalike.state.conditions import Conditions
 from lookalike.state.context import StateContext
 from lookalike.state.errors import INDEX
 from lookalike.state.failures import Failure
@@ -31,6 +33,7 @@ from lookalike.state.registry import ProductState
 from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
+from lookalike.worker.diskspace import DiskGuard, StoreDiskFull, free_bytes, no_space
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.keywords import document_vector
@@ -88,6 +91,33 @@ class WorkerContext(StateContext):
         if self._store is None:
             self._store = open_store(self.settings)
         return self._store
+
+    @cached_property
+    def disk_guard(self) -> DiskGuard | None:
+        """The free-space check before each write, for an embedded store (a server's disk is its own)."""
+        if not self.settings.uses_embedded_store or self.settings.store_min_free_bytes <= 0:
+            return None
+        return DiskGuard(
+            self.settings.qdrant_path,
+            self.settings.store_min_free_bytes,
+            Conditions(self.redis, self.settings.key_prefix),
+            self.ledger,
+            node=socket.gethostname(),
+        )
+
+    def check_store_space(self) -> None:
+        """Raise :class:`~lookalike.worker.diskspace.StoreDiskFull` when a write must wait for space."""
+        if self.disk_guard is not None:
+            self.disk_guard.check()
+
+    def disk_full(self, error: BaseException) -> StoreDiskFull:
+        """A write the engine refused for want of space, as the disk-full condition (shared and counted)."""
+        free = free_bytes(self.settings.qdrant_path)
+        full = StoreDiskFull(self.settings.qdrant_path, free, self.settings.store_min_free_bytes)
+        if self.disk_guard is not None:
+            self.disk_guard.full(full)
+        full.__cause__ = error
+        return full
 
     def ready_store(self, dim: int) -> VectorStore:
         """The store with its collection created (once per process)."""
@@ -242,6 +272,8 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     """
     started = time.time()
     report = IndexReport()
+    if points:
+        ctx.check_store_space()  # before anything is written or counted: a batch that must wait changes nothing
     before = ctx.registry.get_many(point.job.product_id for point in points)
     records: list[PointRecord] = []
     outcomes: list[tuple[Job, Outcome]] = []
@@ -273,7 +305,12 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     if records:
         store = ctx.ready_store(len(records[0].vector))
         upsert_started = time.perf_counter()
-        store.upsert(records)
+        try:
+            store.upsert(records)
+        except Exception as exc:
+            if no_space(exc):
+                raise ctx.disk_full(exc) from exc
+            raise
         upsert_seconds = time.perf_counter() - upsert_started
         written = {job.product_id for job, outcome in outcomes if outcome.status == INDEXED}
         after = ctx.registry.get_many(written)
@@ -384,6 +421,7 @@ def reconcile(
 def reconcile_stage(ctx: WorkerContext, product_ids: Sequence[str]) -> int:
     """The store-side half of a catalogue change (payload update, removed images, delete)."""
     started = time.perf_counter()
+    ctx.check_store_space()
     changed = reconcile(ctx, ctx.store, product_ids)
     ctx.ledger.count_global({"reconciled_products": changed})
     ctx.log(

@@ -51,6 +51,7 @@ from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
+from lookalike.worker.diskspace import StoreDiskFull
 from lookalike.worker.embed import ModelUnavailable, model_dimension
 from lookalike.worker.logs import configure_logging
 from lookalike.worker.store import StoreError, StoreUnavailable
@@ -58,6 +59,8 @@ from lookalike.worker.store import StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 5
+# Messages put back to wait for a resource rather than failed: their guard logs the condition once a minute.
+WAITING_FOR_RESOURCES: tuple[type[BaseException], ...] = (StoreDiskFull,)
 INFRASTRUCTURE_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -65,6 +68,18 @@ INFRASTRUCTURE_ERRORS = (
     kombu.exceptions.OperationalError,
     ConnectionError,
 )
+
+
+class _QuietWhileWaiting(logging.Filter):
+    """Celery logs every rejected message at WARNING with its traceback; a batch put back to wait for disk
+    space would then log once every few seconds. Its guard logs the condition once a minute instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, Reject) and isinstance(exc.reason, WAITING_FOR_RESOURCES))
+
+
+logging.getLogger("celery.app.trace").addFilter(_QuietWhileWaiting())
 
 
 class RecordingTask(Task):
@@ -226,30 +241,63 @@ def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- index
+# How long a batch that finds the store's disk full waits for space before going back to its queue: short, as
+# the store owner's single process also answers queries.
+DISK_PAUSE = 2.0
+
+
+@contextmanager
+def put_back_while_disk_full(ctx: pipeline.WorkerContext) -> Iterator[None]:
+    """A write that finds the store's disk full waits a moment, then its message goes back to the queue: never
+    failed, and (checked before the delivery count) never counted as a delivery, however long the disk stays
+    full. The guard has shared, counted and logged the condition (see lookalike.worker.diskspace)."""
+    try:
+        ctx.check_store_space()
+    except StoreDiskFull as exc:
+        if ctx.disk_guard is None or not ctx.disk_guard.wait_for_room(DISK_PAUSE):
+            raise Reject(exc, requeue=True) from exc
+    try:
+        yield
+    except StoreDiskFull as exc:  # the engine itself ran out of space mid-write
+        time.sleep(DISK_PAUSE)
+        raise Reject(exc, requeue=True) from exc
+
+
 @app.task(name="lookalike.index", base=IndexTask, bind=True)
 def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
         parsed = [EmbeddedPoint.from_message(point) for point in points]
         jobs = [point.job for point in parsed]
-        if too_many_deliveries(self, INDEX, jobs):
-            return {"indexed": 0}
-        try:
-            report = pipeline.index_stage(ctx, parsed)
-        except StoreUnavailable as exc:
-            # The vectors ride along with the retry: a store outage never throws a batch away.
-            retry_or_fail(
-                self,
-                exc,
-                jobs,
-                stage=INDEX,
-                reason="store_unavailable",
-                detail=str(exc),
-                retries=ctx.settings.store_retries,
-                backoff_max=ctx.settings.store_backoff_max,
-            )
+        with put_back_while_disk_full(ctx):
+            if too_many_deliveries(self, INDEX, jobs):
+                return {"indexed": 0}
+            report = _index_or_retry(self, ctx, parsed, jobs)
+        if report is None:
             return {"indexed": 0}
     return report.__dict__
+
+
+def _index_or_retry(
+    task: Task, ctx: pipeline.WorkerContext, parsed: list[EmbeddedPoint], jobs: list[Job]
+) -> pipeline.IndexReport | None:
+    try:
+        return pipeline.index_stage(ctx, parsed)
+    except StoreDiskFull:
+        raise
+    except StoreUnavailable as exc:
+        # The vectors ride along with the retry: a store outage never throws a batch away.
+        retry_or_fail(
+            task,
+            exc,
+            jobs,
+            stage=INDEX,
+            reason="store_unavailable",
+            detail=str(exc),
+            retries=ctx.settings.store_retries,
+            backoff_max=ctx.settings.store_backoff_max,
+        )
+        return None
 
 
 @app.task(name="lookalike.reconcile", bind=True)
@@ -257,7 +305,8 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
         try:
-            changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
+            with put_back_while_disk_full(ctx):
+                changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
         except StoreUnavailable as exc:
             # No job to record: a reconcile that runs out of retries fails loudly (its run never completes).
             retry_or_fail(
