@@ -348,12 +348,6 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
-        "/readyz",
-        response_model=ReadyOut,
-        summary="Broker, store and a query worker answer",
-        responses={503: {"model": ErrorOut, "description": "Something is missing; the detail names it."}},
-    )
     def readiness_and_conditions() -> tuple[dict[str, bool], list[str]]:
         checks = backend.readiness()
         # Conditions that stop indexing but not searching (the store's disk is full, a pool stopped): named here
@@ -361,6 +355,12 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         conditions = getattr(backend, "conditions", None)
         return checks, list(conditions()) if conditions is not None else []
 
+    @app.get(
+        "/readyz",
+        response_model=ReadyOut,
+        summary="Broker, store and a query worker answer",
+        responses={503: {"model": ErrorOut, "description": "Something is missing; the detail names it."}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         conditions: list[str] = []
         try:

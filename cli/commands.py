@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,18 @@ def require_broker(settings: Settings) -> str:
             "or set LOOKALIKE_BROKER_URL (unset, lookalike runs an embedded one)"
         )
     return url
+
+
+def broker_full_line(error: BaseException) -> str:
+    """The broker's out-of-memory refusal as every command says it: "the broker is out of memory (maxmemory N)"."""
+    from lookalike.state.brokerfull import BrokerOutOfMemory, as_broker_full
+
+    if isinstance(error, BrokerOutOfMemory):
+        return str(error)
+    try:
+        return str(as_broker_full(error, state_context().redis))
+    except Exception:  # the limit is a detail; the refusal is the message
+        return str(BrokerOutOfMemory(None))
 
 
 def _now_version() -> int:
@@ -160,24 +173,30 @@ class IngestSession:
 
         ctx = self.ctx
         version = version or _now_version()
-        run_id = ctx.ledger.start_run("ingest", report.source, status="enqueuing", version=version)
-        plan, pruned = plan_catalog(ctx.registry, report.products, version, run_id, full=full, prune=prune)
-        ctx.ledger.add(
-            run_id,
-            {
-                "rows_read": report.rows_read,
-                "products": len(report.products),
-                "rows_skipped": sum(report.skipped.values()),
-                **{f"skipped:{reason}": count for reason, count in report.skipped.items()},
-            },
-            global_too=False,
-        )
 
         def waiting_for_room(depth: int) -> None:
             if not backpressure.waited:
                 self.note(f"{depth} jobs waiting in the fetch queue: pausing until workers catch up")
 
-        backpressure = Backpressure(ctx.settings.fetch_high_water, on_wait=waiting_for_room)
+        backpressure = Backpressure(ctx.settings.fetch_high_water, on_wait=waiting_for_room, on_broker_full=self.note)
+        room = partial(backpressure.until_room, broker=ctx.redis)
+        run_id = room(partial(ctx.ledger.start_run, "ingest", report.source, status="enqueuing", version=version))
+        plan, pruned = room(
+            partial(plan_catalog, ctx.registry, report.products, version, run_id, full=full, prune=prune)
+        )
+        room(
+            partial(
+                ctx.ledger.add,
+                run_id,
+                {
+                    "rows_read": report.rows_read,
+                    "products": len(report.products),
+                    "rows_skipped": sum(report.skipped.values()),
+                    **{f"skipped:{reason}": count for reason, count in report.skipped.items()},
+                },
+                global_too=False,
+            )
+        )
         with _progress(self.quiet or not plan.jobs) as bar:
             task = bar.add_task("enqueueing", total=len(plan.jobs))
 
@@ -190,9 +209,9 @@ class IngestSession:
                 ledger=ctx.ledger,
                 on_published=lambda count: bar.advance(task, count),
             )
-        ctx.ledger.set_meta(run_id, status="enqueued")
+        room(partial(ctx.ledger.set_meta, run_id, status="enqueued"))
         if not plan.jobs and not plan.reconcile:
-            ctx.ledger.set_meta(run_id, finished_at=time.time())
+            room(partial(ctx.ledger.set_meta, run_id, finished_at=time.time()))
         images = report.images
         return IngestSummary(
             run_id=run_id,
@@ -240,7 +259,7 @@ class IngestSession:
                     break
                 if self.group is not None and self.group.dead():
                     spec, code = self.group.dead()[0]
-                    raise RuntimeError(f"the local {spec.name} worker exited with code {code}")
+                    raise RuntimeError(f"local workers: {self.group.death_line(spec, code)}")
                 time.sleep(0.25)
         seconds = time.monotonic() - started
         if finished(ledger.run(run_id) or {}) and self.ctx.settings.uses_embedded_store:
@@ -281,7 +300,7 @@ def start_local_workers(settings: Settings, note: Note) -> Any:
     pools = plan_pools(settings, parse_queues(None), concurrency=None, fetch_threads=None)
     log_path = settings.qdrant_path.parent / "local-workers.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    group = WorkerGroup(pools, loglevel="WARNING", log_path=log_path)
+    group = WorkerGroup(pools, loglevel="WARNING", log_path=log_path, **_supervision(settings))
     group.start()
     described = ", ".join(f"{p.name} ({p.pool} x{p.concurrency})" for p in pools)
     note(f"no worker is running: started local workers for this command: {described}; their log: {log_path}")
@@ -311,7 +330,7 @@ def start_worker(
             chosen -= {INDEX_QUEUE, QUERY_QUEUE}
     _check_model(settings)
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
-    group = WorkerGroup(pools, loglevel=loglevel)
+    group = WorkerGroup(pools, loglevel=loglevel, **_supervision(settings))
     group.start(handle_signals=True)
     note(
         "started "
@@ -319,6 +338,17 @@ def start_worker(
         + f" against {_safe_url(url)}; Ctrl-C stops them"
     )
     return group.supervise()
+
+
+def _supervision(settings: Settings) -> dict[str, Any]:
+    """What a worker group needs to explain a pool's death: the embedded store's directory (a SIGBUS there is a
+    full disk) and where to say that a pool stopped for good."""
+    from lookalike.state.conditions import Conditions
+
+    return {
+        "store_path": settings.qdrant_path if settings.uses_embedded_store else None,
+        "conditions": Conditions(state_context().redis, settings.key_prefix),
+    }
 
 
 def _check_model(settings: Settings) -> None:

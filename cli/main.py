@@ -554,21 +554,35 @@ _add_model_commands()
 
 
 def main() -> None:
-    import kombu.exceptions
-    import redis
-
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokerUnreachable as exc:
         _broker_failed(str(exc), NO_BROKER_EXIT)
-    except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
+    except Exception as exc:
+        from lookalike.state.brokerfull import out_of_memory
+
+        if not out_of_memory(exc):
+            _broker_error(exc)
+            raise
+        from lookalike.commands import broker_full_line
+
+        _broker_failed(broker_full_line(exc), NO_BROKER_EXIT)
+
+
+def _broker_error(exc: Exception) -> None:
+    """A broker that refuses (password, database) or cannot be reached: one line, its exit code."""
+    import kombu.exceptions
+    import redis
+
+    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError)):
         blame = "the database number" if "DB index" in str(exc) else "the password"  # Redis has 0-15 by default
         _broker_failed(
             f"the broker refused the connection ({_first_line(exc)}); check {blame} in LOOKALIKE_BROKER_URL", 2
         )
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as exc:
+    unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
+    if isinstance(exc, unreachable):
         _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL", NO_BROKER_EXIT)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,6 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from lookalike.config.settings import Settings, get_settings
+from lookalike.state.brokerfull import out_of_memory
 from lookalike.state.queues import (
     ALL_QUEUES,
     EMBED_QUEUE,
@@ -68,6 +70,27 @@ class _OutageRetry(Retry):
 BROKER_COMMAND_RETRY = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), 34)
 
 
+class _PatientQoS(kombu_redis.QoS):
+    """kombu's record of delivered, unacknowledged messages, written again while the broker is out of memory.
+
+    kombu pops a message off its queue (BRPOP frees memory, so Redis allows it at maxmemory) and then records it
+    as unacknowledged (ZADD + HSET, which Redis refuses at maxmemory). Refused, the popped message would exist
+    only in this process, and the error would stop the consumer. The pop just freed about as much memory as the
+    record needs, so the write is retried, with backoff, for up to a minute, before giving up as before.
+    """
+
+    def append(self, message: Any, delivery_tag: Any) -> Any:
+        delay, deadline = 0.05, time.monotonic() + 60.0
+        while True:
+            try:
+                return super().append(message, delivery_tag)
+            except redis.exceptions.ResponseError as exc:
+                if not out_of_memory(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+
 class _RetryingChannel(kombu_redis.Channel):
     """kombu's Redis channel whose connections retry a command through a short Redis outage.
 
@@ -81,6 +104,8 @@ class _RetryingChannel(kombu_redis.Channel):
     drops, the next BRPOP finds the dead socket and Celery reconnects as usual. BRPOP itself is read without
     retries, so a lost connection is still noticed at once.
     """
+
+    QoS = _PatientQoS
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 
+from lookalike.state.brokerfull import as_broker_full, out_of_memory
 from lookalike.state.messages import Job
 from lookalike.state.queues import FETCH_QUEUE, queue_depth
 from lookalike.state.search import SearchRequest
@@ -34,9 +35,18 @@ class CeleryPublisher:
         self.redis = redis_client
 
     def publish_jobs(self, jobs: Sequence[Job]) -> None:
-        with self.app.producer_or_acquire() as producer:
-            for job in jobs:
-                self.app.send_task(FETCH_TASK, args=[job.to_message()], producer=producer, argsrepr=job.describe())
+        """Publish every job, in order; a broker out of memory raises
+        :class:`~lookalike.state.brokerfull.BrokerOutOfMemory` saying how many went out before it refused."""
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for job in jobs:
+                    self.app.send_task(FETCH_TASK, args=[job.to_message()], producer=producer, argsrepr=job.describe())
+                    sent += 1
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise as_broker_full(exc, self.redis, published=sent) from exc
+            raise
 
     def publish_reconcile(self, product_ids: Sequence[str], run_id: str) -> None:
         self.app.send_task(

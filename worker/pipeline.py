@@ -89,6 +89,11 @@ class WorkerContext(StateContext):
     @property
     def store(self) -> VectorStore:
         if self._store is None:
+            # Opening an existing embedded store maps its files and writes to them (tens of MiB): on a full disk
+            # that is a SIGBUS, so say "disk full" instead.
+            full = self.disk_guard.reading() if self.disk_guard is not None else None
+            if full is not None:
+                raise full
             self._store = open_store(self.settings)
         return self._store
 

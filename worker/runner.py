@@ -13,17 +13,25 @@ Downloads are I/O-bound and embedding is CPU-bound, so they never share a slot:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from lookalike.config.settings import Settings
+from lookalike.state.conditions import POOL_STOPPED, Conditions
 from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY_QUEUE, QUEUE_ALIASES
+
+# How long `status` shows a pool that stopped for good (until a worker starts that pool again on its host).
+STOPPED_POOL_TTL = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -97,21 +105,96 @@ def plan_pools(
     return pools
 
 
+def exit_cause(code: int, *, store_path: Path | None = None) -> str:
+    """The likely cause of a pool's exit code, in words an operator can act on.
+
+    A negative code is the signal that killed it. SIGBUS is what the kernel sends a process writing to a
+    memory-mapped file that has no room left: for the store owner of an embedded store, a full disk. SIGKILL
+    cannot be caught: the kernel's OOM killer or an operator (``kill -9``) sent it.
+    """
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"was killed by signal {-code}"
+    if name == "SIGBUS":
+        if store_path is not None:
+            from lookalike.worker.diskspace import free_bytes, mib
+
+            where = f"{store_path}: {mib(free_bytes(store_path))} MiB free"
+            return (
+                "was killed by SIGBUS: a memory-mapped store file could not be written, most likely disk full "
+                f"({where})"
+            )
+        return "was killed by SIGBUS: a memory-mapped file could not be written, most likely a full disk"
+    if name == "SIGKILL":
+        return "was killed by SIGKILL: the kernel's OOM killer (see `dmesg`) or an operator"
+    if name in ("SIGSEGV", "SIGABRT", "SIGILL", "SIGFPE"):
+        return f"crashed ({name})"
+    return f"was killed by {name}"
+
+
+class _LastLine:
+    """Copies a pool's output to where it belongs (this terminal or the log file), keeping its last line."""
+
+    def __init__(self, source: IO[bytes], sink: IO[bytes]) -> None:
+        self.line = ""
+        self._source = source
+        self._sink = sink
+        self.thread = threading.Thread(target=self._pump, name="lookalike-pool-output", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for raw in iter(self._source.readline, b""):
+            try:
+                self._sink.write(raw)
+                self._sink.flush()
+            except (OSError, ValueError):
+                pass
+            text = raw.decode(errors="replace").strip()
+            if text:
+                self.line = text[:300]
+        self._source.close()
+
+
 class WorkerGroup:
     """Child Celery workers, started together and stopped together."""
 
-    def __init__(self, pools: list[PoolSpec], *, loglevel: str = "WARNING", log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        pools: list[PoolSpec],
+        *,
+        loglevel: str = "WARNING",
+        log_path: Path | None = None,
+        store_path: Path | None = None,
+        conditions: Conditions | None = None,
+    ) -> None:
         self.pools = pools
         self.loglevel = loglevel
         self.log_path = log_path
+        self.store_path = store_path  # the embedded store's directory, to explain a store pool's SIGBUS
+        self.conditions = conditions  # where a stopped pool is said (lookalike status, /readyz)
         self.processes: list[tuple[PoolSpec, subprocess.Popen[bytes]]] = []
+        self.output: dict[str, _LastLine] = {}
         self.stopping = False
+        self.host = socket.gethostname()
 
     def _spawn(self, spec: PoolSpec) -> subprocess.Popen[bytes]:
-        if self.log_path is None:
-            return subprocess.Popen(spec.command(self.loglevel))
-        with self.log_path.open("ab") as log:
-            return subprocess.Popen(spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT)
+        sink = self.log_path.open("ab") if self.log_path is not None else sys.stderr.buffer
+        process = subprocess.Popen(spec.command(self.loglevel), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        self.output[spec.name] = _LastLine(process.stdout, sink)
+        return process
+
+    def death_line(self, spec: PoolSpec, code: int) -> str:
+        """One line: which pool, the likely cause, and its last log line."""
+        store = self.store_path if INDEX_QUEUE in spec.queues else None
+        pump = self.output.get(spec.name)
+        if pump is not None:
+            pump.thread.join(timeout=2.0)  # its last words, once the pipe is drained
+        last = pump.line if pump is not None and pump.line else "(none)"
+        return f"the {spec.name} pool {exit_cause(code, store_path=store)}; its last log line: {last}"
 
     def start(self, handle_signals: bool = False) -> None:
         """Start every pool; with ``handle_signals``, SIGINT/SIGTERM from now on mean "stop them all" (set before
@@ -120,6 +203,7 @@ class WorkerGroup:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, self._request_stop)
         for spec in self.pools:
+            self._clear_stopped(spec)
             self.processes.append((spec, self._spawn(spec)))
 
     def _request_stop(self, signum: int, _frame: object) -> None:
@@ -144,6 +228,29 @@ class WorkerGroup:
                 process.kill()
                 process.wait()
 
+    def _say_stopped(self, spec: PoolSpec, line: str) -> None:
+        """Leave the stopped pool where `lookalike status` and /readyz look (best effort: Redis may be the cause)."""
+        if self.conditions is None:
+            return
+        try:
+            self.conditions.report(
+                POOL_STOPPED,
+                f"worker: on {self.host}, {line}; fix it, then start `lookalike worker` again",
+                ttl=STOPPED_POOL_TTL,
+                key=f"{self.host}:{spec.name}",
+                host=self.host,
+                pool=spec.name,
+                queues=list(spec.queues),
+            )
+        except Exception as exc:  # saying so must not hide the stop itself (Redis may be the cause)
+            print(f"lookalike worker: could not record the stopped pool in Redis: {exc}", file=sys.stderr)
+
+    def _clear_stopped(self, spec: PoolSpec) -> None:
+        if self.conditions is None:
+            return
+        with contextlib.suppress(Exception):  # a stale line in status is not worth refusing to start
+            self.conditions.clear(POOL_STOPPED, key=f"{self.host}:{spec.name}")
+
     def restart(self, index: int) -> None:
         spec, _old = self.processes[index]
         self.processes[index] = (spec, self._spawn(spec))
@@ -163,18 +270,14 @@ class WorkerGroup:
                     now = time.monotonic()
                     recent = [t for t in deaths.get(spec.name, []) if now - t < window] + [now]
                     deaths[spec.name] = recent
+                    line = self.death_line(spec, code)
                     if len(recent) >= max_restarts:
-                        print(
-                            f"lookalike worker: the {spec.name} pool exited with code {code} {len(recent)} times "
-                            f"in {window:g}s; stopping",
-                            file=sys.stderr,
-                        )
+                        stopped = f"{line}; {len(recent)} times in {window:g}s: stopping"
+                        print(f"lookalike worker: {stopped}", file=sys.stderr, flush=True)
+                        self._say_stopped(spec, stopped)
                         self.stop()
                         return code or 1
-                    print(
-                        f"lookalike worker: the {spec.name} pool exited with code {code}; restarting it",
-                        file=sys.stderr,
-                    )
+                    print(f"lookalike worker: {line}; restarting it", file=sys.stderr, flush=True)
                     time.sleep(1.0)
                     self.restart(index)
                 time.sleep(0.5)

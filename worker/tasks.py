@@ -34,6 +34,7 @@ from celery.exceptions import Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from lookalike.config.settings import get_settings
+from lookalike.state.brokerfull import BrokerOutOfMemory, as_broker_full, out_of_memory, wait_for_room
 from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, Rejected
 from lookalike.state.messages import (
     EmbeddedPoint,
@@ -60,7 +61,11 @@ log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 5
 # Messages put back to wait for a resource rather than failed: their guard logs the condition once a minute.
-WAITING_FOR_RESOURCES: tuple[type[BaseException], ...] = (StoreDiskFull,)
+WAITING_FOR_RESOURCES: tuple[type[BaseException], ...] = (StoreDiskFull, BrokerOutOfMemory)
+# How long a task that met a broker out of memory waits for room before handing its message back (pushing it
+# back needs room too; a refused push leaves it unacknowledged, and it returns after the visibility timeout).
+BROKER_FULL_PAUSE = 30.0
+_broker_full_logged = [0.0]
 INFRASTRUCTURE_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -91,6 +96,13 @@ class RecordingTask(Task):
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
         jobs = jobs_in(args[0]) if args else []
+        if out_of_memory(exc):  # the broker was full, not the image at fault: never failed for good
+            log.error(
+                "the broker is out of memory: %d job(s) of task %s not recorded as failed (`lookalike reconcile`)",
+                len(jobs),
+                task_id,
+            )
+            return
         try:
             pipeline.fail_jobs(pipeline.current_context(), jobs, self.stage, f"internal_{type(exc).__name__}", str(exc))
         except Exception:
@@ -117,9 +129,28 @@ def redelivered_on_infrastructure_errors() -> Iterator[None]:
     except (Retry, Reject):
         raise
     except INFRASTRUCTURE_ERRORS as exc:
+        if out_of_memory(exc):
+            _hand_back_when_broker_has_room(exc)
         log.warning("Redis unreachable (%s): the message goes back to its queue", exc)
         time.sleep(1.0)  # not a hot loop while Redis restarts
         raise Reject(exc, requeue=True) from exc
+    except Exception as exc:
+        if out_of_memory(exc):
+            _hand_back_when_broker_has_room(exc)
+        raise
+
+
+def _hand_back_when_broker_has_room(exc: BaseException) -> None:
+    """Redis answered "out of memory": like an outage, the message goes back and nothing is failed. It waits
+    for room first (its push back needs some), and says so once a minute, not once a message."""
+    ctx = pipeline.current_context()
+    full = as_broker_full(exc, ctx.redis)
+    now = time.monotonic()
+    if now - _broker_full_logged[0] >= 60.0:
+        log.error("%s: messages go back to their queues until it has room", full)
+        _broker_full_logged[0] = now
+    wait_for_room(ctx.redis, BROKER_FULL_PAUSE)
+    raise Reject(full, requeue=True) from exc
 
 
 def handed_back(task: Task) -> bool:

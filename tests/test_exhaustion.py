@@ -1,0 +1,286 @@
+"""Running out of something: the store's disk fills, Redis reaches maxmemory, a pool dies, nobody consumes a
+queue. lookalike says so at once, never hangs, and counts nothing as lost: each test ends with the run complete
+after the space (or memory, or worker) returns, every image indexed exactly once and nothing in `failures`.
+
+Real things throughout: the installed `lookalike` command, `lookalike worker` subprocesses, a real tmpfs for
+the store where this machine lets the test mount one (else a fault-injected free-space reading, said so), and a
+real redis-server with a small maxmemory on a port of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lookalike.testing import images
+from lookalike.testing.catalogs import catalog_row, write_catalog
+from lookalike.testing.server import ImageServer, Route
+from lookalike.worker import pipeline
+
+from conftest import LOOKALIKE, open_test_store, set_env, wait_for_run
+
+MIB = 1024 * 1024
+# Ports for the servers these tests start (a redis-server, the API), apart from other suites'.
+PORTS = range(18300, 18400)
+
+
+def catalogue(server: ImageServer, path: Path, count: int, prefix: str = "x", per_product: int = 4) -> Path:
+    rows = []
+    for start in range(0, count, per_product):
+        urls = [
+            server.add(f"/{prefix}/{i}.jpg", Route(body=images.product_bytes(i, size=(160, 120))))
+            for i in range(start, min(start + per_product, count))
+        ]
+        rows.append(catalog_row(f"{prefix}-{start:05d}", f"Item {start}", urls))
+    return write_catalog(path, rows)
+
+
+def wait_until(predicate: Any, timeout: float, what: str, poll: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        time.sleep(poll)
+
+
+def run_counters(run_id: str) -> dict[str, Any]:
+    return pipeline.current_context().ledger.run(run_id) or {}
+
+
+def assert_indexed_once(run_id: str, count: int) -> None:
+    run = run_counters(run_id)
+    assert run.get("indexed", 0) == count and run.get("failed", 0) == 0, run
+    store = open_test_store()
+    try:
+        assert store.count() == count  # deterministic point ids: a batch written twice wrote the same points
+    finally:
+        store.close()
+
+
+def free_port_in_range() -> int:
+    import socket
+
+    for port in PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
+
+
+# ------------------------------------------------------------------------------------------ a small disk
+@contextmanager
+def small_filesystem(directory: Path, size_mib: int) -> Iterator[bool]:
+    """A real tmpfs of ``size_mib`` at ``directory`` where this machine allows mounting (True), else a plain
+    directory (False); always unmounted afterwards, even when the test fails."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(directory)],
+            check=True,
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=20)
+
+
+# Loaded by every Python process of the fallback (PYTHONPATH): the free space under the store is read from a
+# file instead of the filesystem, so the test can fill and free a disk it may not mount.
+FAKE_FREE_SPACE = textwrap.dedent(
+    """
+    import os
+    _free_file = os.environ.get("LOOKALIKE_TEST_FREE_BYTES_FILE")
+    if _free_file:
+        from lookalike.worker import diskspace as _diskspace
+
+        def free_bytes(path):
+            try:
+                return int(open(_free_file).read())
+            except (OSError, ValueError):
+                return 1 << 40
+
+        _diskspace.free_bytes = free_bytes
+    """
+)
+
+
+class Disk:
+    """The store's filesystem, filled and freed by the test: a real tmpfs (a filler file takes the space), or,
+    where mounting is refused, a fault-injected reading of the free space."""
+
+    def __init__(self, root: Path, mounted: bool, hooks: Path) -> None:
+        self.root = root
+        self.mounted = mounted
+        self.filler = root / "filler"
+        self.reading = hooks.parent / "free-bytes"
+        self.env: dict[str, str] = {}
+        if not mounted:
+            hooks.mkdir(exist_ok=True)
+            (hooks / "sitecustomize.py").write_text(FAKE_FREE_SPACE)
+            self.reading.write_text(str(1 << 40))
+            self.env = {
+                "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                "LOOKALIKE_TEST_FREE_BYTES_FILE": str(self.reading),
+            }
+
+    def free(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def leave_free(self, remaining: int) -> None:
+        """Take space until about ``remaining`` bytes are left."""
+        if not self.mounted:
+            self.reading.write_text(str(remaining))
+            return
+        with self.filler.open("wb") as handle:
+            chunk = b"\0" * MIB
+            while self.free() - len(chunk) > remaining:
+                handle.write(chunk)
+                handle.flush()
+
+    def give_back(self) -> None:
+        if self.mounted:
+            self.filler.unlink(missing_ok=True)
+        else:
+            self.reading.write_text(str(1 << 40))
+
+
+def metrics_text(ctx: Any) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from lookalike.state.queues import ALL_QUEUES
+    from lookalike.worker.metrics import LookalikeCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LookalikeCollector(ctx, ALL_QUEUES))
+    return generate_latest(registry).decode()
+
+
+@contextmanager
+def api_server(environment: dict[str, str]) -> Iterator[str]:
+    """`lookalike serve` on a port of this suite's range; stopped afterwards."""
+    port = free_port_in_range()
+    process = subprocess.Popen(
+        [LOOKALIKE, "serve", "--port", str(port)],
+        env={**os.environ, **environment},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(answers, 60, "the API to answer")
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def readyz(base: str) -> dict[str, Any]:
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=30) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return dict(json.loads(exc.read()))
+
+
+def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_once_when_space_returns(
+    cli, env, monkeypatch, server, tmp_path, start_worker
+):
+    root = Path(f"/tmp/exhaustion/disk-{os.getpid()}")
+    # Room for the collection (~11 MiB), and for the test to open the store afterwards: the engine writes
+    # tens of MiB into its files when it loads an existing store.
+    with small_filesystem(root, 128) as mounted:
+        try:
+            print(
+                "the store's disk: "
+                + ("a real 128 MiB tmpfs" if mounted else "mounting refused here: a fault-injected free-space reading")
+            )
+            disk = Disk(root, mounted, tmp_path / "hooks")
+            store_path = root / "qdrant"
+            set_env(
+                monkeypatch,
+                env,
+                LOOKALIKE_QDRANT_PATH=str(store_path),
+                LOOKALIKE_STORE_MIN_FREE_BYTES=str(4 * MIB),
+                **disk.env,
+            )
+            worker = start_worker()  # the store owner creates the collection (~11 MiB of it) on start
+            disk.leave_free(4 * MIB + 512 * 1024)  # about a hundred points, then the disk is "full"
+            catalog = catalogue(server, tmp_path / "disk.csv", 300, prefix="disk")
+            ingested = cli("ingest", str(catalog), "--json")
+            assert ingested.code == 0, ingested.stderr
+            run_id = ingested.json()["run_id"]
+
+            def disk_full_said() -> list[Any]:
+                data = cli("status", "--json").json()
+                return [c for c in data["conditions"] if c["kind"] == "store_disk_full"]
+
+            [condition] = wait_until(disk_full_said, 120, "status to say the disk is full")
+            assert condition["path"] == str(store_path)
+            shown = cli("status")
+            assert shown.code == 0, shown.stderr
+            assert f"store: disk full at {store_path} (" in shown.stdout and " MiB free)" in shown.stdout
+            stuck = run_counters(run_id).get("indexed", 0)
+            assert stuck < 300, "the disk was supposed to fill before the end"
+            with api_server(env) as api:
+                ready = readyz(api)
+            assert any(f"store: disk full at {store_path}" in line for line in ready.get("conditions", [])), ready
+            ctx = pipeline.current_context()
+            deferred = [
+                line for line in metrics_text(ctx).splitlines() if line.startswith("lookalike_store_disk_full_total")
+            ]
+            assert deferred and float(deferred[0].split()[-1]) >= 1, deferred
+            assert 'lookalike_conditions{kind="store_disk_full"} 1.0' in metrics_text(ctx)
+            time.sleep(6)  # batches keep coming back; none is failed, none crashes the store owner
+            assert run_counters(run_id).get("failed", 0) == 0
+            assert cli("failures", "--json").json() == []
+            assert worker.process.poll() is None
+
+            full_for = time.monotonic()
+            disk.give_back()
+            wait_for_run(run_id, timeout=180)  # resumes by itself
+            full_for = time.monotonic() - full_for
+            assert worker.stop() == 0
+            assert_indexed_once(run_id, 300)
+            assert cli("failures", "--json").json() == []
+            assert cli("status", "--json").json()["conditions"] == []
+            log = worker.output()
+            said = log.count("disk full at")
+            assert 1 <= said <= 2 + full_for / 60, log[-5000:]  # once a minute, not once a batch
+            assert "rejected" not in log, log[-5000:]  # Celery's per-message warning stays quiet
+            assert "space is back" in log
+        finally:
+            pipeline.reset_context()
+            shutil.rmtree(root / "qdrant", ignore_errors=True)
