@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from lookalike.state.messages import point_id_for
+
 
 @dataclass
 class Failure:
@@ -34,6 +36,10 @@ class Failure:
         data = json.loads(raw)
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
+    @property
+    def point_id(self) -> str:
+        return point_id_for(self.product_id, self.image_url)
+
     def public(self) -> dict[str, Any]:
         """The form `lookalike failures --json` prints."""
         return {
@@ -53,14 +59,39 @@ class FailureLog:
         self.key = key
         self.cap = cap
 
+    @property
+    def ids_key(self) -> str:
+        """The point ids of the listed images: what :meth:`forget` checks in one command per batch."""
+        return f"{self.key}:ids"
+
     def add(self, failures: Iterable[Failure]) -> None:
-        encoded = [f.to_json() for f in failures]
-        if not encoded:
+        items = list(failures)
+        if not items:
             return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.lpush(self.key, *encoded)
+        pipe.lpush(self.key, *(f.to_json() for f in items))
         pipe.ltrim(self.key, 0, self.cap - 1)
+        pipe.sadd(self.ids_key, *(f.point_id for f in items))
         pipe.execute()
+
+    def forget(self, point_ids: Iterable[str]) -> int:
+        """Drop the entries of images that were indexed after all (a later run, a retry, a message that came
+        back): the failure log lists what is failed now. One SMISMEMBER when none of them is listed."""
+        ids = list(dict.fromkeys(point_ids))
+        if not ids:
+            return 0
+        listed = {pid for pid, hit in zip(ids, self._redis.smismember(self.ids_key, ids), strict=True) if hit}
+        if not listed:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        dropped = 0
+        for raw in self._raw():
+            if Failure.from_json(raw).point_id in listed:
+                pipe.lrem(self.key, 1, raw)  # type: ignore[arg-type]
+                dropped += 1
+        pipe.srem(self.ids_key, *listed)
+        pipe.execute()
+        return dropped
 
     def _raw(self) -> list[bytes]:
         return list(self._redis.lrange(self.key, 0, -1))  # type: ignore[arg-type]
@@ -81,6 +112,8 @@ class FailureLog:
                 continue
             taken.append(failure)
             pipe.lrem(self.key, 1, raw)  # type: ignore[arg-type]
+        if taken:
+            pipe.srem(self.ids_key, *{failure.point_id for failure in taken})
         pipe.execute()
         return taken
 
@@ -88,4 +121,4 @@ class FailureLog:
         return int(self._redis.llen(self.key))
 
     def clear(self) -> None:
-        self._redis.delete(self.key)
+        self._redis.delete(self.key, self.ids_key)

@@ -20,6 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+
 from lookalike.testing import images
 from lookalike.testing.catalogs import catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
@@ -284,3 +287,103 @@ def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_o
         finally:
             pipeline.reset_context()
             shutil.rmtree(root / "qdrant", ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ a full Redis
+@contextmanager
+def small_redis(directory: Path) -> Iterator[int]:
+    """A real redis-server on this suite's ports (no persistence, noeviction), stopped afterwards; yields its
+    port. Its maxmemory is set by the test with CONFIG SET."""
+    port = free_port_in_range()
+    directory.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--maxmemory-policy", "noeviction", "--dir", str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis.Redis(port=port)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, 30, "the small Redis to answer")
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_a_full_broker_pauses_the_producer_hands_messages_back_and_fails_nothing(
+    env, monkeypatch, server, tmp_path, start_worker
+):
+    from lookalike.state.failures import Failure
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with small_redis(tmp_path / "redis") as port:
+        try:
+            set_env(monkeypatch, env, LOOKALIKE_BROKER_URL=f"redis://127.0.0.1:{port}/0")
+            broker = redis.Redis(port=port)
+            catalog = catalogue(server, tmp_path / "full.csv", 400, prefix="oom")
+            # What an earlier release left: an image recorded as failed because Redis was full.
+            stale = Failure("oom-00000", server.url("/oom/0.jpg"), "fetch", "internal_OutOfMemoryError", "r0")
+            pipeline.current_context().failures.add([stale])
+            worker = start_worker()
+            used = int(broker.info("memory")["used_memory"])
+            limit = used + 512 * 1024  # room to start a run, not for 400 jobs and their batches
+            broker.config_set("maxmemory", limit)
+
+            log = tmp_path / "ingest.log"
+            with log.open("w") as stderr:
+                ingest = subprocess.Popen(
+                    [LOOKALIKE, "ingest", str(catalog), "--wait", "--json"],
+                    env={**os.environ, **env},
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                )
+            try:
+                said = f"the broker is out of memory (maxmemory {limit / MIB:.1f} MiB)"
+                wait_until(lambda: said in log.read_text(), 120, "ingest to say the broker is full")
+                wait_until(lambda: said in worker.output(), 120, "the workers to say the broker is full")
+                assert int(broker.info("errorstats").get("errorstat_OOM", {}).get("count", 0)) > 0
+                time.sleep(5)  # full for a while: the producer waits, the workers hand messages back
+                assert ingest.poll() is None, log.read_text()
+                assert run_failed_nothing(broker)
+
+                broker.config_set("maxmemory", 0)  # memory returns
+                out, _ = ingest.communicate(timeout=240)
+            finally:
+                if ingest.poll() is None:
+                    ingest.kill()
+                    ingest.wait()
+            assert ingest.returncode == 0, log.read_text()[-3000:]
+            import json
+
+            summary = json.loads(out)
+            assert summary["images_enqueued"] == 400
+            assert summary["result"]["indexed"] == 400 and summary["result"]["failed"] == 0, summary
+            assert worker.stop() == 0
+            assert_indexed_once(summary["run_id"], 400)
+            assert pipeline.current_context().failures.entries() == []  # the stale entry went when it was indexed
+        finally:
+            pipeline.reset_context()
+
+
+def run_failed_nothing(broker: redis.Redis) -> bool:
+    """No run counted a failure and nothing is in the failure log (read straight from the small Redis)."""
+    prefix = "lookalike-test"
+    failed = [broker.hget(key, "failed") for key in broker.scan_iter(f"{prefix}:run:*") if b":done" not in key]
+    return not any(value and int(value) for value in failed) and broker.llen(f"{prefix}:failures") <= 1

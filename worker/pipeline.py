@@ -324,6 +324,8 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
         )
         ctx.ledger.batch_time("upsert", upsert_seconds, (job.run_id for job, _ in outcomes))
     ctx.ledger.record(outcome for _, outcome in outcomes)
+    # An image that failed before (a full broker, a flaky CDN) and is indexed now is failed no more.
+    ctx.failures.forget(job.point_id for job, outcome in outcomes if outcome.status == INDEXED)
     for job, outcome in outcomes:
         ctx.log(
             outcome.status,
