@@ -16,12 +16,15 @@ from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.catalog import CatalogReport
 from lookalike.state.context import StateContext, current_state
 from lookalike.state.search import Filters, QueryRejected, SearchRequest, SearchResponse
+from lookalike.state.waiting import Watchdog
 from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
 
 Note = Callable[[str], None]
 
 
 NO_BROKER_EXIT = 3
+# How often a waiting command asks its watchdog whether anyone still works for it (a few Redis reads).
+WATCHDOG_EVERY = 2.0
 
 
 class BrokerUnreachable(Exception):
@@ -114,6 +117,7 @@ class IngestSummary:
     reconciled_products: int
     pruned: int | None
     backpressure_seconds: float
+    earlier_pending: int = 0  # jobs of earlier runs still without an outcome when this run was enqueued
     result: WaitResult | None = field(default=None)
 
     def to_data(self) -> dict[str, Any]:
@@ -133,6 +137,8 @@ class IngestSession:
         self.runtime: Runtime | None = None
         self.group: Any = None
         self.waiting = wait
+        self.workers: dict[str, list[str]] = {}
+        self.earlier: dict[str, int] = {}  # run id -> jobs still waiting, of runs before this one
 
     def __enter__(self) -> IngestSession:
         self.runtime = resolve_broker()
@@ -146,7 +152,7 @@ class IngestSession:
         self.publisher = CeleryPublisher(app, self.ctx.redis)
         # With an embedded broker, queued jobs would die with this command: it always waits.
         self.waiting = self.want_wait or self.runtime.broker_is_embedded
-        workers = live_workers(app)
+        workers = self.workers = live_workers(app)
         if self.waiting and not workers:
             _check_model(self.ctx.settings)
             self.group = start_local_workers(self.ctx.settings, self.note)
@@ -212,6 +218,7 @@ class IngestSession:
         room(partial(ctx.ledger.set_meta, run_id, status="enqueued"))
         if not plan.jobs and not plan.reconcile:
             room(partial(ctx.ledger.set_meta, run_id, finished_at=time.time()))
+        self._tell_earlier(run_id)
         images = report.images
         return IngestSummary(
             run_id=run_id,
@@ -237,29 +244,57 @@ class IngestSession:
             reconciled_products=len(plan.reconcile),
             pruned=pruned,
             backpressure_seconds=round(backpressure.waited, 3),
+            earlier_pending=sum(self.earlier.values()),
         )
 
+    def _tell_earlier(self, run_id: str) -> None:
+        """A re-run tells the truth: jobs earlier runs left behind are not done because this run had none."""
+        from lookalike.state.backlog import earlier_pending
+
+        self.earlier = earlier_pending(self.ctx.ledger, besides=run_id)
+        count = sum(self.earlier.values())
+        if not count:
+            return
+        if self.group is not None:
+            self.note(f"{count} jobs from earlier runs still waiting: the local workers take them too")
+        elif not self.workers:
+            self.note(f"{count} jobs from earlier runs still waiting: start `lookalike worker`")
+        else:
+            self.note(f"{count} jobs from earlier runs still waiting for the running workers")
+
     def wait_until_done(self, run_id: str, total: int, *, progress: bool) -> WaitResult:
+        from lookalike.state.backlog import pending
         from lookalike.state.ledger import finished, is_complete
         from lookalike.worker.app import app
         from lookalike.worker.client import optimize_store
 
         ledger = self.ctx.ledger
+        settings = self.ctx.settings
         started = time.monotonic()
+        earlier = dict(self.earlier)  # waited for too, until each has no job left
+        watchdog = Watchdog(
+            self.ctx.redis, settings.key_prefix, grace=settings.wait_grace, deadline=settings.wait_deadline,
+            note=self.note, what="this wait",
+        )  # fmt: skip
+        checked = 0.0
         with _progress(not progress) as bar:
-            task = bar.add_task("indexing", total=total)
+            task = bar.add_task("indexing", total=total + sum(earlier.values()))
             while True:
                 run = ledger.run(run_id) or {}
+                left = {rid: pending(ledger.run(rid) or {}) for rid in earlier}
                 bar.update(
                     task,
-                    completed=finished(run),
+                    completed=finished(run) + sum(earlier.values()) - sum(left.values()),
                     description=f"indexed {run.get('indexed', 0)}, failed {run.get('failed', 0)}",
                 )
-                if is_complete(run):
+                if is_complete(run) and not any(left.values()):
                     break
                 if self.group is not None and self.group.dead():
                     spec, code = self.group.dead()[0]
                     raise RuntimeError(f"local workers: {self.group.death_line(spec, code)}")
+                if time.monotonic() - checked >= WATCHDOG_EVERY:
+                    checked = time.monotonic()
+                    watchdog.check(pending(run) + sum(left.values()) if run.get("status") == "enqueued" else None)
                 time.sleep(0.25)
         seconds = time.monotonic() - started
         if finished(ledger.run(run_id) or {}) and self.ctx.settings.uses_embedded_store:
@@ -708,6 +743,17 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- reconcile
+def store_watchdog(ctx: StateContext, note: Note, what: str) -> Watchdog:
+    """The watchdog of a command waiting for the store owner (reconcile's audit, reindex)."""
+    from lookalike.state.queues import INDEX_QUEUE
+
+    settings = ctx.settings
+    return Watchdog(
+        ctx.redis, settings.key_prefix, grace=settings.wait_grace, deadline=settings.wait_deadline, note=note,
+        queues=(INDEX_QUEUE,), what=what, need_consumer=True,
+    )  # fmt: skip
+
+
 def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note) -> dict[str, Any]:
     """Converge the index whatever was lost: the registry (from the catalogue, pruning what it no longer
     lists), then the store against the registry, by the store owner (orphan points deleted, payloads brought
@@ -715,6 +761,7 @@ def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note
     audited in this process."""
     from lookalike.producer.enqueue import Backpressure, carry_out
     from lookalike.producer.sync import plan_catalog, plan_missing
+    from lookalike.state.backlog import earlier_pending, write_off
     from lookalike.state.queues import INDEX_QUEUE
     from lookalike.worker.app import app
     from lookalike.worker.client import CeleryPublisher, live_workers
@@ -731,7 +778,7 @@ def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note
     if any(INDEX_QUEUE in queues for queues in workers.values()):
         from lookalike.worker.client import audit_store
 
-        audited = audit_store(app, timeout=timeout)
+        audited = audit_store(app, timeout=timeout, watch=store_watchdog(ctx, note, "this reconcile").check)
     else:
         from lookalike.worker import pipeline
 
@@ -744,6 +791,9 @@ def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note
     publisher = CeleryPublisher(app, ctx.redis)
     backpressure = Backpressure(ctx.settings.fetch_high_water)
     carry_out(missing, publisher, ctx.registry, backpressure, run_id=run_id, ledger=ctx.ledger)
+    # Every registered image with no point is enqueued again: what earlier runs still wait for is covered, and
+    # their jobs that were lost must not hold later waits for ever.
+    write_off(ctx.ledger, earlier_pending(ctx.ledger, besides=run_id))
     ctx.ledger.set_meta(run_id, status="enqueued")
     if not missing.jobs:
         ctx.ledger.set_meta(run_id, finished_at=time.time())

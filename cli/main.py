@@ -452,7 +452,15 @@ def reindex(
 
     use_broker(note)
     if any(INDEX_QUEUE in queues for queues in live_workers(celery_app).values()):
-        done = reindex_store(celery_app, timeout=timeout)
+        from lookalike.commands import state_context, store_watchdog
+        from lookalike.state.waiting import NobodyWorking
+
+        try:
+            done = reindex_store(
+                celery_app, timeout=timeout, watch=store_watchdog(state_context(), note, "this reindex").check
+            )
+        except NobodyWorking as exc:
+            raise fail(str(exc), 3) from None
     else:
         from lookalike.worker import pipeline
         from lookalike.worker.store import StoreError
@@ -530,7 +538,12 @@ def reconcile(
         except CatalogError as exc:
             raise fail(str(exc)) from None
     use_broker(note)
-    done = reconcile_index(report, timeout=timeout, note=note)
+    from lookalike.state.waiting import NobodyWorking
+
+    try:
+        done = reconcile_index(report, timeout=timeout, note=note)
+    except NobodyWorking as exc:
+        raise fail(str(exc), 3) from None
     if as_json:
         print(json.dumps(done, indent=2))
         return

@@ -48,6 +48,12 @@ def ingest_summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"updated   {summary['reconciled_products']} products in place (payload or removed images)")
     if summary.get("pruned") is not None:
         lines.append(f"pruned    {summary['pruned']} products no longer in the catalogue")
+    if summary.get("earlier_pending"):
+        waited = summary.get("result") is not None
+        lines.append(
+            f"earlier   {summary['earlier_pending']} jobs from earlier runs were still waiting"
+            + ("; waited for them too" if waited else "")
+        )
     result = summary.get("result")
     if result:
         failed = result.get("failed_by_reason") or {}

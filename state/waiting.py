@@ -50,6 +50,9 @@ class Watchdog:
     note: Callable[[str], None]
     queues: tuple[str, ...] = PIPELINE_QUEUES
     what: str = "this run"
+    # Waiting for one task's answer: its queue needs a live consumer even when it looks empty (a task taken by a
+    # worker that died since is in no queue any more).
+    need_consumer: bool = False
     clock: Callable[[], float] = time.monotonic
     _since: dict[str, float] = field(default_factory=dict)
     _told: set[str] = field(default_factory=set)
@@ -64,7 +67,7 @@ class Watchdog:
             in_hand = self._unacked_by_queue()
             for queue in unconsumed:
                 held[queue] += in_hand.get(queue, 0)
-        stalled = {queue: held[queue] for queue in unconsumed if held[queue]}
+        stalled = {queue: held[queue] for queue in unconsumed if held[queue] or self.need_consumer}
         if pending and not any(held.values()) and not self._unacked_total():
             stalled[NOWHERE] = pending
         now = self.clock()
@@ -86,7 +89,8 @@ class Watchdog:
                 f"{count} jobs of {self.what} are in no queue and no worker holds them (lost, as when a worker or "
                 "Redis is killed at the wrong instant): `lookalike reconcile` enqueues them again"
             )
-        return f"no live worker consumes {name}, which holds {count} messages of the awaited work: {start_hint(name)}"
+        holds = f"which holds {count} messages of the awaited work" if count else f"which {self.what} needs"
+        return f"no live worker consumes {name}, {holds}: {start_hint(name)}"
 
     def _unacked_by_queue(self) -> dict[str, int]:
         counts: dict[str, int] = {}

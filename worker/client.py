@@ -7,7 +7,7 @@ parts (Pillow, requests, fastembed, the store engines): a process that only send
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -97,14 +97,35 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
     return dict(answer.get(timeout=remaining))
 
 
-def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:
+# How often a command waiting for a task's result asks whether anyone still works for it.
+WATCH_EVERY = 2.0
+
+
+def await_result(result: Any, *, timeout: float, watch: Callable[[], None] | None = None) -> Any:
+    """``result.get(timeout)``, asking ``watch`` every few seconds meanwhile (a watchdog that gives up when no
+    live worker consumes the task's queue, see :mod:`lookalike.state.waiting`)."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return result.get(timeout=max(0.1, min(WATCH_EVERY, remaining)))
+        except CeleryTimeout:
+            if remaining <= WATCH_EVERY:
+                raise
+            if watch is not None:
+                watch()
+
+
+def audit_store(app: Celery, *, timeout: float, watch: Callable[[], None] | None = None) -> dict[str, Any]:
     """The store owner's audit for `lookalike reconcile`."""
-    return dict(app.send_task(AUDIT_TASK).get(timeout=timeout))
+    return dict(await_result(app.send_task(AUDIT_TASK), timeout=timeout, watch=watch))
 
 
-def reindex_store(app: Celery, *, timeout: float) -> dict[str, Any]:
+def reindex_store(app: Celery, *, timeout: float, watch: Callable[[], None] | None = None) -> dict[str, Any]:
     """The store owner's upgrade of the live collection to the current layout."""
-    return dict(app.send_task(REINDEX_TASK).get(timeout=timeout))
+    return dict(await_result(app.send_task(REINDEX_TASK), timeout=timeout, watch=watch))
 
 
 def optimize_store(app: Celery) -> None:
