@@ -65,7 +65,12 @@ def ingest(
     fraction: Annotated[float | None, typer.Option(help="Sample this share of the rows (0-1].")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --fraction.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Keep only the first N rows (after sampling).")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress until every job is finished.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Show progress until every job is finished (and the jobs earlier runs left waiting)."
+        ),
+    ] = False,
     full: Annotated[bool, typer.Option("--full", help="Re-enqueue every image, even ones already indexed.")] = False,
     prune: Annotated[
         bool, typer.Option("--prune", help="Delete products that are no longer in the catalogue.")
@@ -85,7 +90,8 @@ def ingest(
     broker and local workers run the whole ingest in this command.
 
     Exit codes: 0 done; 1 waited, and images were enqueued but none was indexed (with --strict: any image
-    failed); 2 a bad catalogue or option; 3 no broker, no model, or a worker died.
+    failed); 2 a bad catalogue or option; 3 no broker, the broker out of memory, no model, a worker died, or no
+    live worker consumed a queue the wait needed for LOOKALIKE_WAIT_DEADLINE seconds.
     """
     from lookalike.producer.catalog import CatalogError, read_catalog
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 import time
@@ -387,3 +388,140 @@ def run_failed_nothing(broker: redis.Redis) -> bool:
     prefix = "lookalike-test"
     failed = [broker.hget(key, "failed") for key in broker.scan_iter(f"{prefix}:run:*") if b":done" not in key]
     return not any(value and int(value) for value in failed) and broker.llen(f"{prefix}:failures") <= 1
+
+
+# ------------------------------------------------------------------------------------------ a pool dies
+SIGBUS_STORE = textwrap.dedent(
+    """
+    # Loaded by every Python process of this test (PYTHONPATH): the store pool's process says a last word and
+    # dies of SIGBUS as it starts, as the embedded engine does when it writes a mapped page on a full disk.
+    import os, signal, sys
+    if os.environ.get("LOOKALIKE_TEST_SIGBUS_STORE") and "lookalike.index" in " ".join(sys.argv):
+        print("edge: mapping a segment page", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGBUS)
+    """
+)
+
+
+def pool_pids(supervisor: int, queue: str) -> list[int]:
+    """Processes started by ``supervisor`` whose command line names ``queue`` (its pools)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == supervisor and queue in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_pool_killed_by_sigkill_is_named_with_its_likely_cause_and_restarted(
+    cli, env, server, tmp_path, start_worker
+):
+    worker = start_worker()
+    [store_pool] = pool_pids(worker.process.pid, "lookalike.index")
+    os.kill(store_pool, signal.SIGKILL)
+    said = (
+        "the store pool was killed by SIGKILL: the kernel's OOM killer (see `dmesg`) or an operator; "
+        "its last log line: "
+    )
+    wait_until(lambda: said in worker.output(), 60, "the supervisor to name the cause")
+    line = next(line for line in worker.output().splitlines() if said in line)
+    assert line.endswith("; restarting it"), line
+    worker.wait_ready()  # restarted: the run goes through
+    catalog = catalogue(server, tmp_path / "kill.csv", 20, prefix="kill")
+    ingested = cli("ingest", str(catalog), "--json")
+    assert ingested.code == 0, ingested.stderr
+    wait_for_run(ingested.json()["run_id"], timeout=120)
+    assert worker.stop() == 0
+    assert_indexed_once(ingested.json()["run_id"], 20)
+
+
+def test_a_store_pool_dying_of_sigbus_says_disk_full_stops_and_status_shows_the_stopped_pool(
+    cli, env, monkeypatch, server, tmp_path, start_worker
+):
+    import socket
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SIGBUS_STORE)
+    set_env(monkeypatch, env, LOOKALIKE_VISIBILITY_TIMEOUT="60")
+    catalog = catalogue(server, tmp_path / "bus.csv", 20, prefix="bus")
+    ingested = cli("ingest", str(catalog), "--json")
+    assert ingested.code == 0, ingested.stderr
+    run_id = ingested.json()["run_id"]
+
+    sick = start_worker(ready_queues=0, extra={"PYTHONPATH": str(hooks), "LOOKALIKE_TEST_SIGBUS_STORE": "1"})
+    sick.process.wait(timeout=180)  # five deaths in a minute: the supervisor stops everything
+    assert sick.process.returncode != 0
+    store_path = env["LOOKALIKE_QDRANT_PATH"]
+    lines = [line for line in sick.output().splitlines() if "the store pool was killed by SIGBUS" in line]
+    assert len(lines) == 5, sick.output()[-5000:]
+    for line in lines:
+        assert f"most likely disk full ({store_path}: " in line and " MiB free)" in line, line
+        assert "its last log line: edge: mapping a segment page" in line, line
+    assert lines[-1].endswith("5 times in 60s: stopping"), lines[-1]
+
+    shown = cli("status")
+    host = socket.gethostname()
+    assert f"worker: on {host}, the store pool was killed by SIGBUS" in shown.stdout, shown.stdout
+    [stopped] = [c for c in cli("status", "--json").json()["conditions"] if c["kind"] == "pool_stopped"]
+    assert stopped["pool"] == "store" and stopped["host"] == host
+
+    healthy = start_worker()  # the pool starts again on this host: no stale line, and the run completes
+    assert cli("status", "--json").json()["conditions"] == []
+    wait_for_run(run_id, timeout=180)
+    assert healthy.stop() == 0
+    assert_indexed_once(run_id, 20)
+    assert cli("failures", "--json").json() == []
+
+
+# ------------------------------------------------------------------------------------------ nobody works
+def test_ingest_wait_names_the_queue_nobody_consumes_and_exits_3_after_the_deadline(
+    cli, env, monkeypatch, server, tmp_path, start_worker
+):
+    set_env(monkeypatch, env, LOOKALIKE_WAIT_GRACE="3", LOOKALIKE_WAIT_DEADLINE="12")
+    start_worker("--queues", "fetch,embed", ready_queues=2)  # no store owner: lookalike.index fills up
+    catalog = catalogue(server, tmp_path / "nobody.csv", 40, prefix="nobody")
+    started = time.monotonic()
+    waited = cli("ingest", str(catalog), "--wait", "--json", timeout=170)
+    assert waited.code == 3, waited.stderr
+    assert time.monotonic() - started < 150  # the deadline, not the 170 s timeout, ended it
+    said = "no live worker consumes lookalike.index, which holds "
+    assert said in waited.stderr and "start `lookalike worker` (every queue) or `lookalike worker --queues index`" in (
+        waited.stderr
+    ), waited.stderr
+    assert "giving up in " in waited.stderr  # said after the grace, before the deadline
+    assert "error: gave up after " in waited.stderr
+    run_id = pipeline.current_context().ledger.run_ids(1)[0]
+    assert run_counters(run_id).get("indexed", 0) == 0
+
+    start_worker("--queues", "index,query", ready_queues=4)  # what the message said to start
+    wait_for_run(run_id, timeout=120)  # nothing was lost by giving up
+    assert_indexed_once(run_id, 40)
+    assert cli("failures", "--json").json() == []
+
+
+def test_a_rerun_reports_jobs_earlier_runs_left_waiting_and_its_wait_waits_for_them(cli, env, server, tmp_path):
+    catalog = catalogue(server, tmp_path / "rerun.csv", 40, prefix="rerun")
+    first = cli("ingest", str(catalog), "--json")  # no worker: the jobs wait in the queue
+    assert first.code == 0 and first.json()["images_enqueued"] == 40, first.stderr
+    again = cli("ingest", str(catalog))
+    assert again.code == 0, again.stderr
+    assert "40 jobs from earlier runs still waiting: start `lookalike worker`" in again.stderr, again.stderr
+    assert "images    0 enqueued" in again.stdout
+    assert "earlier   40 jobs from earlier runs were still waiting" in again.stdout
+
+    # --wait with no worker running starts local ones for the command, and waits for the earlier jobs too.
+    waited = cli("ingest", str(catalog), "--wait", "--json")
+    assert waited.code == 0, waited.stderr
+    assert "40 jobs from earlier runs still waiting: the local workers take them too" in waited.stderr
+    summary = waited.json()
+    assert summary["images_enqueued"] == 0 and summary["earlier_pending"] == 40, summary
+    assert run_counters(first.json()["run_id"]).get("indexed") == 40  # it returned only once they were done
+    assert_indexed_once(first.json()["run_id"], 40)
+    assert cli("failures", "--json").json() == []
