@@ -280,7 +280,9 @@ class IngestSession:
         with _progress(not progress) as bar:
             task = bar.add_task("indexing", total=total + sum(earlier.values()))
             while True:
-                run = ledger.run(run_id) or {}
+                run = ledger.run(run_id)
+                if run is None:  # flushed, or expired: nothing will ever complete it
+                    raise RuntimeError(f"run {run_id} is no longer in Redis (flushed?): stopped waiting")
                 left = {rid: pending(ledger.run(rid) or {}) for rid in earlier}
                 bar.update(
                     task,

@@ -20,6 +20,7 @@ OOM_MARKERS = ("used memory > 'maxmemory'", "oom command not allowed")
 MIB = 1024 * 1024
 # Room a write needs before the broker counts as having room again: a batch message is up to ~1 MiB.
 ROOM_MARGIN = MIB
+BROKER_OUT_OF_MEMORY = "broker_out_of_memory"
 
 
 class BrokerOutOfMemory(RuntimeError):
@@ -64,6 +65,21 @@ def memory(client: redis.Redis) -> tuple[int, int | None]:
 def has_room(client: redis.Redis) -> bool:
     used, limit = memory(client)
     return limit is None or used + ROOM_MARGIN < limit
+
+
+def broker_condition(client: redis.Redis) -> dict[str, Any] | None:
+    """The broker's own out-of-memory condition, read live (INFO), in the form of
+    :mod:`lookalike.state.conditions`; None while it has room."""
+    used, limit = memory(client)
+    if limit is None or used + ROOM_MARGIN < limit:
+        return None
+    return {
+        "kind": BROKER_OUT_OF_MEMORY,
+        "message": f"broker: out of memory ({used / MIB:.1f} MiB used of maxmemory {limit / MIB:.1f} MiB)",
+        "at": time.time(),
+        "used_bytes": used,
+        "maxmemory": limit,
+    }
 
 
 def as_broker_full(error: BaseException, client: redis.Redis, *, published: int = 0) -> BrokerOutOfMemory:

@@ -2,8 +2,9 @@
 shared through Redis so that every reader says the same thing.
 
 Whoever finds a condition writes it here, with an expiry so that a reporter that dies cannot leave a stale
-warning behind forever; ``lookalike status``, ``/readyz`` and the metrics read them. Each condition carries the
-one line an operator reads (``message``) and its facts for tools.
+warning behind forever (the broker's own memory is read live instead); ``lookalike status``, ``/readyz`` and
+the metrics read them. Each condition carries the one line an operator reads (``message``) and its facts for
+tools.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 import redis
 
+from lookalike.state.brokerfull import BROKER_OUT_OF_MEMORY, broker_condition
+
 STORE_DISK_FULL = "store_disk_full"
 POOL_STOPPED = "pool_stopped"
-CONDITION_KINDS = (STORE_DISK_FULL, POOL_STOPPED)
+CONDITION_KINDS = (STORE_DISK_FULL, POOL_STOPPED, BROKER_OUT_OF_MEMORY)
 
 
 class Conditions:
@@ -33,11 +36,13 @@ class Conditions:
         self._redis.delete(self._key(kind, key))
 
     def active(self) -> list[dict[str, Any]]:
-        """Every condition that holds now, oldest report first."""
+        """Every condition that holds now, oldest report first; the broker's memory is read live (a full broker
+        cannot store a report of itself)."""
         keys = list(self._redis.scan_iter(match=self._prefix + "*", count=1000))
-        if not keys:
-            return []
-        found = [json.loads(value) for value in self._redis.mget(keys) if value]
+        found = [json.loads(value) for value in self._redis.mget(keys) if value] if keys else []
+        broker = broker_condition(self._redis)
+        if broker is not None:
+            found.append(broker)
         return sorted(found, key=lambda item: float(item.get("at", 0)))
 
     def _key(self, kind: str, key: str) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from lookalike.state.brokerfull import has_room
 from lookalike.state.presence import Presence
 from lookalike.state.queues import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUEUE_ALIASES, queue_depth
 
@@ -60,6 +61,12 @@ class Watchdog:
     def check(self, pending: int | None = None) -> None:
         """``pending``: awaited jobs without an outcome (None when the awaited work is not made of jobs, such
         as one task that is acknowledged as it starts)."""
+        if not has_room(self.client):
+            # Workers cannot refresh their presence keys while the broker is full: they look absent, but the work
+            # waits for memory, not for workers (the producer and the workers said so). Nothing counts meanwhile.
+            self._since.clear()
+            self._told.clear()
+            return
         consumed = {queue for queues in Presence(self.client, self.prefix).alive().values() for queue in queues}
         held = {queue: queue_depth(self.client, queue) for queue in self.queues}
         unconsumed = [queue for queue in self.queues if queue not in consumed]

@@ -500,8 +500,9 @@ def test_ingest_wait_names_the_queue_nobody_consumes_and_exits_3_after_the_deadl
     run_id = pipeline.current_context().ledger.run_ids(1)[0]
     assert run_counters(run_id).get("indexed", 0) == 0
 
-    start_worker("--queues", "index,query", ready_queues=4)  # what the message said to start
+    store_owner = start_worker("--queues", "index,query", ready_queues=4)  # what the message said to start
     wait_for_run(run_id, timeout=120)  # nothing was lost by giving up
+    assert store_owner.stop() == 0
     assert_indexed_once(run_id, 40)
     assert cli("failures", "--json").json() == []
 
@@ -525,3 +526,52 @@ def test_a_rerun_reports_jobs_earlier_runs_left_waiting_and_its_wait_waits_for_t
     assert run_counters(first.json()["run_id"]).get("indexed") == 40  # it returned only once they were done
     assert_indexed_once(first.json()["run_id"], 40)
     assert cli("failures", "--json").json() == []
+
+
+def test_a_wait_for_the_store_owner_gives_up_when_none_is_alive_and_lost_jobs_point_to_reconcile(redis_client):
+    """The watchdog itself, on the real Redis with a hand-moved clock: what `reconcile` and `reindex` wait with
+    (their task is in no queue once taken, so the store queue needs a live consumer at all times), and the
+    jobs that are nowhere."""
+    from lookalike.state.presence import Presence
+    from lookalike.state.queues import INDEX_QUEUE
+    from lookalike.state.waiting import NobodyWorking, Watchdog
+
+    now = [0.0]
+    said: list[str] = []
+    watch = Watchdog(
+        redis_client, "lookalike-test", grace=30, deadline=120, note=said.append, queues=(INDEX_QUEUE,),
+        what="this reconcile", need_consumer=True, clock=lambda: now[0],
+    )  # fmt: skip
+    watch.check()
+    now[0] = 31
+    watch.check()
+    assert said == [
+        "no live worker consumes lookalike.index, which this reconcile needs: start `lookalike worker` (every queue) "
+        "or `lookalike worker --queues index` (giving up in 89s)"
+    ]
+    Presence(redis_client, "lookalike-test").beat("store.1@host", [INDEX_QUEUE])  # a store owner comes back
+    now[0] = 200
+    watch.check()  # no longer stalled: the clock starts again if it goes
+    Presence(redis_client, "lookalike-test").leave("store.1@host")
+    watch.check()
+    now[0] = 321
+    with pytest.raises(NobodyWorking, match=r"gave up after 121s: no live worker consumes lookalike\.index"):
+        watch.check()
+
+    lost = Watchdog(redis_client, "lookalike-test", grace=30, deadline=120, note=said.append, clock=lambda: now[0])
+    lost.check(pending=3)  # three jobs without an outcome, and nothing in any queue or in any worker's hands
+    now[0] += 120
+    with pytest.raises(NobodyWorking, match=r"3 jobs of this run are in no queue .*`lookalike reconcile`"):
+        lost.check(pending=3)
+
+
+def test_a_pools_exit_code_is_told_as_its_likely_cause(tmp_path):
+    from lookalike.worker.runner import exit_cause
+
+    assert exit_cause(-signal.SIGBUS, store_path=tmp_path).startswith(
+        f"was killed by SIGBUS: a memory-mapped store file could not be written, most likely disk full ({tmp_path}: "
+    )
+    assert "most likely a full disk" in exit_cause(-signal.SIGBUS)
+    assert exit_cause(-signal.SIGKILL) == "was killed by SIGKILL: the kernel's OOM killer (see `dmesg`) or an operator"
+    assert exit_cause(-signal.SIGSEGV) == "crashed (SIGSEGV)"
+    assert exit_cause(1) == "exited with code 1"

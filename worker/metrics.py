@@ -20,7 +20,7 @@ lookalike_stage_seconds{stage}                    histogram  download, decode, e
 lookalike_store_disk_full_total                   counter    index batches put back to wait because the store's
                                                              disk was short of LOOKALIKE_STORE_MIN_FREE_BYTES
 lookalike_conditions{kind}                        gauge      conditions stopping work now: store_disk_full,
-                                                             pool_stopped (see lookalike.state.conditions)
+                                                             pool_stopped, broker_out_of_memory
 lookalike_queue_depth{queue}                      gauge      messages waiting in each queue
 lookalike_queue_oldest_age_seconds{queue}         gauge      how long the oldest waiting message has waited
 lookalike_failures_recorded                       gauge      entries in the dead-letter list
@@ -70,7 +70,9 @@ class LookalikeCollector(Collector):
         )
         active = Counter(c.get("kind") for c in Conditions(self.ctx.redis, self.ctx.settings.key_prefix).active())
         conditions = GaugeMetricFamily(
-            "lookalike_conditions", "Conditions stopping work now (store_disk_full, pool_stopped).", labels=["kind"]
+            "lookalike_conditions",
+            "Conditions stopping work now (store_disk_full, pool_stopped, broker_out_of_memory).",
+            labels=["kind"],
         )
         for kind in CONDITION_KINDS:
             conditions.add_metric([kind], active.get(kind, 0))

@@ -138,10 +138,11 @@ def exit_cause(code: int, *, store_path: Path | None = None) -> str:
 class _LastLine:
     """Copies a pool's output to where it belongs (this terminal or the log file), keeping its last line."""
 
-    def __init__(self, source: IO[bytes], sink: IO[bytes]) -> None:
+    def __init__(self, source: IO[bytes], sink: IO[bytes], *, own_sink: bool = False) -> None:
         self.line = ""
         self._source = source
         self._sink = sink
+        self._own_sink = own_sink  # a log file opened for this pool: closed when its output ends
         self.thread = threading.Thread(target=self._pump, name="lookalike-pool-output", daemon=True)
         self.thread.start()
 
@@ -156,6 +157,8 @@ class _LastLine:
             if text:
                 self.line = text[:300]
         self._source.close()
+        if self._own_sink:
+            self._sink.close()
 
 
 class WorkerGroup:
@@ -184,7 +187,7 @@ class WorkerGroup:
         sink = self.log_path.open("ab") if self.log_path is not None else sys.stderr.buffer
         process = subprocess.Popen(spec.command(self.loglevel), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
-        self.output[spec.name] = _LastLine(process.stdout, sink)
+        self.output[spec.name] = _LastLine(process.stdout, sink, own_sink=self.log_path is not None)
         return process
 
     def death_line(self, spec: PoolSpec, code: int) -> str:
