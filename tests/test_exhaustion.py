@@ -84,6 +84,15 @@ def free_port_in_range() -> int:
     raise RuntimeError(f"no free port in {PORTS}")
 
 
+def stop(process: subprocess.Popen[Any]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 # ------------------------------------------------------------------------------------------ a small disk
 @contextmanager
 def small_filesystem(directory: Path, size_mib: int) -> Iterator[bool]:
@@ -200,12 +209,7 @@ def api_server(environment: dict[str, str]) -> Iterator[str]:
         wait_until(answers, 60, "the API to answer")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def readyz(base: str) -> dict[str, Any]:
@@ -318,16 +322,11 @@ def small_redis(directory: Path) -> Iterator[int]:
         wait_until(answers, 30, "the small Redis to answer")
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def test_a_full_broker_pauses_the_producer_hands_messages_back_and_fails_nothing(
-    env, monkeypatch, server, tmp_path, start_worker
+    cli, env, monkeypatch, server, tmp_path, start_worker
 ):
     from lookalike.state.failures import Failure
 
@@ -360,6 +359,9 @@ def test_a_full_broker_pauses_the_producer_hands_messages_back_and_fails_nothing
                 wait_until(lambda: said in log.read_text(), 120, "ingest to say the broker is full")
                 wait_until(lambda: said in worker.output(), 120, "the workers to say the broker is full")
                 assert int(broker.info("errorstats").get("errorstat_OOM", {}).get("count", 0)) > 0
+                shown = cli("status")  # reads still work on a full broker
+                assert shown.code == 0 and f"maxmemory {limit / MIB:.1f} MiB)" in shown.stdout, shown
+                assert "broker: out of memory (" in shown.stdout
                 time.sleep(5)  # full for a while: the producer waits, the workers hand messages back
                 assert ingest.poll() is None, log.read_text()
                 assert run_failed_nothing(broker)

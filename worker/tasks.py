@@ -11,6 +11,10 @@ How a message ends (acks_late throughout, so a message is removed only when one 
 * Redis itself unreachable (broker restart, network) - the message is rejected with requeue, or, if even
   that cannot reach Redis, stays unacknowledged and comes back after the visibility timeout. It is never
   recorded as failed: the image did nothing wrong;
+* a resource runs out: the store's disk (short of ``LOOKALIKE_STORE_MIN_FREE_BYTES``) or the broker's memory
+  (Redis at maxmemory answers "OOM") - the message waits a moment and goes back to its queue, uncounted as a
+  delivery and never failed; the condition is logged once a minute (lookalike.worker.diskspace,
+  lookalike.state.brokerfull);
 * the worker process dies (SIGKILL, OOM, segfault) - ``task_reject_on_worker_lost`` puts it back; a message
   that comes back more than ``MAX_DELIVERIES`` times is recorded as failed rather than looping forever, and an
   embedding batch that comes back is split into one message per image, so one image that crashes the model
@@ -318,17 +322,22 @@ def _index_or_retry(
         raise
     except StoreUnavailable as exc:
         # The vectors ride along with the retry: a store outage never throws a batch away.
-        retry_or_fail(
-            task,
-            exc,
-            jobs,
-            stage=INDEX,
-            reason="store_unavailable",
-            detail=str(exc),
-            retries=ctx.settings.store_retries,
-            backoff_max=ctx.settings.store_backoff_max,
-        )
+        retry_store(task, ctx, exc, jobs)
         return None
+
+
+def retry_store(task: Task, ctx: pipeline.WorkerContext, exc: StoreUnavailable, jobs: Sequence[Job]) -> None:
+    """The store's retry policy (LOOKALIKE_STORE_RETRIES, STORE_BACKOFF_MAX), then ``store_unavailable``."""
+    retry_or_fail(
+        task,
+        exc,
+        jobs,
+        stage=INDEX,
+        reason="store_unavailable",
+        detail=str(exc),
+        retries=ctx.settings.store_retries,
+        backoff_max=ctx.settings.store_backoff_max,
+    )
 
 
 @app.task(name="lookalike.reconcile", bind=True)
@@ -340,16 +349,7 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
                 changed = pipeline.reconcile_stage(ctx, [str(p) for p in product_ids])
         except StoreUnavailable as exc:
             # No job to record: a reconcile that runs out of retries fails loudly (its run never completes).
-            retry_or_fail(
-                self,
-                exc,
-                [],
-                stage=INDEX,
-                reason="store_unavailable",
-                detail=str(exc),
-                retries=ctx.settings.store_retries,
-                backoff_max=ctx.settings.store_backoff_max,
-            )
+            retry_store(self, ctx, exc, [])
             raise
         if run_id:
             ctx.ledger.add(run_id, {"reconciles_done": 1}, global_too=False)
