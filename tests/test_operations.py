@@ -211,7 +211,7 @@ def test_metrics_endpoint_exposes_the_documented_names(cli, env, image_server, t
     assert status == 200
     text = body.decode()
     documented = set(re.findall(r"^(lookalike_\w+)", metrics.__doc__ or "", re.MULTILINE))
-    assert len(documented) == 13
+    assert len(documented) == 15
     exposed = {re.sub(r"_(bucket|sum|count)$", "", name) for name in re.findall(r"^(lookalike_\w+)", text, re.M)}
     assert documented == exposed
     values = dict(re.findall(r"^(lookalike_\S+) (\S+)$", text, re.MULTILINE))
