@@ -4,7 +4,7 @@ after the space (or memory, or worker) returns, every image indexed exactly once
 
 Real things throughout: the installed `lookalike` command, `lookalike worker` subprocesses, a real tmpfs for
 the store where this machine lets the test mount one (else a fault-injected free-space reading, said so), and a
-real redis-server with a small maxmemory on a port of its own. ``LOOKALIKE_TEST_NO_MOUNT=1`` runs the
+real redis-server with a small maxmemory on a port of its own. ``TESTS_WITHOUT_MOUNT=1`` runs the
 fallback of the disk test on a machine that could mount.
 """
 
@@ -100,7 +100,7 @@ def small_filesystem(directory: Path, size_mib: int) -> Iterator[bool]:
     """A real tmpfs of ``size_mib`` at ``directory`` where this machine allows mounting (True), else a plain
     directory (False); always unmounted afterwards, even when the test fails."""
     directory.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("LOOKALIKE_TEST_NO_MOUNT"):  # to run the fallback on a machine that could mount
+    if os.environ.get("TESTS_WITHOUT_MOUNT"):  # to run the fallback on a machine that could mount
         yield False
         return
     try:
@@ -246,7 +246,11 @@ def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_o
         try:
             print(
                 "the store's disk: "
-                + ("a real 128 MiB tmpfs" if mounted else "mounting refused here: a fault-injected free-space reading")
+                + (
+                    "a real 128 MiB tmpfs"
+                    if mounted
+                    else "no tmpfs (mounting refused, or TESTS_WITHOUT_MOUNT): a fault-injected free-space reading"
+                )
             )
             disk = Disk(root, mounted, tmp_path / "hooks")
             store_path = root / "qdrant"
