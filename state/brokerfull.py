@@ -56,8 +56,12 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def memory(client: redis.Redis) -> tuple[int, int | None]:
-    """(used bytes, maxmemory or None when unlimited), from INFO (allowed even when the broker is full)."""
-    info: dict[str, Any] = client.info("memory")
+    """(used bytes, maxmemory or None when unlimited or unknown), from INFO (allowed even when the broker is
+    full; a managed Redis that hides INFO reads as unlimited: its refusals are still told apart)."""
+    try:
+        info: dict[str, Any] = client.info("memory")
+    except redis.ResponseError:
+        return 0, None
     limit = int(info.get("maxmemory") or 0)
     return int(info.get("used_memory") or 0), (limit or None)
 
