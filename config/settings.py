@@ -180,7 +180,8 @@ class Settings(BaseSettings):
         20000, ge=100, description="The producer pauses while more jobs than this wait in the fetch queue."
     )
     embed_high_water: int = Field(
-        64, ge=2, description="Fetch workers pause while more batches than this wait in the embed queue."
+        64, ge=2, description="Fetch workers pause while more batches than this wait in the embed queue, or in the "
+        "index queue (a store owner waiting for disk space).",
     )
 
     wait_grace: float = Field(

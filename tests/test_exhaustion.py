@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import redis
 
+from lookalike.state.queues import FETCH_QUEUE, INDEX_QUEUE, queue_depths
 from lookalike.testing import images
 from lookalike.testing.catalogs import catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
@@ -259,11 +260,12 @@ def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_o
                 env,
                 LOOKALIKE_QDRANT_PATH=str(store_path),
                 LOOKALIKE_STORE_MIN_FREE_BYTES=str(4 * MIB),
+                LOOKALIKE_EMBED_HIGH_WATER="2",  # downloads pause while index batches wait for the disk
                 **disk.env,
             )
             worker = start_worker()  # the store owner creates the collection (~11 MiB of it) on start
             disk.leave_free(4 * MIB + 512 * 1024)  # about a hundred points, then the disk is "full"
-            catalog = catalogue(server, tmp_path / "disk.csv", 300, prefix="disk")
+            catalog = catalogue(server, tmp_path / "disk.csv", 600, prefix="disk")
             started = time.monotonic()
             ingested = cli("ingest", str(catalog), "--json")
             assert ingested.code == 0, ingested.stderr
@@ -279,7 +281,7 @@ def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_o
             assert shown.code == 0, shown.stderr
             assert f"store: disk full at {store_path} (" in shown.stdout and " MiB free)" in shown.stdout
             stuck = run_counters(run_id).get("indexed", 0)
-            assert stuck < 300, "the disk was supposed to fill before the end"
+            assert stuck < 600, "the disk was supposed to fill before the end"
             with api_server(env) as api:
                 ready = readyz(api)
             assert any(f"store: disk full at {store_path}" in line for line in ready.get("conditions", [])), ready
@@ -291,6 +293,9 @@ def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_o
             assert 'lookalike_conditions{kind="store_disk_full"} 1.0' in metrics_text(ctx)
             time.sleep(6)  # batches keep coming back; none is failed, none crashes the store owner
             assert run_counters(run_id).get("failed", 0) == 0
+            depths = queue_depths(ctx.redis, (FETCH_QUEUE, INDEX_QUEUE))
+            # Backpressure holds: the jobs wait as small fetch jobs, not as a growing pile of batches in Redis.
+            assert depths[INDEX_QUEUE] <= 8 and depths[FETCH_QUEUE] > 0, depths
             assert cli("failures", "--json").json() == []
             assert worker.process.poll() is None
 
@@ -298,7 +303,7 @@ def test_a_full_store_disk_makes_index_batches_wait_then_everything_is_indexed_o
             wait_for_run(run_id, timeout=180)  # resumes by itself
             took = time.monotonic() - started
             assert worker.stop() == 0
-            assert_indexed_once(run_id, 300)
+            assert_indexed_once(run_id, 600)
             assert cli("failures", "--json").json() == []
             assert cli("status", "--json").json()["conditions"] == []
             log = worker.output()

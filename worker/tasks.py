@@ -207,7 +207,12 @@ def retry_or_fail(
 # ------------------------------------------------------------------------------------------------- fetch
 def _send_embed_batch(items: list[PreparedImage]) -> None:
     ctx = pipeline.current_context()
-    wait_below(lambda: queue_depth(ctx.redis, EMBED_QUEUE), ctx.settings.embed_high_water)
+    # Batches waiting to be embedded, or to be written (a store that waits for disk space): either way, stop
+    # downloading more, so that Redis holds a bounded number of batches however long the store waits.
+    wait_below(
+        lambda: max(queue_depth(ctx.redis, EMBED_QUEUE), queue_depth(ctx.redis, INDEX_QUEUE)),
+        ctx.settings.embed_high_water,
+    )
     embed.apply_async(args=[[item.to_message() for item in items]], argsrepr=describe_batch(items, "images"))
 
 
