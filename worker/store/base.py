@@ -182,7 +182,8 @@ class Fused:
     prefetches: tuple[Prefetch, ...]
 
 
-Query = Nearest | NearestKeywords | Diverse | BestScore | Fused
+Scored = Nearest | NearestKeywords | Diverse | BestScore  # one ranking (Fused combines them)
+Query = Scored | Fused
 # What an update applies to: these point ids, or the points a filter matches.
 Selector = list[str] | Where
 # A point's vectors as the base lays them out: one dense list (legacy), or the named vectors (the sparse one
@@ -275,6 +276,12 @@ class VectorStore(ABC):
         vectors: dict[str, Any] = {DENSE: dense(point.vector)}
         if point.keywords is not None:
             vectors[SPARSE] = point.keywords
+        return vectors
+
+    def _native(self, vectors: Vectors) -> Any:
+        """``vectors`` with its sparse vector in the engine's type."""
+        if isinstance(vectors, dict):
+            return {name: self._sparse(v) if name == SPARSE else v for name, v in vectors.items()}
         return vectors
 
     def set_product_payload(self, product_id: str, payload: dict[str, Any]) -> None:
@@ -429,6 +436,10 @@ class VectorStore(ABC):
 
     @abstractmethod
     def _create_index(self, key: str, kind: IndexKind) -> None: ...
+
+    @abstractmethod
+    def _sparse(self, keywords: Sparse) -> Any:
+        """A keyword vector in the engine's sparse vector type."""
 
     @abstractmethod
     def _upsert(self, points: list[tuple[str, Vectors, dict[str, Any]]]) -> None:

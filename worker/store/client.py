@@ -10,41 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lookalike.worker.store.base import (
-    DENSE,
-    LEGACY,
-    NAMED,
-    SCROLL_PAGE,
-    SPARSE,
-    BestScore,
-    Condition,
-    Diverse,
-    Fused,
-    Hit,
-    IndexKind,
-    Match,
-    Nearest,
-    NearestKeywords,
-    Query,
-    ScrollRow,
-    Selector,
-    Sparse,
-    StoreError,
-    StoreLocked,
-    StoreUnavailable,
-    Vectors,
-    VectorStore,
-    Where,
-    hits,
-)
+from lookalike.worker.store import base
+from lookalike.worker.store.base import VectorStore
 
 # What each query shape is called in an error message.
 QUERY_NAMES = {
-    Nearest: "search",
-    Diverse: "search",
-    NearestKeywords: "keyword search",
-    BestScore: "recommend",
-    Fused: "hybrid search",
+    base.Nearest: "search",
+    base.Diverse: "search",
+    base.NearestKeywords: "keyword search",
+    base.BestScore: "recommend",
+    base.Fused: "hybrid search",
 }
 
 
@@ -72,7 +47,7 @@ class ClientStore(VectorStore):
                 self.client = QdrantClient(path=str(path))
         except RuntimeError as exc:
             if "already accessed" in str(exc):
-                raise StoreLocked(f"the local store {path} is open in another process") from exc
+                raise base.StoreLocked(f"the local store {path} is open in another process") from exc
             raise
         self._known = False
 
@@ -82,17 +57,21 @@ class ClientStore(VectorStore):
         try:
             return fn(*args, **kwargs)
         except ResponseHandlingException as exc:
-            raise StoreUnavailable(f"Qdrant unreachable during {what}: {exc}") from exc
+            raise base.StoreUnavailable(f"Qdrant unreachable during {what}: {exc}") from exc
         except UnexpectedResponse as exc:
             if exc.status_code is None or exc.status_code == 429 or exc.status_code >= 500:
-                raise StoreUnavailable(f"Qdrant answered {exc.status_code} during {what}") from exc
-            raise StoreError(f"Qdrant refused {what}: {exc.status_code} {exc.content[:200]!r}") from exc
+                raise base.StoreUnavailable(f"Qdrant answered {exc.status_code} during {what}") from exc
+            raise base.StoreError(f"Qdrant refused {what}: {exc.status_code} {exc.content[:200]!r}") from exc
         except (ConnectionError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"Qdrant unreachable during {what}: {exc}") from exc
+            raise base.StoreUnavailable(f"Qdrant unreachable during {what}: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith(("httpx", "httpcore", "grpc")):
-                raise StoreUnavailable(f"Qdrant unreachable during {what}: {exc}") from exc
+                raise base.StoreUnavailable(f"Qdrant unreachable during {what}: {exc}") from exc
             raise
+
+    def _on(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        """One call about this collection."""
+        return self._call(what, fn, self.collection, **kwargs)
 
     def close(self) -> None:
         self.client.close()
@@ -115,42 +94,41 @@ class ClientStore(VectorStore):
     # -- collection ----------------------------------------------------------------------------------
     def _exists(self) -> bool:
         if not self._known:
-            self._known = bool(self._call("collection check", self.client.collection_exists, self.collection))
+            self._known = bool(self._on("collection check", self.client.collection_exists))
         return self._known
 
     def _create(self, dim: int) -> None:
         from qdrant_client import models
 
         try:
-            self._call(
+            self._on(
                 "create collection",
                 self.client.create_collection,
-                self.collection,
-                vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
-                sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                vectors_config={base.DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                sparse_vectors_config={base.SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
-        except (StoreError, ValueError) as exc:
+        except (base.StoreError, ValueError) as exc:
             # Another worker created it between the check and the create.
-            if not self._call("collection check", self.client.collection_exists, self.collection):
-                raise StoreError(str(exc)) from exc
+            if not self._on("collection check", self.client.collection_exists):
+                raise base.StoreError(str(exc)) from exc
         self._known = True
 
     def _info(self) -> Any:
-        return self._call("collection info", self.client.get_collection, self.collection)
+        return self._on("collection info", self.client.get_collection)
 
     def _read_layout(self) -> str | None:
-        return NAMED if isinstance(self._info().config.params.vectors, dict) else LEGACY
+        return base.NAMED if isinstance(self._info().config.params.vectors, dict) else base.LEGACY
 
     def _dense_size(self) -> int | None:
         params = self._info().config.params.vectors
         if isinstance(params, dict):
-            params = params.get(DENSE)
+            params = params.get(base.DENSE)
         return getattr(params, "size", None)
 
     def _indexed(self) -> set[str]:
         return set((self._info().payload_schema or {}).keys())
 
-    def _create_index(self, key: str, kind: IndexKind) -> None:
+    def _create_index(self, key: str, kind: base.IndexKind) -> None:
         from qdrant_client import models
 
         if not self._is_server:
@@ -160,25 +138,20 @@ class ClientStore(VectorStore):
             "float": models.PayloadSchemaType.FLOAT,
             "integer": models.PayloadSchemaType.INTEGER,
         }[kind]
-        self._call(
-            "create payload index",
-            self.client.create_payload_index,
-            self.collection,
-            field_name=key,
-            field_schema=schema,
-            wait=True,
+        self._on(
+            "create payload index", self.client.create_payload_index, field_name=key, field_schema=schema, wait=True
         )
 
     # -- translation ---------------------------------------------------------------------------------
     @staticmethod
-    def _condition(condition: Condition) -> Any:
+    def _condition(condition: base.Condition) -> Any:
         from qdrant_client import models
 
-        if isinstance(condition, Match):
+        if isinstance(condition, base.Match):
             return models.FieldCondition(key=condition.key, match=models.MatchValue(value=condition.value))
         return models.FieldCondition(key=condition.key, range=models.Range(gte=condition.gte, lte=condition.lte))
 
-    def _filter(self, where: Where | None) -> Any:
+    def _filter(self, where: base.Where | None) -> Any:
         from qdrant_client import models
 
         if where is None:
@@ -188,116 +161,94 @@ class ClientStore(VectorStore):
             must_not=[self._condition(c) for c in where.must_not] or None,
         )
 
-    def _points(self, selector: Selector) -> Any:
+    def _points(self, selector: base.Selector) -> Any:
         from qdrant_client import models
 
-        if isinstance(selector, Where):
+        if isinstance(selector, base.Where):
             return models.FilterSelector(filter=self._filter(selector))
         return models.PointIdsList(points=list(selector))
 
-    @staticmethod
-    def _sparse(keywords: Sparse) -> Any:
+    def _sparse(self, keywords: base.Sparse) -> Any:
         from qdrant_client import models
 
         return models.SparseVector(indices=list(keywords[0]), values=[float(v) for v in keywords[1]])
 
-    def _native(self, vectors: Vectors) -> Any:
-        if isinstance(vectors, dict):
-            return {name: self._sparse(v) if name == SPARSE else v for name, v in vectors.items()}
-        return vectors
-
-    def _native_query(self, query: Nearest | NearestKeywords | Diverse | BestScore) -> tuple[Any, str | None]:
+    def _native_query(self, query: base.Scored) -> tuple[Any, str | None]:
         """The client's query and the vector it uses."""
         from qdrant_client import models
 
-        if isinstance(query, Nearest):
+        if isinstance(query, base.Nearest):
             return query.vector, query.using
-        if isinstance(query, NearestKeywords):
-            return self._sparse(query.keywords), SPARSE
-        if isinstance(query, Diverse):
+        if isinstance(query, base.NearestKeywords):
+            return self._sparse(query.keywords), base.SPARSE
+        if isinstance(query, base.Diverse):
             mmr = models.Mmr(diversity=query.diversity, candidates_limit=query.candidates)
             return models.NearestQuery(nearest=query.vector, mmr=mmr), query.using
         strategy = models.RecommendStrategy.BEST_SCORE
         recommend = models.RecommendInput(positive=query.positives, strategy=strategy)
         return models.RecommendQuery(recommend=recommend), query.using
 
+    def _prefetch(self, prefetch: base.Prefetch) -> Any:
+        from qdrant_client import models
+
+        native, using = self._native_query(prefetch.query)
+        flt = self._filter(prefetch.where)
+        return models.Prefetch(
+            query=native, using=using, limit=prefetch.limit, filter=flt, score_threshold=prefetch.score_threshold
+        )
+
     # -- writes --------------------------------------------------------------------------------------
-    def _upsert(self, points: list[tuple[str, Vectors, dict[str, Any]]]) -> None:
+    def _upsert(self, points: list[tuple[str, base.Vectors, dict[str, Any]]]) -> None:
         from qdrant_client import models
 
         structs = [models.PointStruct(id=i, vector=self._native(v), payload=payload) for i, v, payload in points]
-        self._call("upsert", self.client.upsert, self.collection, points=structs, wait=True)
+        self._on("upsert", self.client.upsert, points=structs, wait=True)
 
     def _set_vectors(self, ids: list[str], vectors: dict[str, Any]) -> None:
         from qdrant_client import models
 
         points = [models.PointVectors(id=i, vector=self._native(vectors)) for i in ids]
-        self._call("update vectors", self.client.update_vectors, self.collection, points=points, wait=True)
+        self._on("update vectors", self.client.update_vectors, points=points, wait=True)
 
-    def _set_payload(self, selector: Selector, payload: dict[str, Any]) -> None:
-        points = self._filter(selector) if isinstance(selector, Where) else selector
-        self._call("set payload", self.client.set_payload, self.collection, payload=payload, points=points, wait=True)
+    def _set_payload(self, selector: base.Selector, payload: dict[str, Any]) -> None:
+        points = self._filter(selector) if isinstance(selector, base.Where) else selector
+        self._on("set payload", self.client.set_payload, payload=payload, points=points, wait=True)
 
-    def _delete_payload(self, where: Where, keys: list[str]) -> None:
-        points = self._filter(where)
-        self._call("delete payload", self.client.delete_payload, self.collection, keys=keys, points=points, wait=True)
+    def _delete_payload(self, where: base.Where, keys: list[str]) -> None:
+        self._on("delete payload", self.client.delete_payload, keys=keys, points=self._filter(where), wait=True)
 
-    def _delete(self, selector: Selector) -> None:
-        self._call("delete", self.client.delete, self.collection, points_selector=self._points(selector), wait=True)
+    def _delete(self, selector: base.Selector) -> None:
+        self._on("delete", self.client.delete, points_selector=self._points(selector), wait=True)
 
     # -- reads ---------------------------------------------------------------------------------------
-    def _scroll_page(self, where: Where | None, offset: Any, with_vectors: bool) -> tuple[list[ScrollRow], Any]:
-        records, offset = self._call(
-            "scroll",
-            self.client.scroll,
-            self.collection,
-            scroll_filter=self._filter(where),
-            limit=SCROLL_PAGE,
-            offset=offset,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
+    def _scroll_page(
+        self, where: base.Where | None, offset: Any, with_vectors: bool
+    ) -> tuple[list[base.ScrollRow], Any]:
+        page = {"limit": base.SCROLL_PAGE, "offset": offset, "with_payload": True, "with_vectors": with_vectors}
+        records, offset = self._on("scroll", self.client.scroll, scroll_filter=self._filter(where), **page)
         return [(str(r.id), dict(r.payload or {}), r.vector if with_vectors else None) for r in records], offset
 
-    def _count(self, where: Where | None) -> int:
-        result = self._call("count", self.client.count, self.collection, count_filter=self._filter(where), exact=True)
+    def _count(self, where: base.Where | None) -> int:
+        result = self._on("count", self.client.count, count_filter=self._filter(where), exact=True)
         return int(result.count)
 
-    def _query(self, query: Query, limit: int, where: Where | None, score_threshold: float | None) -> list[Hit]:
+    def _query(
+        self, query: base.Query, limit: int, where: base.Where | None, score_threshold: float | None
+    ) -> list[base.Hit]:
         from qdrant_client import models
 
         shape: dict[str, Any]
-        if isinstance(query, Fused):
-            prefetch = []
-            for p in query.prefetches:
-                native, using = self._native_query(p.query)
-                prefetch.append(
-                    models.Prefetch(
-                        query=native,
-                        using=using,
-                        limit=p.limit,
-                        filter=self._filter(p.where),
-                        score_threshold=p.score_threshold,
-                    )
-                )
+        if isinstance(query, base.Fused):
+            prefetch = [self._prefetch(p) for p in query.prefetches]
             shape = {"prefetch": prefetch, "query": models.FusionQuery(fusion=models.Fusion.RRF)}
         else:
             native, using = self._native_query(query)
             shape = {"query": native, "using": using, "query_filter": self._filter(where)}
             shape["score_threshold"] = score_threshold
-        response = self._call(
-            QUERY_NAMES[type(query)], self.client.query_points, self.collection, with_payload=True, limit=limit, **shape
-        )
-        return hits(response.points)
+        response = self._on(QUERY_NAMES[type(query)], self.client.query_points, with_payload=True, limit=limit, **shape)
+        return base.hits(response.points)
 
-    def _facet(self, key: str, limit: int, where: Where | None) -> dict[str, int]:
-        response = self._call(
-            "facet",
-            self.client.facet,
-            self.collection,
-            key=key,
-            limit=limit,
-            exact=True,
-            facet_filter=self._filter(where),
-        )
+    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
+        flt = self._filter(where)
+        response = self._on("facet", self.client.facet, key=key, limit=limit, exact=True, facet_filter=flt)
         return {str(hit.value): int(hit.count) for hit in response.hits}

@@ -9,34 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lookalike.worker.store.base import (
-    DENSE,
-    LEGACY,
-    NAMED,
-    RRF_K,
-    SCROLL_PAGE,
-    SPARSE,
-    BestScore,
-    Condition,
-    Diverse,
-    Fused,
-    Hit,
-    IndexKind,
-    Match,
-    Nearest,
-    NearestKeywords,
-    Prefetch,
-    Query,
-    ScrollRow,
-    Selector,
-    Sparse,
-    StoreError,
-    StoreLocked,
-    Vectors,
-    VectorStore,
-    Where,
-    hits,
-)
+from lookalike.worker.store import base
+from lookalike.worker.store.base import VectorStore
 
 
 class EdgeStore(VectorStore):
@@ -55,7 +29,7 @@ class EdgeStore(VectorStore):
             try:
                 self._open_once(config)
                 return
-            except StoreLocked:
+            except base.StoreLocked:
                 # Briefly locked (the previous owner is still closing it): wait a little before giving up.
                 if time.monotonic() >= deadline:
                     raise
@@ -71,16 +45,16 @@ class EdgeStore(VectorStore):
                 self._shard = EdgeShard.create(str(self.path), config)
         except Exception as exc:
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
-                raise StoreLocked(
+                raise base.StoreLocked(
                     f"the embedded store {self.path} is open in another process (a running `lookalike worker`?);"
                     " send work through the broker, or point LOOKALIKE_QDRANT_URL at a Qdrant server"
                 ) from exc
-            raise StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
+            raise base.StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
 
     @property
     def shard(self) -> Any:
         if self._shard is None:
-            raise StoreError(f"collection {self.collection!r} does not exist yet at {self.path}")
+            raise base.StoreError(f"collection {self.collection!r} does not exist yet at {self.path}")
         return self._shard
 
     def optimize(self) -> None:
@@ -106,8 +80,8 @@ class EdgeStore(VectorStore):
         self.path.mkdir(parents=True, exist_ok=True)
         self._open(
             EdgeConfig(
-                vectors={DENSE: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
-                sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+                vectors={base.DENSE: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
+                sparse_vectors={base.SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
             )
         )
 
@@ -123,7 +97,7 @@ class EdgeStore(VectorStore):
         vectors = self._config_vectors()
         if vectors is None:
             return None
-        return NAMED if DENSE in vectors else LEGACY
+        return base.NAMED if base.DENSE in vectors else base.LEGACY
 
     def _dense_size(self) -> int | None:
         try:
@@ -135,7 +109,7 @@ class EdgeStore(VectorStore):
     def _indexed(self) -> set[str]:
         return set(self.shard.info().payload_schema)
 
-    def _create_index(self, key: str, kind: IndexKind) -> None:
+    def _create_index(self, key: str, kind: base.IndexKind) -> None:
         from qdrant_edge import PayloadSchemaType, UpdateOperation
 
         schema = {
@@ -147,14 +121,14 @@ class EdgeStore(VectorStore):
 
     # -- translation ---------------------------------------------------------------------------------
     @staticmethod
-    def _condition(condition: Condition) -> Any:
+    def _condition(condition: base.Condition) -> Any:
         from qdrant_edge import FieldCondition, MatchValue, RangeFloat
 
-        if isinstance(condition, Match):
+        if isinstance(condition, base.Match):
             return FieldCondition(condition.key, match=MatchValue(condition.value))
         return FieldCondition(condition.key, range=RangeFloat(gte=condition.gte, lte=condition.lte))
 
-    def _filter(self, where: Where | None) -> Any:
+    def _filter(self, where: base.Where | None) -> Any:
         from qdrant_edge import Filter
 
         if where is None:
@@ -164,29 +138,23 @@ class EdgeStore(VectorStore):
             must_not=[self._condition(c) for c in where.must_not] or None,
         )
 
-    @staticmethod
-    def _sparse(keywords: Sparse) -> Any:
+    def _sparse(self, keywords: base.Sparse) -> Any:
         from qdrant_edge import SparseVector
 
         return SparseVector(list(keywords[0]), [float(v) for v in keywords[1]])
 
-    def _native(self, vectors: Vectors) -> Any:
-        if isinstance(vectors, dict):
-            return {name: self._sparse(v) if name == SPARSE else v for name, v in vectors.items()}
-        return vectors
-
-    def _native_query(self, query: Nearest | NearestKeywords | Diverse | BestScore) -> Any:
+    def _native_query(self, query: base.Scored) -> Any:
         from qdrant_edge import Mmr, Query, RecommendQuery
 
-        if isinstance(query, Nearest):
+        if isinstance(query, base.Nearest):
             return Query.Nearest(query.vector, using=query.using)
-        if isinstance(query, NearestKeywords):
-            return Query.Nearest(self._sparse(query.keywords), using=SPARSE)
-        if isinstance(query, Diverse):
+        if isinstance(query, base.NearestKeywords):
+            return Query.Nearest(self._sparse(query.keywords), using=base.SPARSE)
+        if isinstance(query, base.Diverse):
             return Mmr(query.vector, 1.0 - query.diversity, query.candidates, using=query.using)
         return Query.RecommendBestScore(RecommendQuery(query.positives, []), using=query.using)
 
-    def _prefetch(self, prefetch: Prefetch) -> Any:
+    def _prefetch(self, prefetch: base.Prefetch) -> Any:
         from qdrant_edge import Prefetch as EdgePrefetch
 
         return EdgePrefetch(
@@ -201,7 +169,7 @@ class EdgeStore(VectorStore):
         return [uuid.UUID(i) for i in ids]
 
     # -- writes --------------------------------------------------------------------------------------
-    def _upsert(self, points: list[tuple[str, Vectors, dict[str, Any]]]) -> None:
+    def _upsert(self, points: list[tuple[str, base.Vectors, dict[str, Any]]]) -> None:
         from qdrant_edge import Point, UpdateOperation
 
         batch = [Point(point_id, self._native(vectors), payload) for point_id, vectors, payload in points]
@@ -213,35 +181,37 @@ class EdgeStore(VectorStore):
         native = self._native(vectors)
         self.shard.update(UpdateOperation.update_vectors([PointVectors(i, native) for i in self._ids(ids)]))
 
-    def _set_payload(self, selector: Selector, payload: dict[str, Any]) -> None:
+    def _set_payload(self, selector: base.Selector, payload: dict[str, Any]) -> None:
         from qdrant_edge import UpdateOperation
 
-        if isinstance(selector, Where):
+        if isinstance(selector, base.Where):
             self.shard.update(UpdateOperation.set_payload_by_filter(self._filter(selector), payload))
         else:
             self.shard.update(UpdateOperation.set_payload(self._ids(selector), payload))
 
-    def _delete_payload(self, where: Where, keys: list[str]) -> None:
+    def _delete_payload(self, where: base.Where, keys: list[str]) -> None:
         from qdrant_edge import UpdateOperation
 
         self.shard.update(UpdateOperation.delete_payload_by_filter(self._filter(where), keys))
 
-    def _delete(self, selector: Selector) -> None:
+    def _delete(self, selector: base.Selector) -> None:
         from qdrant_edge import UpdateOperation
 
-        if isinstance(selector, Where):
+        if isinstance(selector, base.Where):
             self.shard.update(UpdateOperation.delete_points_by_filter(self._filter(selector)))
         else:
             self.shard.update(UpdateOperation.delete_points(self._ids(selector)))
 
     # -- reads ---------------------------------------------------------------------------------------
-    def _scroll_page(self, where: Where | None, offset: Any, with_vectors: bool) -> tuple[list[ScrollRow], Any]:
+    def _scroll_page(
+        self, where: base.Where | None, offset: Any, with_vectors: bool
+    ) -> tuple[list[base.ScrollRow], Any]:
         from qdrant_edge import ScrollRequest
 
         records, offset = self.shard.scroll(
             ScrollRequest(
                 offset=offset,
-                limit=SCROLL_PAGE,
+                limit=base.SCROLL_PAGE,
                 filter=self._filter(where),
                 with_payload=True,
                 with_vector=with_vectors,
@@ -249,19 +219,21 @@ class EdgeStore(VectorStore):
         )
         return [(str(r.id), dict(r.payload or {}), r.vector if with_vectors else None) for r in records], offset
 
-    def _count(self, where: Where | None) -> int:
+    def _count(self, where: base.Where | None) -> int:
         from qdrant_edge import CountRequest
 
         return int(self.shard.count(CountRequest(exact=True, filter=self._filter(where))))
 
-    def _query(self, query: Query, limit: int, where: Where | None, score_threshold: float | None) -> list[Hit]:
+    def _query(
+        self, query: base.Query, limit: int, where: base.Where | None, score_threshold: float | None
+    ) -> list[base.Hit]:
         from qdrant_edge import Fusion, QueryRequest
 
-        if isinstance(query, Fused):
+        if isinstance(query, base.Fused):
             request = QueryRequest(
                 limit=limit,
                 prefetches=[self._prefetch(p) for p in query.prefetches],
-                query=Fusion.Rrf(RRF_K),  # type: ignore[arg-type]
+                query=Fusion.Rrf(base.RRF_K),  # type: ignore[arg-type]
                 with_payload=True,
             )
         else:
@@ -272,9 +244,9 @@ class EdgeStore(VectorStore):
                 filter=self._filter(where),
                 score_threshold=score_threshold,
             )
-        return hits(self.shard.query(request))
+        return base.hits(self.shard.query(request))
 
-    def _facet(self, key: str, limit: int, where: Where | None) -> dict[str, int]:
+    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
         from qdrant_edge import FacetRequest
 
         response = self.shard.facet(FacetRequest(key, limit=limit, exact=True, filter=self._filter(where)))
