@@ -323,9 +323,9 @@ def start_worker(
 
 def _check_model(settings: Settings) -> None:
     """Fail before starting anything when the model cannot load (offline without a local directory...)."""
-    from lookalike.worker.embed import ModelSpec, get_embedder
+    from lookalike.worker.embed import Embedder
 
-    get_embedder(ModelSpec.from_settings(settings))
+    Embedder.for_settings(settings)
 
 
 def _safe_url(url: str) -> str:

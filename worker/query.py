@@ -100,9 +100,9 @@ def encode_request(
     if request.kind == "text":
         assert request.text is not None
         if text_embedder is None:
-            from lookalike.worker.text import TextSpec, get_text_embedder
+            from lookalike.worker.text import TextEmbedder
 
-            return get_text_embedder(TextSpec.from_settings(settings)).embed([request.text])[0]
+            return TextEmbedder.for_settings(settings).embed([request.text])[0]
         return text_embedder().embed([request.text])[0]
     try:
         data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)

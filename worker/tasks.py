@@ -51,8 +51,9 @@ from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
-from lookalike.worker.embed import ModelUnavailable, model_dimension
+from lookalike.worker.embed import model_dimension
 from lookalike.worker.logs import configure_logging
+from lookalike.worker.model import ModelUnavailable
 from lookalike.worker.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
