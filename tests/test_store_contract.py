@@ -340,6 +340,20 @@ def test_set_product_payload_with_none_removes_those_keys_like_upsert(store: Vec
     assert payloads(store, [point_id])[point_id] == after
 
 
+def test_set_point_payload_overwrites_given_keys_of_those_points_only(store: VectorStore) -> None:
+    points = records(product("p1", image_urls=[f"https://img.example/p1/{i}.jpg" for i in range(3)]))
+    store.upsert(points)
+    before = scrolled(store)
+    store.set_point_payload([points[0].id, points[2].id], {"primary": 1, "name": "Flagged"})
+    after = scrolled(store)
+    flagged = {"primary": 1, "name": "Flagged"}
+    assert after[points[0].id] == {**before[points[0].id], **flagged}
+    assert after[points[2].id] == {**before[points[2].id], **flagged}
+    assert after[points[1].id] == before[points[1].id]
+    store.set_point_payload([], {"primary": 0})
+    assert scrolled(store) == after
+
+
 # ---------------------------------------------------------------------------------------- deletes
 def test_delete_ids_deletes_exactly_those(store: VectorStore) -> None:
     points = records(product("p1", image_urls=[f"https://img.example/p1/{i}.jpg" for i in range(4)]))

@@ -97,9 +97,9 @@ class Where:
     must_not: tuple[Condition, ...] = ()
 
 
-def product_where(product_id: str | None) -> Where | None:
-    """The points of one product (None: every point)."""
-    return Where(must=(Match("product_id", product_id),)) if product_id is not None else None
+def of_product(product_id: str) -> Where:
+    """The points of one product."""
+    return Where(must=(Match("product_id", product_id),))
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ class VectorStore(ABC):
         """Overwrite the given payload keys on every point of one product (other keys stay)."""
         if not self._exists():
             return
-        where = Where(must=(Match("product_id", product_id),))
+        where = of_product(product_id)
         if present(payload):
             self._set_payload(where, present(payload))
         if absent(payload):
@@ -310,7 +310,7 @@ class VectorStore(ABC):
     def delete_product(self, product_id: str) -> None:
         """Every point of the product, in one filtered delete."""
         if self._exists():
-            self._delete(Where(must=(Match("product_id", product_id),)))
+            self._delete(of_product(product_id))
 
     # -- reads ----------------------------------------------------------------------------------------
     def scroll(
@@ -319,7 +319,7 @@ class VectorStore(ABC):
         """Every point (of one product), as (id, payload, dense vector or None), a page at a time."""
         if not self._exists():
             return
-        where = product_where(product_id)
+        where = of_product(product_id) if product_id else None
         offset = None
         while True:
             rows, offset = self._scroll_page(where, offset, with_vectors)
@@ -331,7 +331,7 @@ class VectorStore(ABC):
                 return
 
     def count(self, product_id: str | None = None) -> int:
-        return self._count(product_where(product_id)) if self._exists() else 0
+        return self._count(of_product(product_id) if product_id else None) if self._exists() else 0
 
     def product_vectors(self, product_id: str) -> list[list[float]]:
         """The dense vectors of the product's points (empty when it has none)."""
