@@ -16,12 +16,8 @@ import numpy as np
 from PIL import Image
 
 from lookalike.config.settings import Settings
+from lookalike.state.errors import ModelUnavailable
 from lookalike.state.process import process_cache
-
-
-class ModelUnavailable(RuntimeError):
-    """The model could not be loaded (not downloaded and no local directory, or a broken directory)."""
-
 
 CPU = "CPUExecutionProvider"
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.config.settings import Settings
+from lookalike.state.errors import NeedsReindex, StoreError, StoreLocked, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,6 @@ DENSE = "image"
 SPARSE = "keywords"
 NAMED, LEGACY = "named", "legacy"
 RRF_K = 60
-
-
-class StoreError(RuntimeError):
-    """The store refused an operation for a reason retrying will not fix."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached right now; retry later."""
-
-
-class StoreLocked(StoreUnavailable):
-    """The embedded store's directory is open in another process. Retried like an unreachable store: a store
-    owner being restarted holds it for a moment; a batch that finds it so waits rather than fails."""
 
 
 Sparse = tuple[list[int], list[float]]
@@ -79,7 +67,7 @@ class Narrowing:
 
 
 def needs_reindex(collection: str) -> StoreError:
-    return StoreError(
+    return NeedsReindex(
         f"collection {collection!r} was built before keyword search: run `lookalike reindex` to upgrade it "
         "(no download, no embedding)"
     )
