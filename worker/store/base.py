@@ -20,7 +20,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lookalike.state.errors import NeedsReindex, StoreError, StoreLocked, StoreUnavailable
+# The store's outage and refusal types live with every other error (state/errors.py); the engines raise them
+# through this module.
+from lookalike.state.errors import NeedsReindex, StoreError
+from lookalike.state.errors import StoreLocked as StoreLocked
+from lookalike.state.errors import StoreUnavailable as StoreUnavailable
 
 SCROLL_PAGE = 1000
 # The current layout: a named dense vector and a named sparse (BM25, IDF) vector per point. Collections made
