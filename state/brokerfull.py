@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 
+from lookalike.state.errors import Unavailable
+
 OOM_MARKERS = ("used memory > 'maxmemory'", "oom command not allowed")
 MIB = 1024 * 1024
 # Room a write needs before the broker counts as having room again: a batch message is up to ~1 MiB.
@@ -23,13 +25,13 @@ ROOM_MARGIN = MIB
 BROKER_OUT_OF_MEMORY = "broker_out_of_memory"
 
 
-class BrokerOutOfMemory(RuntimeError):
+class BrokerOutOfMemory(Unavailable):
     """The broker refused a write because it is at maxmemory: wait for room (workers drain it), never fail."""
 
     def __init__(self, maxmemory: int | None, *, published: int = 0) -> None:
         self.maxmemory = maxmemory
         self.published = published  # messages of the refused batch that went out before the refusal
-        super().__init__(describe(maxmemory))
+        super().__init__(describe(maxmemory), retry_after=10)
 
 
 def describe(maxmemory: int | None) -> str:

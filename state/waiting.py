@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import redis
 
 from lookalike.state.brokerfull import has_room
+from lookalike.state.errors import Unavailable
 from lookalike.state.presence import Presence
 from lookalike.state.queues import EMBED_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUEUE_ALIASES, queue_depth
 
@@ -31,7 +32,7 @@ UNACKED_KEY = "unacked"
 NOWHERE = "(no queue)"
 
 
-class NobodyWorking(RuntimeError):
+class NobodyWorking(Unavailable):
     """Waited ``LOOKALIKE_WAIT_DEADLINE`` seconds with nobody to do the work: give up (exit code 3)."""
 
 

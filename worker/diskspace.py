@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from lookalike.state.conditions import STORE_DISK_FULL, Conditions
+from lookalike.state.errors import StoreUnavailable
 from lookalike.state.ledger import Ledger
-from lookalike.worker.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
