@@ -314,8 +314,8 @@ def _wait_ready(env: dict[str, str], timeout: float = 90) -> None:
     from lookalike.config.settings import reset_settings
 
     reset_settings()
+    from lookalike.app.gateway import live_workers
     from lookalike.worker.app import ALL_QUEUES, app
-    from lookalike.worker.client import live_workers
 
     app.conf.broker_url = env["LOOKALIKE_BROKER_URL"]
     app.conf.result_backend = env["LOOKALIKE_BROKER_URL"]

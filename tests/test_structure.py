@@ -127,7 +127,7 @@ import json, sys
 from lookalike.state.messages import Job
 from lookalike.state.search import SearchRequest
 from lookalike.worker.app import app
-from lookalike.worker.client import CeleryPublisher, live_workers
+from lookalike.app.gateway import CeleryPublisher, live_workers
 from lookalike.state.connection import redis_client
 from lookalike.config.settings import get_settings
 publisher = CeleryPublisher(app, redis_client(get_settings()))

@@ -27,15 +27,12 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from lookalike.config.settings import Settings
+from lookalike.state.errors import ModelUnavailable
 from lookalike.state.process import process_cache
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
-
-
-class ModelUnavailable(RuntimeError):
-    """The model could not be loaded (not downloaded and no local directory, or a broken directory)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+# The store's outage and refusal types live with every other error (state/errors.py); the engines raise them
+# through this module.
+from lookalike.state.errors import NeedsReindex, StoreError
+from lookalike.state.errors import StoreLocked as StoreLocked
+from lookalike.state.errors import StoreUnavailable as StoreUnavailable
+
 SCROLL_PAGE = 1000
 # The current layout: a named dense vector and a named sparse (BM25, IDF) vector per point. Collections made
 # before it hold one unnamed dense vector (the "legacy" layout): they answer image queries as before, and
@@ -37,19 +43,6 @@ PAYLOAD_INDEXES: dict[str, IndexKind] = {
     "price_value": "float",
     "primary": "integer",
 }
-
-
-class StoreError(RuntimeError):
-    """The store refused an operation for a reason retrying will not fix."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached right now; retry later."""
-
-
-class StoreLocked(StoreUnavailable):
-    """The embedded store's directory is open in another process. Retried like an unreachable store: a store
-    owner being restarted holds it for a moment; a batch that finds it so waits rather than fails."""
 
 
 Sparse = tuple[list[int], list[float]]
@@ -206,7 +199,7 @@ def absent(payload: dict[str, Any]) -> list[str]:
 
 
 def needs_reindex(collection: str) -> StoreError:
-    return StoreError(
+    return NeedsReindex(
         f"collection {collection!r} was built before keyword search: run `lookalike reindex` to upgrade it "
         "(no download, no embedding)"
     )
