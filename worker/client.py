@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, chain
 
 from lookalike.state.messages import Job
 from lookalike.state.queues import FETCH_QUEUE, queue_depth
 from lookalike.state.search import SearchRequest
+
+if TYPE_CHECKING:
+    from lookalike.worker.prepare import QueryPreparer
 
 # Task names, as the worker registers them (worker/tasks.py) and routes them (worker/app.py).
 FETCH_TASK = "lookalike.fetch"
 RECONCILE_TASK = "lookalike.reconcile"
 ENCODE_TASK = "lookalike.encode"
 SEARCH_TASK = "lookalike.search"
+SEARCH_ENCODED_TASK = "lookalike.search_encoded"
 AUDIT_TASK = "lookalike.audit"
 OPTIMIZE_TASK = "lookalike.optimize"
 REINDEX_TASK = "lookalike.reindex"
@@ -64,27 +69,36 @@ def live_workers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
         client.close()
 
 
-def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[str, Any]:
+def ask_workers(
+    app: Celery, request: SearchRequest, *, timeout: float, preparer: QueryPreparer | None = None
+) -> dict[str, Any]:
     """A search through the workers, as data (``SearchResponse.to_data()`` or ``{"error", "detail"}``).
 
-    The query's vector is computed on the embedding processes (``lookalike.encode``: the download of an image
-    URL, the decode, the model), then the store owner searches with it (``lookalike.search``): it never downloads
-    and never runs the model, so a slow or hostile image URL, or a burst of shoppers, cannot stall indexing or
-    other queries. Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all.
+    An image (upload or URL) is first reduced here to the model's input by ``preparer`` (this process's own by
+    default, see :mod:`lookalike.worker.prepare`), so only a 224x224 JPEG crosses the broker. A query that needs a
+    vector is then sent as one chain, ``lookalike.encode | lookalike.search_encoded``: the shoppers' encode processes embed
+    it and hand the vector to the store owner's search themselves, so this process sends one message and waits
+    on one result. The store owner never downloads and never runs the model. Every task carries ``expires`` at
+    this process's deadline: a worker that reaches it later drops it instead of working for nobody.
+
+    Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all, and
+    :class:`~lookalike.state.search.QueryRejected` when the image cannot be prepared.
     """
+    from lookalike.worker.prepare import process_preparer
+
     deadline = time.monotonic() + timeout
-    vector = None
+    request = (preparer or process_preparer()).prepare(request)
+    expires = (datetime.now(UTC) + timedelta(seconds=timeout)).isoformat()
     if request.needs_vector:
-        encoded = app.send_task(ENCODE_TASK, args=[request.to_message()], argsrepr=request.describe()).get(
-            timeout=timeout
+        searched = request.encoded_form()
+        flow = chain(
+            app.signature(ENCODE_TASK, args=[request.to_message()], options={"expires": expires}),
+            app.signature(SEARCH_ENCODED_TASK, args=[searched.to_message()], options={"expires": expires}),
         )
-        if "error" in encoded:
-            return dict(encoded)
-        vector = encoded["vector"]
-        request = request.encoded_form()
-    remaining = max(0.1, deadline - time.monotonic())
-    answer = app.send_task(SEARCH_TASK, args=[request.to_message(), vector], argsrepr=request.describe())
-    return dict(answer.get(timeout=remaining))
+        answer = flow.apply_async(argsrepr=request.describe())
+    else:
+        answer = app.send_task(SEARCH_TASK, args=[request.to_message()], argsrepr=request.describe(), expires=expires)
+    return dict(answer.get(timeout=max(0.1, deadline - time.monotonic())))
 
 
 def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:

@@ -35,12 +35,13 @@ class ModelSpec:
     providers: tuple[str, ...] = (CPU,)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelSpec:
+    def from_settings(cls, settings: Settings, *, threads: int | None = None) -> ModelSpec:
+        """The model as the settings describe it; ``threads`` for the query processes' own count."""
         return cls(
             settings.model,
             settings.model_dir,
             settings.model_cache_dir,
-            settings.effective_onnx_threads,
+            threads or settings.effective_onnx_threads,
             settings.onnx_provider_names,
         )
 

@@ -34,12 +34,13 @@ class TextSpec:
     providers: tuple[str, ...] = (CPU,)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TextSpec:
+    def from_settings(cls, settings: Settings, *, threads: int | None = None) -> TextSpec:
+        """The model as the settings describe it; ``threads`` for the query processes' own count."""
         return cls(
             settings.text_model,
             settings.text_model_dir,
             settings.model_cache_dir,
-            settings.effective_onnx_threads,
+            threads or settings.effective_onnx_threads,
             settings.onnx_provider_names,
         )
 
