@@ -75,11 +75,12 @@ def ask_workers(
     """A search through the workers, as data (``SearchResponse.to_data()`` or ``{"error", "detail"}``).
 
     An image (upload or URL) is first reduced here to the model's input by ``preparer`` (this process's own by
-    default, see :mod:`lookalike.worker.prepare`), so only a 224x224 JPEG crosses the broker. A query that needs a
-    vector is then sent as one chain, ``lookalike.encode | lookalike.search_encoded``: the shoppers' encode processes embed
-    it and hand the vector to the store owner's search themselves, so this process sends one message and waits
-    on one result. The store owner never downloads and never runs the model. Every task carries ``expires`` at
-    this process's deadline: a worker that reaches it later drops it instead of working for nobody.
+    default, see :mod:`lookalike.worker.prepare`), so only a 224x224 JPEG crosses the broker. A query that
+    needs a vector is then sent as one chain, ``lookalike.encode | lookalike.search_encoded``: the shoppers'
+    encode processes embed it and hand the vector to the store owner's search themselves, so this process sends
+    one message and waits on one result. The store owner never downloads and never runs the model. Every task
+    carries ``expires`` at this process's deadline: a worker that reaches it later drops it instead of working
+    for nobody.
 
     Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all, and
     :class:`~lookalike.state.search.QueryRejected` when the image cannot be prepared.
