@@ -104,7 +104,7 @@ class SearchRequest:
         """The request as the store owner gets it once its vector is computed: without the image or its URL."""
         if self.kind != "image":
             return self
-        return replace(self, image=None, image_url=None, encoded=True)
+        return replace(self, image=None, image_url=None, encoded=True, prepared=False)
 
     @property
     def kind(self) -> str:
