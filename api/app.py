@@ -402,7 +402,12 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     # ----------------------------------------------------------------------------------------- middleware
     # Added innermost first: the body limit sits inside CORS (so a 413 still carries CORS headers), and the
     # request id / metrics / access log wrap everything.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        read_timeout=settings.api_read_timeout,
+        body_timeout=settings.api_body_timeout,
+    )
     origins = settings.cors_origin_list
     if origins:
         app.add_middleware(

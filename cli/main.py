@@ -481,12 +481,15 @@ def serve(
     """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
     search page at /.
 
-    Queries go to the workers through the broker (embedding on the embedding processes, search on the store
-    owner); with no worker running at all, this process answers them itself and says so in its log.
+    Queries go to the workers through the broker (embedding on the shoppers' encode processes, search on the
+    store owner); with no worker running at all, this process answers them itself and says so in its log.
+    Request headers must arrive within LOOKALIKE_API_READ_TIMEOUT, bodies within LOOKALIKE_API_BODY_TIMEOUT, and
+    at most LOOKALIKE_API_MAX_CONNECTIONS are served at once; on the public internet, put a reverse proxy in front.
     """
     import uvicorn
 
     from lookalike.api import create_app, uvicorn_log_config
+    from lookalike.api.server import uvicorn_options
     from lookalike.api.workers import WorkerBackend
     from lookalike.config.settings import get_settings
 
@@ -501,6 +504,7 @@ def serve(
         port=port,
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 

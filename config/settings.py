@@ -257,6 +257,22 @@ class Settings(BaseSettings):
         "streams in.",
     )
 
+    api_read_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds the HTTP API waits for a request's headers to arrive whole, and for each next piece "
+        "of its body; then the connection is closed (headers) or answered 408 body_timeout.",
+    )
+    api_body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request body may take to arrive whole (408 body_timeout after that)."
+    )
+    api_max_connections: int = Field(
+        512,
+        ge=8,
+        description="Open connections plus requests in progress the HTTP API serves at once; past it, new "
+        "requests get 503 (uvicorn's limit_concurrency). Kept under the open-files limit.",
+    )
+
     # --- events, failures, operations ----------------------------------------------------------------
     events_stream: str = Field("lookalike:events", description="Redis Stream of catalogue change events.")
     events_group: str = Field("lookalike", description="Consumer group reading the event stream.")

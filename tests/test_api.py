@@ -313,7 +313,7 @@ def test_no_answer_in_time_is_a_504(backend: FakeBackend) -> None:
 
 def test_a_backend_that_hangs_past_the_deadline_is_a_504_too(backend: FakeBackend) -> None:
     backend.delay = 5
-    client = make_client(backend, query_timeout=0.1)
+    client = make_client(backend, query_timeout=0.1, query_fetch_deadline=0.05)
     response = client.post("/v1/search", json={"text": "red"})
     assert_error(response, 504, "timeout")
 
