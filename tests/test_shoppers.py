@@ -164,15 +164,15 @@ def test_the_store_owner_defers_an_optimize_while_shoppers_query(env: dict[str, 
     from lookalike.worker.client import OPTIMIZE_TASK, SEARCH_TASK
 
     app = create_app()
-    start_worker("--queues", "query,index", ready_queues=2, extra={"LOOKALIKE_OPTIMIZE_QUIET": "30"})
-    # Quiet since it started? No: a fresh store owner has seen no query, so it may optimize at once.
+    start_worker("--queues", "query,index", ready_queues=2, extra={"LOOKALIKE_OPTIMIZE_QUIET": "3"})
+    deferred = {"optimized": False, "deferred": True}
+    # A store owner that just started has not seen the shoppers yet: it waits for a quiet moment first.
+    assert app.send_task(OPTIMIZE_TASK, ignore_result=False).get(timeout=30) == deferred
+    time.sleep(3.5)
     assert app.send_task(OPTIMIZE_TASK, ignore_result=False).get(timeout=30) == {"optimized": True}
     query = SearchRequest(text="kettle", mode="keyword", k=3).to_message()
     assert app.send_task(SEARCH_TASK, args=[query]).get(timeout=30) == {"results": []}
-    assert app.send_task(OPTIMIZE_TASK, ignore_result=False).get(timeout=30) == {
-        "optimized": False,
-        "deferred": True,
-    }
+    assert app.send_task(OPTIMIZE_TASK, ignore_result=False).get(timeout=30) == deferred
     # And queries keep being answered while the optimize waits for its quiet moment.
     started = time.monotonic()
     assert app.send_task(SEARCH_TASK, args=[query]).get(timeout=30) == {"results": []}

@@ -75,7 +75,9 @@ class WorkerContext(StateContext):
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
-        self.last_query = float("-inf")  # monotonic time of the store owner's last search
+        # Monotonic time of the store owner's last search; a store owner that just started has not seen the
+        # shoppers yet, so its start counts as one (a pending optimize waits for a quiet moment after a restart).
+        self.last_query = time.monotonic()
 
     def serve_queries(self) -> None:
         """This process encodes shoppers' queries only: the models run with the query processes' ONNX threads."""
