@@ -205,9 +205,12 @@ class RssSampler(threading.Thread):
                 try:
                     cmd = " ".join(child.cmdline())
                     role = (
-                        "fetch" if "lookalike.fetch" in cmd
-                        else "store" if "lookalike.index" in cmd
-                        else "encode" if "lookalike.encode" in cmd
+                        "fetch"
+                        if "lookalike.fetch" in cmd
+                        else "store"
+                        if "lookalike.index" in cmd
+                        else "encode"
+                        if "lookalike.encode" in cmd
                         else "embed"
                     )
                     parent_is_embed = "lookalike.embed" in cmd
