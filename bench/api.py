@@ -178,7 +178,11 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-api-bench-"))
     extra = {"LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant")}
-    if not (args.while_ingesting or args.attack or args.optimize):
+    if args.while_ingesting or args.attack or args.optimize:
+        # The images (and the attack's slow "public" hosts) are on a local server.
+        extra["LOOKALIKE_FETCH_ALLOW_NETWORKS"] = "127.0.0.0/8"
+        extra["LOOKALIKE_QUERY_ALLOW_NETWORKS"] = "127.0.0.0/8"
+    else:
         extra["LOOKALIKE_QUERY_TIMEOUT"] = "60"  # the shoppers' modes measure the defaults
     if args.vit:
         from lookalike.testing.vit_model import build_vit_model

@@ -167,8 +167,17 @@ class Deployment:
         )
 
     def wait_ready(self, timeout: float = 180) -> None:
+        """Every pool consumes its queues and /readyz says 200."""
+        from lookalike.state.queues import ALL_QUEUES
+        from lookalike.worker.app import create_app
+        from lookalike.worker.client import live_workers
+
+        app = create_app()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not set(ALL_QUEUES) <= {q for qs in live_workers(app, 0.5).values() for q in qs}:
+                time.sleep(0.5)
+                continue
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 connection.request("GET", "/readyz")
