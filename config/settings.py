@@ -257,6 +257,12 @@ class Settings(BaseSettings):
         "streams in.",
     )
 
+    api_max_searches: int = Field(
+        0,
+        ge=0,
+        description="Searches the HTTP API admits in flight at once; past it, 503 overloaded with Retry-After at "
+        "once (0 = 16 per query encoding process, LOOKALIKE_QUERY_CONCURRENCY: about a second of their work).",
+    )
     api_read_timeout: float = Field(
         10.0,
         gt=0,
@@ -402,6 +408,10 @@ class Settings(BaseSettings):
         if self.onnx_threads:
             return self.onnx_threads
         return max(1, usable_cpus() // self.effective_embed_concurrency)
+
+    @property
+    def effective_api_max_searches(self) -> int:
+        return self.api_max_searches or 16 * self.query_concurrency
 
     @property
     def query_onnx_threads(self) -> int:

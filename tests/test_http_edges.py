@@ -118,3 +118,42 @@ def test_a_newline_in_an_image_url_cannot_forge_a_log_line(serving: Serving) -> 
     log = serving.log.read_text()
     assert not any(line.startswith("2026-01-01") for line in log.splitlines()), log
     assert "\\n2026-01-01 00:00:00 INFO lookalike.api FORGED line" in log, log
+
+
+def raw_get(served: Serving, path: str, host: str = "a") -> tuple[bytes, dict[str, str], bytes]:
+    sock = connect(served)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    answer = read_all(sock)
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status.encode(), headers, body
+
+
+def test_no_redirect_is_built_from_the_host_header(serving: Serving) -> None:
+    status, headers, _body = raw_get(serving, "/v1/search/", host="evil.example")
+    assert status.startswith(b"HTTP/1.1 404") and "location" not in headers, (status, headers)
+    status, headers, _body = raw_get(serving, "/healthz/", host="evil.example")
+    assert "evil.example" not in json.dumps(headers)
+
+
+def test_the_docs_page_has_the_security_headers_of_the_search_page(serving: Serving) -> None:
+    import base64
+    import hashlib
+    import re
+
+    status, headers, body = raw_get(serving, "/docs")
+    assert status.startswith(b"HTTP/1.1 200")
+    policy = headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy and "unsafe-eval" not in policy
+    assert headers["x-content-type-options"] == "nosniff"
+    # Its one inline script is allowed by its hash, and nothing else inline is.
+    (script,) = re.findall(rb"<script>(.*?)</script>", body, re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}';" in policy
+    for path in ("/docs-static/swagger-ui-bundle.js", "/openapi.json"):
+        status, headers, _body = raw_get(serving, path)
+        assert status.startswith(b"HTTP/1.1 200"), path
+        assert headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]

@@ -1,0 +1,52 @@
+"""Admission control: a bounded number of searches in flight in this process; past it, refused at once.
+
+Without a bound, a burst is never refused, only timed out: 50 concurrent 10 MB uploads all waited (up to 28 s,
+then 504) while the API held every body in memory (2 GiB). With one, the searches past the bound get 503
+``overloaded`` with ``Retry-After`` straight away, before their body is read into memory, and those admitted
+are answered in the time the query workers need for them. The bound is ``LOOKALIKE_API_MAX_SEARCHES``: by
+default 16 per query encoding process (``LOOKALIKE_QUERY_CONCURRENCY``), about a second of their work at
+ViT-B/32 cost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+RETRY_AFTER_SECONDS = 1
+
+
+class Overloaded(Exception):
+    """More searches in flight than the bound: answer 503 ``overloaded`` with Retry-After."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} searches are in flight already (LOOKALIKE_API_MAX_SEARCHES); retry shortly")
+        self.retry_after = RETRY_AFTER_SECONDS
+
+
+class Admission:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """One search in flight for the duration of the block; :class:`Overloaded` at once when full."""
+        with self._lock:
+            if self._in_flight >= self.limit:
+                raise Overloaded(self.limit)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+__all__ = ["Admission", "Overloaded"]
