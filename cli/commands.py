@@ -381,7 +381,7 @@ def run_query(request: SearchRequest, *, timeout: float | None, note: Note) -> S
             if request.needs_vector and ENCODE_QUEUE not in consumed:
                 raise QueryFailed(
                     "no running worker encodes queries (the lookalike.encode queue); start one with "
-                    "`lookalike worker --queues embed,encode`",
+                    "`lookalike worker --queues encode`",
                     3,
                 )
             try:
