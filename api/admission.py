@@ -4,8 +4,9 @@ Without a bound, a burst is never refused, only timed out: 50 concurrent 10 MB u
 then 504) while the API held every body in memory (2 GiB). With one, the searches past the bound get 503
 ``overloaded`` with ``Retry-After`` straight away, before their body is read into memory, and those admitted
 are answered in the time the query workers need for them. The bound is ``LOOKALIKE_API_MAX_SEARCHES``: by
-default 16 per query encoding process (``LOOKALIKE_QUERY_CONCURRENCY``), about a second of their work at
-ViT-B/32 cost.
+default 32 per query encoding process (``LOOKALIKE_QUERY_CONCURRENCY``), one to two seconds of their work at
+ViT-B/32 cost, enough for a burst of a few dozen shoppers at once. An admitted upload waiting for its decode
+holds its spool file, not its photo, in memory (see ``QueryPreparer.reduce_upload``).
 """
 
 from __future__ import annotations

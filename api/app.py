@@ -45,6 +45,7 @@ from lookalike.api.observe import ApiMetrics, ObserveMiddleware, install_log_rec
 from lookalike.api.readiness import ReadinessMonitor
 from lookalike.config.settings import Settings, get_settings
 from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, QueryRejected, SearchRequest
+from lookalike.worker.prepare import QueryPreparer
 
 log = logging.getLogger("lookalike.api")
 
@@ -160,6 +161,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     # Searches wait for the backend on threads of their own (as many as are admitted), never on anyio's shared
     # limiter; /healthz uses no thread and /readyz answers from a reading taken in the background.
     search_threads = anyio.CapacityLimiter(admission.limit)
+    preparer = QueryPreparer(settings)
     readiness = ReadinessMonitor(backend.readiness, READINESS_CHECKS)
 
     app = FastAPIOffline(
@@ -294,7 +296,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
                 if isinstance(value, UploadFile):
                     if name != "image":
                         raise ApiError(422, "bad_query", f"{name}: only the image is a file")
-                    fields[name] = await value.read()
+                    fields[name] = await _reduced(value)
                 elif name == "image":
                     raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
                 else:
@@ -310,9 +312,18 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
             raise ApiError(422, reason, detail) from exc
         return SearchRequest(
             image=body.image, k=body.k, offset=body.offset, mode=body.mode, diverse=body.diverse,
-            facets=body.facets,
+            facets=body.facets, prepared=True,
             filters=Filters(body.category, body.min_price, body.max_price, body.min_score),
         )
+
+    async def _reduced(upload: UploadFile) -> bytes:
+        """The uploaded photo as the model's input (the 224x224 transport JPEG), made here, a few at a time,
+        straight from its spool file: the full-size photo is in memory only while it is decoded, and never
+        crosses Redis (lookalike.worker.prepare)."""
+        try:
+            return await anyio.to_thread.run_sync(preparer.reduce_upload, upload.file, limiter=search_threads)
+        except QueryRejected as exc:
+            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
 
     @v1.get(
         "/products/{product_id}/similar",

@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="Searches the HTTP API admits in flight at once; past it, 503 overloaded with Retry-After at "
-        "once (0 = 16 per query encoding process, LOOKALIKE_QUERY_CONCURRENCY: about a second of their work).",
+        "once (0 = 32 per query encoding process, LOOKALIKE_QUERY_CONCURRENCY: one to two seconds of their work).",
     )
     api_read_timeout: float = Field(
         10.0,
@@ -411,7 +411,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_api_max_searches(self) -> int:
-        return self.api_max_searches or 16 * self.query_concurrency
+        return self.api_max_searches or 32 * self.query_concurrency
 
     @property
     def query_onnx_threads(self) -> int:

@@ -90,7 +90,10 @@ def test_multipart_fields_become_the_search_request(client: TestClient, backend:
     assert (sent.filters.category, sent.filters.min_price, sent.filters.max_price, sent.filters.min_score) == (
         "Shoes", 10.0, 99.5, 0.1
     )
-    assert sent.image == photo_of("p-red-sneaker")
+    # The photo reaches the backend as the model's input: the 224x224 transport JPEG, made in the API.
+    assert sent.prepared and sent.image is not None
+    with Image.open(io.BytesIO(sent.image)) as reduced:
+        assert (reduced.format, reduced.size) == ("JPEG", (224, 224))
 
 
 def test_an_empty_form_field_is_refused_not_taken_as_absent(client: TestClient) -> None:

@@ -16,10 +16,11 @@ Why there and not on the encode processes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import Any, BinaryIO
 
 from lookalike.config.settings import Settings
 from lookalike.state.errors import Rejected
@@ -89,10 +90,17 @@ class QueryPreparer:
             raise QueryRejected(FETCH_FAILED, FETCH_FAILED_DETAIL) from exc
         return replace(request, image=reduced, image_url=None, prepared=True)
 
-    def _reduce(self, data: bytes) -> bytes:
+    def reduce_upload(self, file: BinaryIO) -> bytes:
+        """An uploaded photo, still in its (spooled) file, -> the transport JPEG. The bytes are read only once a
+        decode slot is free, so uploads waiting their turn hold their spool file, not their photo, in memory."""
+        with self.decoding:
+            data = file.read(self.settings.query_max_bytes + 1)
+            return self._reduce(data, slot_held=True)
+
+    def _reduce(self, data: bytes, *, slot_held: bool = False) -> bytes:
         if len(data) > self.settings.query_max_bytes:
             raise QueryRejected("too_large", f"the image is over {self.settings.query_max_bytes} bytes")
-        with self.decoding:
+        with contextlib.nullcontext() if slot_held else self.decoding:
             try:
                 image = decode_image(
                     data, max_pixels=self.settings.max_image_pixels, formats=self.settings.allowed_image_formats
