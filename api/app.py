@@ -35,17 +35,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import __version__
-from lookalike.api.admission import Admission, Overloaded
-from lookalike.api.backend import READINESS_CHECKS, BackendTimeout, BackendUnavailable, SearchBackend
+from lookalike.api.backend import READINESS_CHECKS, SearchBackend
 from lookalike.api.docs import DOCS_HEADERS, DocsHeadersMiddleware
-from lookalike.api.errors import error_response, reason_for_validation, status_for
+from lookalike.api.errors import ERROR_STATUS, ApiError, api_error, error_response, reason_for_validation
 from lookalike.api.limits import BodyLimitMiddleware
 from lookalike.api.models import ErrorOut, HealthOut, ReadyOut, SearchForm, SearchJSON, SearchOut
 from lookalike.api.observe import ApiMetrics, ObserveMiddleware, install_log_record_factory
 from lookalike.api.readiness import ReadinessMonitor
 from lookalike.config.settings import Settings, get_settings
-from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, QueryRejected, SearchRequest
-from lookalike.worker.prepare import QueryPreparer
+from lookalike.state.errors import Overloaded
+from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, SearchRequest
 
 log = logging.getLogger("lookalike.api")
 
@@ -55,9 +54,9 @@ API_KEY_HEADER = "X-API-Key"
 DEADLINE_MARGIN = 2.0
 # /readyz waits at most this long for the very first reading (later ones are always there, see api/readiness.py).
 FIRST_READING_WAIT = 2.0
-UNAVAILABLE_RETRY_AFTER = 5
 # How long a refused search's body is read and thrown away, so the client reads its 503 instead of a reset.
 DRAIN_SECONDS = 2.0
+UNAVAILABLE_RETRY_AFTER = 5
 
 # The page: a Content-Security-Policy that allows the page's own files and the catalogue's images only.
 PAGE_HEADERS = {
@@ -67,17 +66,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 STATIC_FILES = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
-
-
-class ApiError(Exception):
-    """An answer other than 2xx, raised anywhere in a route and turned into the one error body."""
-
-    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason, detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.headers = headers or {}
 
 
 _API_KEY_SCHEME = APIKeyHeader(
@@ -157,11 +145,9 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     metrics = ApiMetrics()
     keys = tuple(key.encode() for key in settings.api_key_values)
     deadline = settings.query_timeout + DEADLINE_MARGIN
-    admission = Admission(settings.effective_api_max_searches)
-    # Searches wait for the backend on threads of their own (as many as are admitted), never on anyio's shared
+    # Searches wait for the backend on threads of their own (as many as it admits), never on anyio's shared
     # limiter; /healthz uses no thread and /readyz answers from a reading taken in the background.
-    search_threads = anyio.CapacityLimiter(admission.limit)
-    preparer = QueryPreparer(settings)
+    search_threads = anyio.CapacityLimiter(settings.effective_api_max_searches)
     readiness = ReadinessMonitor(backend.readiness, READINESS_CHECKS)
 
     app = FastAPIOffline(
@@ -192,6 +178,14 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return error_response(request.scope, exc.status_code, reason, str(exc.detail), dict(exc.headers or {}))
 
+    async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+        mapped = api_error(exc)
+        assert mapped is not None  # registered for the table's types only
+        return error_response(request.scope, mapped.status, mapped.reason, mapped.detail, mapped.headers)
+
+    for known in ERROR_STATUS:
+        app.add_exception_handler(known, _known_error)
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -203,29 +197,17 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
 
     # ----------------------------------------------------------------------------------------- search
     async def answer(search: SearchRequest) -> JSONResponse:
-        try:
-            search.validate(max_image_bytes=settings.query_max_bytes)
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
+        """The backend's answer (it validates the request; its refusals and outages are answered through
+        ERROR_STATUS), with the time it took."""
         log.info("search %s", search.describe())
         started = time.perf_counter()
         try:
             with anyio.fail_after(deadline):
-                response = await anyio.to_thread.run_sync(
+                data = await anyio.to_thread.run_sync(
                     backend.search, search, abandon_on_cancel=True, limiter=search_threads
                 )
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
-        except BackendUnavailable as exc:
-            raise ApiError(
-                503, "unavailable", exc.detail or "the search backend is unavailable",
-                {"Retry-After": str(exc.retry_after)},
-            ) from exc
-        except BackendTimeout as exc:
-            raise ApiError(504, "timeout", exc.detail or "no query worker answered in time") from exc
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"no answer within {deadline:g} s") from exc
-        data = response.to_data()
         data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return JSONResponse(data)
 
@@ -256,13 +238,13 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
                 415, "unsupported_media_type", "send JSON (image_url or text) or multipart/form-data (image)"
             )
         try:
-            with admission.admit():  # before the body is read: a refused upload is never held in memory
+            with backend.admit():  # before the body is read: a refused upload is never held in memory
                 if media_type == "application/json":
                     return await answer(await _json_request(request))
                 return await answer(await _form_request(request))
-        except Overloaded as exc:
+        except Overloaded:
             await _drain(request)
-            raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+            raise
 
     async def _drain(request: Request) -> None:
         """Read and drop what is left of a refused request's body (for a short while), so the client, still
@@ -317,13 +299,10 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         )
 
     async def _reduced(upload: UploadFile) -> bytes:
-        """The uploaded photo as the model's input (the 224x224 transport JPEG), made here, a few at a time,
-        straight from its spool file: the full-size photo is in memory only while it is decoded, and never
-        crosses Redis (lookalike.worker.prepare)."""
-        try:
-            return await anyio.to_thread.run_sync(preparer.reduce_upload, upload.file, limiter=search_threads)
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
+        """The uploaded photo as the model's input (the 224x224 transport JPEG), made by the backend here, a
+        few at a time, straight from its spool file: the full-size photo is in memory only while it is decoded,
+        and never crosses Redis (lookalike.worker.prepare). A refusal is the decoder's own reason."""
+        return await anyio.to_thread.run_sync(backend.reduce_upload, upload.file, limiter=search_threads)
 
     @v1.get(
         "/products/{product_id}/similar",
@@ -341,16 +320,13 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         min_score: Annotated[float | None, Query(ge=-1, le=1, allow_inf_nan=False)] = None,
     ) -> JSONResponse:
         """The products that look most like ``product_id`` (which itself is left out), best first."""
-        try:
-            with admission.admit():
-                return await answer(
-                    SearchRequest(
-                        product_id=product_id, k=k, offset=offset,
-                        filters=Filters(category, min_price, max_price, min_score),
-                    )
+        with backend.admit():
+            return await answer(
+                SearchRequest(
+                    product_id=product_id, k=k, offset=offset,
+                    filters=Filters(category, min_price, max_price, min_score),
                 )
-        except Overloaded as exc:
-            raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+            )
 
     app.include_router(v1)
 
@@ -431,7 +407,6 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     app.add_middleware(DocsHeadersMiddleware, headers=DOCS_HEADERS)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     app.state.metrics = metrics
-    app.state.admission = admission
     app.state.readiness = readiness
     app.state.backend = backend
     app.state.settings = settings

@@ -168,9 +168,9 @@ class Deployment:
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Every pool consumes its queues and /readyz says 200."""
+        from lookalike.app.gateway import live_workers
         from lookalike.state.queues import ALL_QUEUES
         from lookalike.worker.app import create_app
-        from lookalike.worker.client import live_workers
 
         app = create_app()
         deadline = time.monotonic() + timeout
@@ -444,8 +444,8 @@ def attack(env: dict[str, str], scratch: Path, *, model: str, query_timeout: flo
 def during_optimize(env: dict[str, str], scratch: Path, *, points: int, seconds: float, model: str) -> dict[str, Any]:
     from search import build
 
-    from lookalike.worker.app import create_app
-    from lookalike.worker.client import optimize_store
+    from lookalike.app.gateway import Gateway
+    from lookalike.config.settings import get_settings
     from lookalike.worker.store import EdgeStore
 
     env = {**env, "LOOKALIKE_LOG_LEVEL": "INFO"}  # the store owner's "optimize deferred" lines (the API: WARNING)
@@ -458,7 +458,7 @@ def during_optimize(env: dict[str, str], scratch: Path, *, points: int, seconds:
         shopper.start()
         time.sleep(5)  # the shopper is querying: an ingest now ends and asks for an optimize
         shopper.samples["photo"].clear()
-        optimize_store(create_app())
+        Gateway(get_settings()).optimize()
         time.sleep(seconds)
         shopper.stop()
     result = shopper.summary()

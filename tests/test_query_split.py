@@ -18,12 +18,13 @@ from lookalike.testing.server import ImageServer, Route
 def test_trickling_query_urls_hold_neither_the_store_owner_nor_the_encode_processes(
     cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any
 ) -> None:
+    from lookalike.app.gateway import Gateway
+    from lookalike.config.settings import get_settings
     from lookalike.state.search import QueryRejected
-    from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers
     from lookalike.worker.tasks import audit
 
     start_worker()
+    gateway = Gateway(get_settings())
     url = image_server.add("/split/a.jpg", Route(body=images.product_bytes(21)))
     assert cli("ingest", str(write_catalog(tmp_path / "c.csv", [catalog_row("s1", "S1", [url])])), "--wait").code == 0
     slow = [
@@ -36,7 +37,7 @@ def test_trickling_query_urls_hold_neither_the_store_owner_nor_the_encode_proces
     def shopper(link: str) -> None:
         started = time.monotonic()
         try:
-            ask_workers(app, SearchRequest(image_url=link, k=3), timeout=60)
+            gateway.search(SearchRequest(image_url=link, k=3), timeout=60)
         except QueryRejected as exc:
             refusals.append((exc.reason, time.monotonic() - started))
 
@@ -47,7 +48,7 @@ def test_trickling_query_urls_hold_neither_the_store_owner_nor_the_encode_proces
     assert all(thread.is_alive() for thread in shoppers)
     started = time.monotonic()
     report = audit.apply_async().get(timeout=10)  # work for the store owner
-    upload = ask_workers(app, SearchRequest(image=images.product_bytes(21), k=3), timeout=20)  # an encode process
+    upload = gateway.search(SearchRequest(image=images.product_bytes(21), k=3), timeout=20)  # an encode process
     others_seconds = time.monotonic() - started
     for thread in shoppers:
         thread.join(30)

@@ -69,8 +69,8 @@ def test_the_default_worker_runs_shoppers_on_their_own_processes_ahead_of_a_nice
 def test_the_store_owner_takes_waiting_queries_before_the_next_index_batch(
     env: dict[str, str], start_worker: Any
 ) -> None:
+    from lookalike.state.tasks import RECONCILE_TASK, SEARCH_TASK
     from lookalike.worker.app import create_app
-    from lookalike.worker.client import RECONCILE_TASK, SEARCH_TASK
 
     app = create_app()
     # Work piles up before the store owner starts: 60 index-queue jobs first, then 8 shoppers' queries.
@@ -102,13 +102,15 @@ def _result_keys(client: redis.Redis) -> int:
 def test_a_photo_query_is_one_message_and_one_result_for_its_sender(
     cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any, redis_client: Any
 ) -> None:
-    from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers
+    from lookalike.app.gateway import Gateway
+    from lookalike.config.settings import get_settings
 
     start_worker()
     photo = _catalogue(cli, image_server, tmp_path)
+    gateway = Gateway(get_settings())
+    gateway.search(SearchRequest(text="k1", mode="keyword", k=3))  # the gateway's reading of the workers
     before = _result_keys(redis_client)
-    answer = ask_workers(app, SearchRequest(image=photo, k=3), timeout=20)
+    answer = gateway.search(SearchRequest(image=photo, k=3), timeout=20)
     assert answer["results"][0]["product_id"] == "k1"
     # The encode step handed its vector to the search itself: only the search's answer was stored.
     assert _result_keys(redis_client) == before + 1
@@ -119,8 +121,9 @@ def test_a_query_the_sender_gave_up_on_expires_unrun_and_its_photo_crossed_redis
 ) -> None:
     from celery.exceptions import TimeoutError as CeleryTimeout
 
+    from lookalike.app.gateway import Gateway, ask_workers
+    from lookalike.config.settings import get_settings
     from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers
 
     start_worker("--queues", "query,index", ready_queues=2)  # nobody encodes yet
     noise = np.random.default_rng(7).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
@@ -129,7 +132,9 @@ def test_a_query_the_sender_gave_up_on_expires_unrun_and_its_photo_crossed_redis
     photo = buffer.getvalue()
     assert len(photo) > 5_000_000
     with pytest.raises(CeleryTimeout):
-        ask_workers(app, SearchRequest(image=photo, k=3), timeout=1.0)
+        # What the gateway sends once its routing found the workers: the photo prepared here, then the chain.
+        prepared = Gateway(get_settings()).preparer.prepare(SearchRequest(image=photo, k=3))
+        ask_workers(app, prepared, timeout=1.0)
     waiting = redis_client.lrange("lookalike.encode", 0, -1)
     assert len(waiting) == 1
     envelope = json.loads(waiting[0])
@@ -160,8 +165,8 @@ def test_a_query_timeout_not_longer_than_the_shoppers_download_deadline_is_one_l
 
 # ------------------------------------------------------------------------------------------------ optimize
 def test_the_store_owner_defers_an_optimize_while_shoppers_query(env: dict[str, str], start_worker: Any) -> None:
+    from lookalike.state.tasks import OPTIMIZE_TASK, SEARCH_TASK
     from lookalike.worker.app import create_app
-    from lookalike.worker.client import OPTIMIZE_TASK, SEARCH_TASK
 
     app = create_app()
     start_worker("--queues", "query,index", ready_queues=2, extra={"LOOKALIKE_OPTIMIZE_QUIET": "3"})

@@ -31,14 +31,15 @@ from lookalike.state.registry import ProductState
 from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
-from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
+from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
+from lookalike.worker.model import ModelSpec
 from lookalike.worker.prepare import QueryPreparer
 from lookalike.worker.query import encode_request, run_search, search_request
 from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_store
-from lookalike.worker.text import TextSpec, get_text_embedder
+from lookalike.worker.text import TextEmbedder
 
 OPTIMIZE_AFTER_POINTS = 20_000
 # An optimize of the embedded store holds the store owner until it ends (qdrant-edge keeps the GIL for the
@@ -52,7 +53,7 @@ class WorkerContext(StateContext):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.model_spec = ModelSpec.from_settings(settings)
+        self.model_spec = Embedder.spec_from(settings)
         self.cache = EmbeddingCache(
             self.redis,
             settings.key_prefix,
@@ -81,12 +82,12 @@ class WorkerContext(StateContext):
 
     def serve_queries(self) -> None:
         """This process encodes shoppers' queries only: the models run with the query processes' ONNX threads."""
-        self.model_spec = ModelSpec.from_settings(self.settings, threads=self.settings.query_onnx_threads)
-        self.text_spec = TextSpec.from_settings(self.settings, threads=self.settings.query_onnx_threads)
+        self.model_spec = Embedder.spec_from(self.settings, threads=self.settings.query_onnx_threads)
+        self.text_spec = TextEmbedder.spec_from(self.settings, threads=self.settings.query_onnx_threads)
 
     @cached_property
-    def text_spec(self) -> TextSpec:
-        return TextSpec.from_settings(self.settings)
+    def text_spec(self) -> ModelSpec:
+        return TextEmbedder.spec_from(self.settings)
 
     def queries_are_quiet(self) -> bool:
         """No shopper's query for LOOKALIKE_OPTIMIZE_QUIET seconds: a long store operation may run now."""
@@ -108,7 +109,7 @@ class WorkerContext(StateContext):
 
     @property
     def embedder(self) -> Embedder:
-        return get_embedder(self.model_spec)
+        return Embedder.shared(self.model_spec)
 
     @property
     def store(self) -> VectorStore:
@@ -349,7 +350,7 @@ def encode_query(ctx: WorkerContext, request: SearchRequest) -> np.ndarray | Non
         request,
         embedder=lambda: ctx.embedder,
         settings=ctx.settings,
-        text_embedder=lambda: get_text_embedder(ctx.text_spec),
+        text_embedder=lambda: TextEmbedder.shared(ctx.text_spec),
     )
 
 

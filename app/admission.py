@@ -15,15 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-RETRY_AFTER_SECONDS = 1
-
-
-class Overloaded(Exception):
-    """More searches in flight than the bound: answer 503 ``overloaded`` with Retry-After."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} searches are in flight already (LOOKALIKE_API_MAX_SEARCHES); retry shortly")
-        self.retry_after = RETRY_AFTER_SECONDS
+from lookalike.state.errors import Overloaded
 
 
 class Admission:
@@ -41,7 +33,7 @@ class Admission:
         """One search in flight for the duration of the block; :class:`Overloaded` at once when full."""
         with self._lock:
             if self._in_flight >= self.limit:
-                raise Overloaded(self.limit)
+                raise Overloaded(f"{self.limit} searches are in flight already (LOOKALIKE_API_MAX_SEARCHES)")
             self._in_flight += 1
         try:
             yield
@@ -50,4 +42,4 @@ class Admission:
                 self._in_flight -= 1
 
 
-__all__ = ["Admission", "Overloaded"]
+__all__ = ["Admission"]
