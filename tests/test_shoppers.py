@@ -182,3 +182,15 @@ def test_the_store_owner_defers_an_optimize_while_shoppers_query(env: dict[str, 
     started = time.monotonic()
     assert app.send_task(SEARCH_TASK, args=[query]).get(timeout=30) == {"results": []}
     assert time.monotonic() - started < 5
+
+
+def test_lookalike_search_with_a_url_only_the_catalogue_may_reach_is_fetch_failed_and_reaches_nothing(
+    cli: Any, image_server: ImageServer, tmp_path: Path
+) -> None:
+    url = image_server.add("/cli/private.jpg", Route(body=images.product_bytes(51)))
+    result = cli(
+        "search", url, extra={"LOOKALIKE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "LOOKALIKE_QUERY_ALLOW_NETWORKS": ""}
+    )
+    assert result.code == 2, result.stderr
+    assert "fetch_failed" in result.stderr and "Traceback" not in result.stderr
+    assert image_server.hits() == 0
