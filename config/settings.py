@@ -70,6 +70,11 @@ def settings_error_line(exc: ValidationError) -> str:
     return "; ".join(problems) or "the settings could not be loaded"
 
 
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated CIDRs (checked when the settings load) as networks."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOOKALIKE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -350,9 +355,7 @@ class Settings(BaseSettings):
     @field_validator("fetch_allow_networks", "query_allow_networks")
     @classmethod
     def _networks_parse(cls, value: str) -> str:
-        for part in value.split(","):
-            if part.strip():
-                ipaddress.ip_network(part.strip(), strict=False)
+        _networks(value)  # raises on a part that is not a CIDR
         return value
 
     # --- derived ---------------------------------------------------------------------------------------
@@ -366,20 +369,13 @@ class Settings(BaseSettings):
 
     @property
     def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [
-            ipaddress.ip_network(part.strip(), strict=False)
-            for part in self.fetch_allow_networks.split(",")
-            if part.strip()
-        ]
+        """Where a catalogue download may connect beyond public addresses (LOOKALIKE_FETCH_ALLOW_NETWORKS)."""
+        return _networks(self.fetch_allow_networks)
 
     @property
     def query_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Where a shopper's image URL may connect beyond public addresses (LOOKALIKE_QUERY_ALLOW_NETWORKS)."""
-        return [
-            ipaddress.ip_network(part.strip(), strict=False)
-            for part in self.query_allow_networks.split(",")
-            if part.strip()
-        ]
+        return _networks(self.query_allow_networks)
 
     @property
     def api_key_values(self) -> tuple[str, ...]:
