@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,33 @@ def test_readyz_is_503_when_the_readiness_check_itself_fails() -> None:
 
     body = assert_error(make_client(Broken()).get("/readyz"), 503, "not_ready")
     assert "broker" in body["detail"]
+
+
+def test_readyz_answers_at_once_from_a_background_reading_and_a_stale_one_is_not_ready() -> None:
+    import threading
+
+    stuck = threading.Event()
+
+    class Hanging(FakeBackend):
+        """Answers the first reading, then hangs the way a dead broker's socket does."""
+
+        def readiness(self) -> dict[str, bool]:
+            if stuck.is_set():
+                time.sleep(60)
+            return super().readiness()
+
+    client = make_client(Hanging())
+    assert client.get("/readyz").status_code == 200
+    stuck.set()
+    started = time.monotonic()
+    while client.get("/readyz").status_code == 200:  # each probe answers from the latest reading, at once
+        assert time.monotonic() - started < 15, "a reading that stopped coming was trusted for too long"
+        time.sleep(0.2)
+    waited = time.monotonic() - started
+    probe = time.monotonic()
+    body = assert_error(client.get("/readyz"), 503, "not_ready")
+    assert time.monotonic() - probe < 1 and 4 <= waited <= 10, waited
+    assert body["checks"] == {"broker": False, "store": False, "query_worker": False}
 
 
 def test_the_request_id_is_echoed_or_made_up(client: TestClient) -> None:
