@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -16,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from lookalike.config.settings import Settings, get_settings
-from lookalike.state.brokerfull import out_of_memory
+from lookalike.state.brokerfull import as_broker_full, out_of_memory
 from lookalike.state.queues import (
     ALL_QUEUES,
     EMBED_QUEUE,
@@ -26,6 +27,8 @@ from lookalike.state.queues import (
     QUEUE_ALIASES,
 )
 from lookalike.state.tasks import TASK_QUEUES
+
+log = logging.getLogger(__name__)
 
 TASK_ROUTES = {name: {"queue": queue} for name, queue in TASK_QUEUES.items()}
 
@@ -69,6 +72,8 @@ class _PatientQoS(kombu_redis.QoS):
     record needs, so the write is retried, with backoff, for up to a minute, before giving up as before.
     """
 
+    said_at: ClassVar[list[float]] = [0.0]  # when this process last said so: once a minute, not per message
+
     def append(self, message: Any, delivery_tag: Any) -> Any:
         delay, deadline = 0.05, time.monotonic() + 60.0
         while True:
@@ -77,6 +82,11 @@ class _PatientQoS(kombu_redis.QoS):
             except redis.exceptions.ResponseError as exc:
                 if not out_of_memory(exc) or time.monotonic() > deadline:
                     raise
+                if time.monotonic() - self.said_at[0] >= 60.0:
+                    self.said_at[0] = time.monotonic()
+                    with self.channel.conn_or_acquire() as client:
+                        full = as_broker_full(exc, client)
+                    log.error("%s: a delivered message waits until it can be recorded as unacknowledged", full)
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
 
