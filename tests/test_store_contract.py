@@ -398,8 +398,55 @@ def test_scroll_pages_over_more_than_one_page(store: VectorStore) -> None:
     assert store.count(product_id="big") == big
 
 
+def test_scroll_page_walks_every_point_once_and_resumes_from_a_saved_offset(store: VectorStore) -> None:
+    total = 25
+    points = [
+        PointRecord(point_id_for(f"p{i}", f"https://img.example/{i}.jpg"), vector_for(i), {"product_id": f"p{i}"})
+        for i in range(total)
+    ]
+    store.upsert(points)
+    seen: list[str] = []
+    offsets: list[str | None] = [None]
+    offset: str | None = None
+    while True:
+        page, offset = store.scroll_page(offset, 10)
+        assert len(page) <= 10
+        for point_id, payload, vector in page:
+            assert payload["product_id"] == f"p{int(payload['product_id'][1:])}"
+            assert vector is not None and len(vector) == DIM
+            seen.append(point_id)
+        if offset is None:
+            break
+        offsets.append(offset)
+    assert len(offsets) == 3
+    assert sorted(seen) == sorted(p.id for p in points) and len(seen) == total
+    # A reader that stopped after the first page starts again from the offset it saved.
+    resumed, _ = store.scroll_page(offsets[1], 10)
+    assert [point_id for point_id, _p, _v in resumed] == seen[10:20]
+
+
+def test_a_batch_of_dense_queries_answers_each_with_its_own_narrowing(store: VectorStore) -> None:
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    answers = store.query_dense_batch(
+        [unit(0), unit(0), unit(5)],
+        10,
+        [Narrowing(), Narrowing(exclude_product="kettle"), Narrowing()],
+        score_threshold=0.5,
+    )
+    single = store.query_dense(unit(0), 10, Narrowing(), score_threshold=0.5)
+    assert [hit.id for hit in answers[0]] == [hit.id for hit in single]
+    assert products(answers[0]) == ["kettle"]
+    assert "kettle" not in products(answers[1])
+    assert all(hit.score >= 0.5 for answer in answers for hit in answer)
+    assert store.query_dense_batch([], 10, [], score_threshold=0.5) == []
+
+
 # ---------------------------------------------------------------------------------------- missing collection
 def test_a_store_without_collection_is_empty_not_an_error(opener: Opener) -> None:
+    from lookalike.worker.store import Narrowing
+
     store = opener()
     some_id = point_id_for("p1", "https://img.example/p1.jpg")
     assert store.search([1.0] * DIM, limit=5) == []
@@ -410,6 +457,8 @@ def test_a_store_without_collection_is_empty_not_an_error(opener: Opener) -> Non
     assert list(store.scroll(product_id="p1", with_vectors=True)) == []
     assert store.retrieve([some_id]) == {}
     assert store.product_ids() == set()
+    assert store.scroll_page(None, 10) == ([], None)
+    assert store.query_dense_batch([[1.0] * DIM], 5, [Narrowing()], score_threshold=0.0) == [[]]
     store.delete_product("p1")
     store.delete_ids([some_id])
     store.set_product_payload("p1", {"name": "x"})

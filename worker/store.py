@@ -167,6 +167,20 @@ class VectorStore(ABC):
         """Nearest points by cosine; ``diversity`` (0-1) re-ranks with MMR."""
 
     @abstractmethod
+    def query_dense_batch(
+        self, vectors: Sequence[Sequence[float]], limit: int, narrowings: Sequence[Narrowing], *, score_threshold: float
+    ) -> list[list[Hit]]:
+        """One nearest-points query per vector (each with its own narrowing), sent as one batch; one hit list
+        per vector, in order. The duplicate check's lookup: a batch of fresh points against the whole store."""
+
+    @abstractmethod
+    def scroll_page(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any], list[float] | None]], str | None]:
+        """One page of points in id order, with vectors, from ``offset`` (None: the first); and the offset of the
+        next page (None after the last). A paged reader can stop and resume from a saved offset."""
+
+    @abstractmethod
     def query_keywords(
         self, keywords: Sparse, limit: int, narrowing: Narrowing, *, score_threshold: float | None = None
     ) -> list[Hit]:
@@ -360,6 +374,45 @@ class EdgeStore(VectorStore):
             limit=limit, query=query, with_payload=True, filter=self._filter(narrowing), score_threshold=score_threshold
         )
         return self._hits(self.shard.query(request))
+
+    def query_dense_batch(
+        self, vectors: Sequence[Sequence[float]], limit: int, narrowings: Sequence[Narrowing], *, score_threshold: float
+    ) -> list[list[Hit]]:
+        from qdrant_edge import Query, QueryBatchRequest, QueryRequest
+
+        if self._shard is None or not vectors:
+            return [[] for _ in vectors]
+        requests = [
+            QueryRequest(
+                limit=limit,
+                query=Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=self._using()),
+                with_payload=True,
+                filter=self._filter(narrowing),
+                score_threshold=score_threshold,
+            )
+            for vector, narrowing in zip(vectors, narrowings, strict=True)
+        ]
+        return [self._hits(points) for points in self.shard.query_batch(QueryBatchRequest(requests))]
+
+    def scroll_page(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any], list[float] | None]], str | None]:
+        from qdrant_edge import ScrollRequest
+
+        if self._shard is None:
+            return [], None
+        records, following = self.shard.scroll(
+            ScrollRequest(
+                offset=uuid.UUID(offset) if offset else None, limit=limit, with_payload=True, with_vector=True
+            )
+        )
+        page = []
+        for record in records:
+            vector = record.vector
+            if isinstance(vector, dict):
+                vector = vector.get(DENSE, vector.get(""))
+            page.append((str(record.id), dict(record.payload or {}), vector))
+        return page, None if following is None else str(following)
 
     def _sparse(self, keywords: Sparse) -> Any:
         from qdrant_edge import SparseVector
@@ -744,6 +797,49 @@ class ClientStore(VectorStore):
             query_filter=self._narrow(narrowing),
             score_threshold=score_threshold,
         )
+
+    def query_dense_batch(
+        self, vectors: Sequence[Sequence[float]], limit: int, narrowings: Sequence[Narrowing], *, score_threshold: float
+    ) -> list[list[Hit]]:
+        from qdrant_client import models
+
+        if not vectors or not self._exists():
+            return [[] for _ in vectors]
+        requests = [
+            models.QueryRequest(
+                query=np.asarray(vector, dtype=np.float32).tolist(),
+                using=self._using(),
+                limit=limit,
+                filter=self._narrow(narrowing),
+                score_threshold=score_threshold,
+                with_payload=True,
+            )
+            for vector, narrowing in zip(vectors, narrowings, strict=True)
+        ]
+        responses = self._call("query_batch", self.client.query_batch_points, self.collection, requests=requests)
+        return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
+
+    def scroll_page(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any], list[float] | None]], str | None]:
+        if not self._exists():
+            return [], None
+        records, following = self._call(
+            "scroll",
+            self.client.scroll,
+            self.collection,
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=True,
+        )
+        page = []
+        for record in records:
+            vector = record.vector
+            if isinstance(vector, dict):
+                vector = vector.get(DENSE)
+            page.append((str(record.id), dict(record.payload or {}), vector))
+        return page, None if following is None else str(following)
 
     def query_keywords(
         self, keywords: Sparse, limit: int, narrowing: Narrowing, *, score_threshold: float | None = None
