@@ -545,9 +545,11 @@ def reconcile(
 
 
 def _add_model_commands() -> None:
+    from lookalike.duplicates import duplicates_app
     from lookalike.models import model_app
 
     app.add_typer(model_app, name="model")
+    app.add_typer(duplicates_app, name="duplicates")
 
 
 _add_model_commands()

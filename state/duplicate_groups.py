@@ -59,6 +59,14 @@ class Thresholds:
         return value, source
 
 
+_EMPTY = ProductState(version=0, deleted=False, payload={}, images=())
+
+
+def _score(data: dict[str, Any]) -> float:
+    """A group's or a pair's score for sorting: a pair marked same with no image pair on record sorts last."""
+    return -1.0 if data["score"] is None else float(data["score"])
+
+
 def _levels(state: ProductState) -> list[str]:
     categories = state.payload.get("categories")
     return [str(level) for level in categories] if isinstance(categories, list) else []
@@ -146,7 +154,7 @@ def build_groups(
     members: dict[str, list[str]] = {}
     for product in parent:
         members.setdefault(root(product), []).append(product)
-    groups = []
+    groups: list[dict[str, Any]] = []
     wanted_level = category.strip().lower() if category else None
     for products in members.values():
         products.sort()
@@ -155,10 +163,8 @@ def build_groups(
             wanted_level in (level.lower() for level in _levels(states[p] or _EMPTY)) for p in inside
         ):
             continue
-        pairs = sorted(
-            (data for key, data in edges.items() if key[0] in inside),
-            key=lambda data: (-(data["score"] if data["score"] is not None else -1.0), data["a"], data["b"]),
-        )
+        inner = [data for key, data in edges.items() if key[0] in inside]
+        pairs = sorted(inner, key=lambda data: (-_score(data), data["a"], data["b"]))
         scored = [data for data in pairs if data["score"] is not None]
         groups.append(
             {
@@ -168,11 +174,8 @@ def build_groups(
                 "pairs": pairs,
             }
         )
-    groups.sort(key=lambda group: (-(group["score"] if group["score"] is not None else -1.0), group["products"][0]["product_id"]))
+    groups.sort(key=lambda group: (-_score(group), str(group["products"][0]["product_id"])))
     return groups
-
-
-_EMPTY = ProductState(version=0, deleted=False, payload={}, images=())
 
 
 def page(groups: list[dict[str, Any]], offset: int, limit: int | None) -> list[dict[str, Any]]:
@@ -193,3 +196,31 @@ def summary(groups: list[dict[str, Any]], book: DuplicateBook, thresholds: Thres
         "detection_floor": thresholds.floor,
         "scan": book.scan_state(),
     }
+
+
+def report(
+    book: DuplicateBook,
+    registry: ProductRegistry,
+    settings: Settings,
+    *,
+    min_score: float | None = None,
+    category: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The report as the CLI and the API return it: one page of groups, how many there are, the thresholds."""
+    thresholds = Thresholds.from_settings(settings, min_score)
+    groups = build_groups(book, registry, thresholds, category=category)
+    return {
+        "groups": page(groups, offset, limit),
+        "total": len(groups),
+        "offset": offset,
+        "min_score": thresholds.default if min_score is None else max(min_score, thresholds.default),
+        "category_min_scores": dict(thresholds.categories),
+    }
+
+
+def unknown_products(registry: ProductRegistry, product_ids: Iterable[str]) -> list[str]:
+    """The ids the registry does not hold (a decision is only taken on products lookalike knows)."""
+    states = registry.get_many(product_ids)
+    return [product for product, state in states.items() if state is None]

@@ -190,7 +190,7 @@ class DuplicateBook:
 
     # -------------------------------------------------------------------------------------------- scan
     def scan_state(self) -> dict[str, Any]:
-        raw = {_text(k): _text(v) for k, v in self._redis.hgetall(self.scan_key).items()}  # type: ignore[union-attr]
+        raw = {_text(k): _text(v) for k, v in self._redis.hgetall(self.scan_key).items()}
         return {key: json.loads(value) for key, value in raw.items()}
 
     def save_scan(self, **values: Any) -> None:

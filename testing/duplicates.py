@@ -56,7 +56,7 @@ def lookalike_image(seed: int, kind: str, size: tuple[int, int] = (640, 480)) ->
     width, height = size
     background = tuple(rng.randint(170, 255) for _ in range(3))
     other = random.Random(seed * 1000 + LOOKALIKE_KINDS.index(kind) + 1)
-    image = Image.new("RGB", size, background)  # type: ignore[arg-type]
+    image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
     shift_x, shift_y = (width // 10, height // 10) if kind == "shifted" else (0, 0)
     for _ in range(rng.randint(3, 6)):
@@ -74,11 +74,11 @@ def lookalike_image(seed: int, kind: str, size: tuple[int, int] = (640, 480)) ->
         x0, x1, y0, y1 = x0 + shift_x, x1 + shift_x, y0 + shift_y, y1 + shift_y
         points = [(x + shift_x, y + shift_y) for x, y in points]
         if shape == "rectangle":
-            draw.rectangle((x0, y0, x1, y1), fill=colour)  # type: ignore[arg-type]
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
         elif shape == "ellipse":
-            draw.ellipse((x0, y0, x1, y1), fill=colour)  # type: ignore[arg-type]
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
         else:
-            draw.polygon(points, fill=colour)  # type: ignore[arg-type]
+            draw.polygon(points, fill=colour)
     return image
 
 

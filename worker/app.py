@@ -33,6 +33,7 @@ TASK_ROUTES = {
     "lookalike.optimize": {"queue": INDEX_QUEUE},
     "lookalike.audit": {"queue": INDEX_QUEUE},
     "lookalike.reindex": {"queue": INDEX_QUEUE},
+    "lookalike.duplicates_scan": {"queue": INDEX_QUEUE},
     "lookalike.search": {"queue": QUERY_QUEUE},
     "lookalike.encode": {"queue": ENCODE_QUEUE},
 }

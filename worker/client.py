@@ -24,6 +24,7 @@ SEARCH_TASK = "lookalike.search"
 AUDIT_TASK = "lookalike.audit"
 OPTIMIZE_TASK = "lookalike.optimize"
 REINDEX_TASK = "lookalike.reindex"
+DUPLICATES_SCAN_TASK = "lookalike.duplicates_scan"
 
 
 class CeleryPublisher:
@@ -95,6 +96,11 @@ def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:
 def reindex_store(app: Celery, *, timeout: float) -> dict[str, Any]:
     """The store owner's upgrade of the live collection to the current layout."""
     return dict(app.send_task(REINDEX_TASK).get(timeout=timeout))
+
+
+def scan_duplicates_page(app: Celery, *, restart: bool, page: int, timeout: float) -> dict[str, Any]:
+    """One page of the duplicate scan on the store owner; the scan's state after it."""
+    return dict(app.send_task(DUPLICATES_SCAN_TASK, kwargs={"restart": restart, "page": page}).get(timeout=timeout))
 
 
 def optimize_store(app: Celery) -> None:

@@ -288,6 +288,14 @@ def reindex() -> dict[str, Any]:
     return pipeline.reindex_stage(pipeline.current_context())
 
 
+@app.task(name="lookalike.duplicates_scan", ignore_result=False, acks_late=False)
+def duplicates_scan(restart: bool = False, page: int = 1000) -> dict[str, Any]:
+    """One page of `lookalike duplicates scan` on the store owner (short, so index batches interleave)."""
+    from lookalike.worker.duplicates import scan_stage
+
+    return scan_stage(pipeline.current_context(), restart=restart, page=page)
+
+
 @app.task(name="lookalike.optimize")
 def optimize() -> dict[str, Any]:
     pipeline.current_context().store.optimize()
@@ -369,4 +377,6 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search"]
+__all__ = [
+    "audit", "duplicates_scan", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search",
+]  # fmt: skip
