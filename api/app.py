@@ -6,6 +6,7 @@ uvicorn. Routes:
 - ``POST /v1/search``: a photo as multipart (``image`` plus form fields) or JSON (``image_url`` or
   ``text``), answered with ``SearchResponse.to_data()`` plus ``took_ms``;
 - ``GET /v1/products/{product_id}/similar``: "more like this";
+- ``GET /v1/duplicates``, ``POST /v1/duplicates/decisions``: duplicate listings (:mod:`lookalike.api.duplicates`);
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (broker, store and a query worker answer);
 - ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``GET /docs`` (Swagger UI from files shipped in
   fastapi-offline: no CDN, works offline), ``GET /`` (the page, from this package).
@@ -38,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import __version__
 from lookalike.api.backend import READINESS_CHECKS, BackendTimeout, BackendUnavailable, SearchBackend
+from lookalike.api.duplicates import DuplicateDesk, duplicates_router
 from lookalike.api.errors import error_response, reason_for_validation, status_for
 from lookalike.api.limits import BodyLimitMiddleware
 from lookalike.api.models import ErrorOut, HealthOut, ReadyOut, SearchForm, SearchJSON, SearchOut
@@ -61,7 +63,11 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-STATIC_FILES = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
+STATIC_FILES = {
+    "page.js": "text/javascript; charset=utf-8",
+    "duplicates.js": "text/javascript; charset=utf-8",
+    "page.css": "text/css; charset=utf-8",
+}
 
 
 class ApiError(Exception):
@@ -171,8 +177,11 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def create_app(backend: SearchBackend, settings: Settings | None = None) -> FastAPI:
-    """The whole HTTP side over ``backend``; nothing here talks to Redis, Celery or the store directly."""
+def create_app(
+    backend: SearchBackend, settings: Settings | None = None, duplicates: DuplicateDesk | None = None
+) -> FastAPI:
+    """The whole HTTP side over ``backend`` (and the duplicate report over ``duplicates``, by default from
+    Redis); nothing here talks to Redis, Celery or the store directly."""
     settings = settings or get_settings()
     install_log_record_factory()
     metrics = ApiMetrics()
@@ -341,6 +350,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
             )
         )
 
+    v1.include_router(duplicates_router(duplicates or DuplicateDesk(settings), auth_errors=auth_errors))
     app.include_router(v1)
 
     # ----------------------------------------------------------------------------------------- operations
