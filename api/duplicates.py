@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lookalike.api.errors import error_response
+from lookalike.api.errors import error_response, reason_for_validation
 from lookalike.api.models import ErrorOut
 from lookalike.config.settings import Settings
 from lookalike.state.search import MAX_OFFSET
@@ -131,11 +131,13 @@ def duplicates_router(desk: DuplicateDesk, *, auth_errors: tuple[int, ...] = ())
     import redis
 
     router = APIRouter()
+    decision_schema = DecisionIn.model_json_schema()
 
     def described(*statuses: int) -> dict[int | str, dict[str, Any]]:
         text = {
             401: "No or a wrong X-API-Key (only when LOOKALIKE_API_KEYS is set).",
             404: "A product id the registry does not hold.",
+            415: "Not JSON.",
             422: "Missing or invalid fields.",
             503: "Redis does not answer (see Retry-After).",
         }
@@ -168,11 +170,22 @@ def duplicates_router(desk: DuplicateDesk, *, auth_errors: tuple[int, ...] = ())
         "/duplicates/decisions",
         summary="Record a person's decision on two products",
         response_model=DecisionOut,
-        responses=described(*auth_errors, 404, 422, 503),
+        responses=described(*auth_errors, 404, 415, 422, 503),
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": decision_schema}}}
+        },
     )
-    async def decisions(request: Request, body: DecisionIn) -> JSONResponse:
+    async def decisions(request: Request) -> JSONResponse:
         """``distinct``: the two are different products and are never reported again (through re-ingests and
         scans); ``same``: they stay grouped. Marking a pair again replaces its decision."""
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            return error_response(request.scope, 415, "unsupported_media_type", "send JSON: {a, b, decision}")
+        try:
+            body = DecisionIn.model_validate_json(await request.body())
+        except ValidationError as exc:
+            reason, detail = reason_for_validation(exc.errors())
+            return error_response(request.scope, 422, reason, detail)
         if body.a == body.b:
             return error_response(request.scope, 422, "bad_decision", "a and b: give two different product ids")
         try:

@@ -15,8 +15,8 @@ lookalike_embed_calls_total                       counter    model calls (batche
 lookalike_embedded_images_total                   counter    images through the model
 lookalike_events_total{outcome}                   counter    change events: new, changed, unchanged,
                                                              deleted, missing, redone, stale, failed
-lookalike_stage_seconds{stage}                    histogram  download, decode, embed (per batch), upsert
-                                                             (per batch), queue_wait (per job, all queues)
+lookalike_stage_seconds{stage}                    histogram  download, decode, embed (per batch), upsert and
+                                                             duplicates (per batch), queue_wait (per job)
 lookalike_queue_depth{queue}                      gauge      messages waiting in each queue
 lookalike_queue_oldest_age_seconds{queue}         gauge      how long the oldest waiting message has waited
 lookalike_failures_recorded                       gauge      entries in the dead-letter list
