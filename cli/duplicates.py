@@ -182,7 +182,7 @@ def scan(
     restart: Annotated[
         bool, typer.Option("--restart", help="Start over instead of resuming an unfinished scan.")
     ] = False,
-    page: Annotated[int, typer.Option("--page", min=10, max=10_000, help="Points checked per step.")] = 1000,
+    page: Annotated[int, typer.Option("--page", min=1, max=10_000, help="Points checked per step.")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scan's final state as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker per page.")] = 600.0,
 ) -> None:

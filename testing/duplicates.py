@@ -143,6 +143,104 @@ def pairs_in_groups(groups: list[list[str]]) -> set[frozenset[str]]:
     return {frozenset(pair) for group in groups for pair in itertools.combinations(sorted(group), 2)}
 
 
+def connected(edges: list[tuple[str, str]]) -> list[list[str]]:
+    """The groups (connected components) of these pairs, as the report builds them."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    members: dict[str, list[str]] = {}
+    for node in parent:
+        members.setdefault(root(node), []).append(node)
+    return list(members.values())
+
+
 def iter_images(catalogue: PlantedCatalogue) -> Iterator[tuple[str, bytes]]:
     for listing in catalogue.listings:
         yield listing.product_id, listing.image
+
+
+# ------------------------------------------------------------------------------------------- measurement
+THRESHOLDS = (0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+
+
+def measure(model_dir: str, originals: int = 40, seed: int = 500) -> dict[str, object]:
+    """Embed the planted catalogue with the model in ``model_dir`` through the workers' own decode, and report
+    the score of each kind of copy and of look-alike against its original, and the precision and recall of the
+    groups (connected pairs, as the report builds them) at each threshold of THRESHOLDS."""
+    import numpy as np
+
+    from lookalike.config.settings import Settings
+    from lookalike.worker.decode import decode_image, decode_transport, encode_for_transport
+    from lookalike.worker.embed import Embedder, ModelSpec
+
+    catalogue = planted_catalogue(originals=originals, uniques=originals, seed=seed)
+    embedder = Embedder(ModelSpec.from_settings(Settings(model_dir=model_dir)))
+    formats = ("JPEG",)
+    images = [
+        decode_transport(encode_for_transport(decode_image(item.image, max_pixels=16_000_000, formats=formats)))
+        for item in catalogue.listings
+    ]
+    vectors = np.asarray(embedder.embed(images), dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [item.product_id for item in catalogue.listings]
+    index = {product: row for row, product in enumerate(ids)}
+    scores = vectors @ vectors.T
+    kinds: dict[str, list[float]] = {}
+    for item in catalogue.listings:
+        if item.role in (*COPY_KINDS, *LOOKALIKE_KINDS):
+            original = f"orig-{item.product_id.split('-')[1]}"
+            kinds.setdefault(item.role, []).append(float(scores[index[item.product_id], index[original]]))
+    truth = catalogue.true_pairs()
+    table = []
+    for threshold in THRESHOLDS:
+        rows, cols = np.where(np.triu(scores, 1) >= threshold)
+        edges = [(ids[int(row)], ids[int(col)]) for row, col in zip(rows, cols, strict=True)]
+        precision, recall = precision_recall(pairs_in_groups(connected(edges)), truth)
+        table.append({"threshold": threshold, "precision": round(precision, 3), "recall": round(recall, 3)})
+    return {
+        "listings": len(ids),
+        "planted_pairs": len(truth),
+        "against_original": {
+            kind: {"min": round(min(values), 4), "max": round(max(values), 4)} for kind, values in kinds.items()
+        },
+        "groups": table,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lookalike.testing.duplicates [MODEL_DIR] [--originals N]``: the measurement the default
+    threshold comes from (the tiny test model when no directory is given), as two Markdown tables."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model_dir", nargs="?", help="a model directory (default: the tiny test model)")
+    parser.add_argument("--originals", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=500)
+    args = parser.parse_args(argv)
+    model_dir = args.model_dir
+    if model_dir is None:
+        from lookalike.testing.tiny_model import build_tiny_model
+
+        model_dir = str(build_tiny_model(tempfile.mkdtemp(prefix="lookalike-tiny-")))
+    result = measure(model_dir, args.originals, args.seed)
+    print(f"{result['listings']} listings, {result['planted_pairs']} planted pairs\n")
+    print("| listing | score against its original, min | max |\n|---|---:|---:|")
+    for kind, span in result["against_original"].items():  # type: ignore[attr-defined]
+        print(f"| {kind} | {span['min']:.4f} | {span['max']:.4f} |")
+    print("\n| threshold | precision | recall |\n|---:|---:|---:|")
+    for row in result["groups"]:  # type: ignore[attr-defined]
+        print(f"| {row['threshold']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -193,7 +193,7 @@ def recorded_products() -> set[frozenset[str]]:
 
 
 def test_events_keep_the_pairs_true_a_deleted_duplicate_leaves_none_and_a_swapped_image_makes_one(
-    env: dict[str, str], server: ImageServer, start_worker: Any, redis_client: Any
+    cli: Any, env: dict[str, str], server: ImageServer, start_worker: Any, redis_client: Any
 ) -> None:
     photo = [server.add(f"/ev/{i}.jpg", Route(body=product_bytes(300 + i))) for i in range(4)]
     copy_of_0 = server.add("/ev/copy-0.jpg", Route(body=product_bytes(300)))
@@ -225,6 +225,14 @@ def test_events_keep_the_pairs_true_a_deleted_duplicate_leaves_none_and_a_swappe
     assert recorded_products() == {frozenset({"original", "two-images"})}
     pair = next(iter(StateContext().duplicates.pairs()))
     assert {pair.a_image, pair.b_image} == {photo[0], swapped}
+
+    # A scan through the running store worker (page tasks) finds the same, and only that.
+    StateContext().redis.delete(StateContext().duplicates.pairs_key)
+    scanned = cli("duplicates", "scan", "--page", "2", "--json")
+    assert scanned.code == 0, scanned.stderr
+    assert "in this process" not in scanned.stderr
+    assert scanned.json()["done"] and scanned.json()["scanned"] == 4  # original, two-images (2), lonely
+    assert recorded_products() == {frozenset({"original", "two-images"})}
 
     # That image removed again: the pair leaves with it.
     publish([upsert("two-images", 3, [photo[1]])], redis_client)
