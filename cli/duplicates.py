@@ -42,7 +42,8 @@ def _note(message: str) -> None:
 
 
 def _context() -> Any:
-    from lookalike.commands import state_context, use_broker
+    from lookalike.app.broker import use_broker
+    from lookalike.commands import state_context
 
     use_broker(_note)
     return state_context()
@@ -191,51 +192,26 @@ def scan(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lookalike.state.queues import INDEX_QUEUE
-    from lookalike.worker.app import app as celery_app
-    from lookalike.worker.client import live_workers, scan_duplicates_page
+    from lookalike.commands import gateway
 
     state = _context()
     before = state.duplicates.scan_state()
     if before and not before.get("done") and not restart:
         _note(f"resuming the scan at {before.get('scanned')} of {before.get('total')} points (--restart to start over)")
-    through_worker = any(INDEX_QUEUE in queues for queues in live_workers(celery_app).values())
-    if not through_worker:
-        _note("no store worker is running: scanning in this process")
-
-    def step(first: bool) -> dict[str, Any]:
-        if through_worker:
-            return scan_duplicates_page(celery_app, restart=restart and first, page=page, timeout=timeout)
-        from lookalike.worker import pipeline
-        from lookalike.worker.duplicates import scan_stage
-
-        return scan_stage(pipeline.current_context(), restart=restart and first, page=page)
-
+    route = gateway(state.settings, _note)
     started = time.monotonic()
     progress = Progress(
         TextColumn("scan"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), disable=as_json,
     )  # fmt: skip
-    try:
-        with progress:
-            task = progress.add_task("scan", total=None)
-            done = step(True)
-            while True:
-                progress.update(task, total=max(done["total"], done["scanned"]), completed=done["scanned"])
-                if done["done"]:
-                    break
-                done = step(False)
-    except Exception as exc:
-        from lookalike.worker.store import StoreError
-
-        if isinstance(exc, StoreError):
-            raise _fail(str(exc), 3) from None
-        raise
-    finally:
-        if not through_worker:
-            from lookalike.worker import pipeline
-
-            pipeline.reset_context()
+    with progress:
+        task = progress.add_task("scan", total=None)
+        done = route.duplicates_scan_page(restart=restart, page=page, timeout=timeout)
+        while True:
+            progress.update(task, total=max(done["total"], done["scanned"]), completed=done["scanned"])
+            if done["done"]:
+                break
+            done = route.duplicates_scan_page(restart=False, page=page, timeout=timeout)
     if as_json:
         print(json.dumps(done, indent=2))
         return

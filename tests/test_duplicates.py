@@ -87,7 +87,7 @@ def test_planted_copies_are_found_with_precision_and_recall_of_at_least_0_95_and
     assert reported_groups(cli)["total"] == 0
     scanned = cli("duplicates", "scan", "--page", "50", "--json")
     assert scanned.code == 0, scanned.stderr
-    assert "no store worker is running: scanning in this process" in scanned.stderr
+    assert "no worker is running: scanning for duplicates in this process" in scanned.stderr
     state = scanned.json()
     assert state["done"] and state["scanned"] == len(planted.listings)
     after_scan = reported_groups(cli, "--limit", "100")

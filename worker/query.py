@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from lookalike.config.settings import Settings
-from lookalike.state.errors import Rejected
+from lookalike.state.errors import NeedsReindex, Rejected
 from lookalike.state.search import IMAGE, KEYWORD, TEXT, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.worker.decode import decode_image
 from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import FetchLimits, fetch_image
 from lookalike.worker.keywords import query_vector, shares_a_word
-from lookalike.worker.store import Hit, Narrowing, StoreError, VectorStore
+from lookalike.worker.store import Hit, Narrowing, VectorStore
 
 MAX_CANDIDATES = 2000
 
@@ -100,9 +100,9 @@ def encode_request(
     if request.kind == "text":
         assert request.text is not None
         if text_embedder is None:
-            from lookalike.worker.text import TextSpec, get_text_embedder
+            from lookalike.worker.text import TextEmbedder
 
-            return get_text_embedder(TextSpec.from_settings(settings)).embed([request.text])[0]
+            return TextEmbedder.for_settings(settings).embed([request.text])[0]
         return text_embedder().embed([request.text])[0]
     try:
         data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
@@ -169,10 +169,8 @@ def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: 
 
         products = paged_products(search, k=request.k, offset=request.offset)
         facets = store.facet_categories(narrowing) if request.facets else None
-    except StoreError as exc:
-        if "lookalike reindex" in str(exc):
-            raise QueryRejected("needs_reindex", str(exc)) from exc
-        raise
+    except NeedsReindex as exc:
+        raise QueryRejected("needs_reindex", str(exc)) from exc
     return SearchResponse(results=tuple(to_result(hit, labels(hit)) for hit in products), facets=facets)
 
 
