@@ -278,17 +278,19 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
         upsert_started = time.perf_counter()
         store.upsert(records)
         upsert_seconds = time.perf_counter() - upsert_started
+        # Duplicate listings: the fresh points against other products' points, one batched query; before the
+        # reconcile below, so a point it deletes (its image removed meanwhile) leaves the pairs just found too.
+        check_started = time.perf_counter()
+        floor = Thresholds.from_settings(ctx.settings).floor
+        report.duplicate_pairs = check_records(ctx.duplicates, store, records, floor)
+        check_seconds = time.perf_counter() - check_started
         written = {job.product_id for job, outcome in outcomes if outcome.status == INDEXED}
         after = ctx.registry.get_many(written)
         report.reconciled = reconcile(
             ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after
         )
         ctx.ledger.batch_time("upsert", upsert_seconds, (job.run_id for job, _ in outcomes))
-        # Duplicate listings: the fresh points against other products' points, one batched query.
-        check_started = time.perf_counter()
-        floor = Thresholds.from_settings(ctx.settings).floor
-        report.duplicate_pairs = check_records(ctx.duplicates, store, records, floor)
-        ctx.ledger.batch_time("duplicates", time.perf_counter() - check_started, (job.run_id for job, _ in outcomes))
+        ctx.ledger.batch_time("duplicates", check_seconds, (job.run_id for job, _ in outcomes))
     ctx.ledger.record(outcome for _, outcome in outcomes)
     for job, outcome in outcomes:
         ctx.log(
