@@ -446,8 +446,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_API_ADDRESS).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: LOOKALIKE_API_PORT, 8080).")] = None,
 ) -> None:
-    """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
-    search page at /.
+    """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, GET /v1/duplicates, POST
+    /v1/duplicates/decisions, /healthz, /readyz, /metrics, /docs) and the search page at / (with its Duplicates
+    view).
 
     Queries go to the workers through the broker (embedding on the embedding processes, search on the store
     owner); with no worker running at all, this process answers them itself and says so in its log.

@@ -140,23 +140,9 @@ def build_groups(
             continue
         edges[key] = _pair_data(pair, a, b, threshold, source, made.decision if made else None)
 
-    parent: dict[str, str] = {}
-
-    def root(product: str) -> str:
-        parent.setdefault(product, product)
-        while parent[product] != product:
-            parent[product] = parent[parent[product]]
-            product = parent[product]
-        return product
-
-    for a, b in edges:
-        parent[root(a)] = root(b)
-    members: dict[str, list[str]] = {}
-    for product in parent:
-        members.setdefault(root(product), []).append(product)
     groups: list[dict[str, Any]] = []
     wanted_level = category.strip().lower() if category else None
-    for products in members.values():
+    for products in connected(edges):
         products.sort()
         inside = set(products)
         if wanted_level is not None and not any(
@@ -176,6 +162,25 @@ def build_groups(
         )
     groups.sort(key=lambda group: (-_score(group), str(group["products"][0]["product_id"])))
     return groups
+
+
+def connected(edges: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """The groups (connected components, union-find) that these product pairs make."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    members: dict[str, list[str]] = {}
+    for node in parent:
+        members.setdefault(root(node), []).append(node)
+    return list(members.values())
 
 
 def page(groups: list[dict[str, Any]], offset: int, limit: int | None) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageEnhance
@@ -143,30 +142,6 @@ def pairs_in_groups(groups: list[list[str]]) -> set[frozenset[str]]:
     return {frozenset(pair) for group in groups for pair in itertools.combinations(sorted(group), 2)}
 
 
-def connected(edges: list[tuple[str, str]]) -> list[list[str]]:
-    """The groups (connected components) of these pairs, as the report builds them."""
-    parent: dict[str, str] = {}
-
-    def root(node: str) -> str:
-        parent.setdefault(node, node)
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for a, b in edges:
-        parent[root(a)] = root(b)
-    members: dict[str, list[str]] = {}
-    for node in parent:
-        members.setdefault(root(node), []).append(node)
-    return list(members.values())
-
-
-def iter_images(catalogue: PlantedCatalogue) -> Iterator[tuple[str, bytes]]:
-    for listing in catalogue.listings:
-        yield listing.product_id, listing.image
-
-
 # ------------------------------------------------------------------------------------------- measurement
 THRESHOLDS = (0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 
@@ -178,6 +153,7 @@ def measure(model_dir: str, originals: int = 40, seed: int = 500) -> dict[str, o
     import numpy as np
 
     from lookalike.config.settings import Settings
+    from lookalike.state.duplicate_groups import connected
     from lookalike.worker.decode import decode_image, decode_transport, encode_for_transport
     from lookalike.worker.embed import Embedder, ModelSpec
 

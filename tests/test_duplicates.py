@@ -146,6 +146,20 @@ def test_a_pair_marked_distinct_never_comes_back_through_a_reingest_and_a_full_s
     assert report["groups"][0]["score"] is None
 
 
+def test_reconcile_forgets_the_pairs_of_the_orphan_points_it_deletes(
+    cli: Any, env: dict[str, str], server: ImageServer, tmp_path: Path
+) -> None:
+    catalog = two_listings_of_one_photo(server, tmp_path)
+    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+    assert recorded_products() == {frozenset({"seller-a", "seller-b"})}
+    # The registry says seller-b is gone, but its delete never reached the store (a lost reconcile job).
+    StateContext().registry.apply("seller-b", ProductState(2**52, True, {}, ()))
+    done = cli("reconcile", "--json")
+    assert done.code == 0, done.stderr
+    assert done.json()["orphan_points_deleted"] == 1
+    assert recorded_products() == set()
+
+
 def test_mark_refuses_unknown_products_and_contradictory_flags_in_one_line(
     cli: Any, env: dict[str, str], redis_client: Any
 ) -> None:
