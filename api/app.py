@@ -64,6 +64,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 STATIC_FILES = {
+    "cards.js": "text/javascript; charset=utf-8",
     "page.js": "text/javascript; charset=utf-8",
     "duplicates.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",

@@ -1,6 +1,6 @@
 // The page's "Duplicates" view: groups of listings that show the same photo, side by side, with the two
-// decision buttons for each pair. Same rules as page.js: catalogue text only through textContent, links and
-// thumbnails only when they are http(s) URLs, the API key from the same session storage.
+// decision buttons for each pair. The cards come from cards.js (catalogue text only through textContent, links
+// and thumbnails only when they are http(s) URLs); the API key is page.js's, from the same session storage.
 "use strict";
 
 (() => {
@@ -20,15 +20,7 @@
   };
   let shown = 0;
 
-  function safeUrl(value) {
-    if (typeof value !== "string" || !value) return null;
-    try {
-      const url = new URL(value, window.location.href);
-      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
-    } catch {
-      return null;
-    }
-  }
+  const { productCard } = window.lookalikeCards;
 
   async function call(method, url, body) {
     const headers = { Accept: "application/json" };
@@ -59,29 +51,7 @@
   }
 
   function product(item) {
-    const article = document.createElement("article");
-    article.className = "card";
-    article.dataset.productId = item.product_id;
-    const link = safeUrl(item.product_url);
-    const thumb = document.createElement(link ? "a" : "div");
-    thumb.className = "thumb";
-    const image = document.createElement("img");
-    image.loading = "lazy";
-    image.referrerPolicy = "no-referrer";
-    image.alt = item.name || item.product_id;
-    const source = safeUrl(item.image_url);
-    if (source) image.src = source;
-    thumb.append(image);
-    const body = document.createElement("div");
-    body.className = "body";
-    const name = document.createElement(link ? "a" : "span");
-    name.className = "name";
-    name.textContent = item.name || item.product_id;
-    for (const anchor of link ? [thumb, name] : []) {
-      anchor.href = link;
-      anchor.target = "_blank";
-      anchor.rel = "noopener noreferrer";
-    }
+    const { article, body } = productCard(item);
     const meta = document.createElement("div");
     meta.className = "meta";
     const id = document.createElement("span");
@@ -91,8 +61,7 @@
     price.className = "price";
     price.textContent = item.price || "";
     meta.append(id, price);
-    body.append(name, meta);
-    article.append(thumb, body);
+    body.append(meta);
     return article;
   }
 

@@ -58,15 +58,7 @@
     }
   }
 
-  function safeUrl(value) {
-    if (typeof value !== "string" || !value) return null;
-    try {
-      const url = new URL(value, window.location.href);
-      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
-    } catch {
-      return null;
-    }
-  }
+  const { safeUrl, productCard } = window.lookalikeCards;
 
   function currentFilters() {
     const filters = {};
@@ -210,31 +202,7 @@
   }
 
   function card(hit) {
-    const article = document.createElement("article");
-    article.className = "card";
-    article.dataset.productId = hit.product_id;
-    const link = safeUrl(hit.product_url);
-
-    const thumb = document.createElement(link ? "a" : "div");
-    thumb.className = "thumb";
-    const image = document.createElement("img");
-    image.loading = "lazy";
-    image.referrerPolicy = "no-referrer";
-    image.alt = hit.name || hit.product_id;
-    const source = safeUrl(hit.image_url);
-    if (source) image.src = source;
-    thumb.append(image);
-
-    const body = document.createElement("div");
-    body.className = "body";
-    const name = document.createElement(link ? "a" : "span");
-    name.className = "name";
-    name.textContent = hit.name || hit.product_id;
-    for (const anchor of link ? [thumb, name] : []) {
-      anchor.href = link;
-      anchor.target = "_blank";
-      anchor.rel = "noopener noreferrer";
-    }
+    const { article, body } = productCard(hit);
     const meta = document.createElement("div");
     meta.className = "meta";
     const price = document.createElement("span");
@@ -253,8 +221,7 @@
     more.className = "more";
     more.textContent = "More like this";
     more.addEventListener("click", () => run({ kind: "similar", product: hit }));
-    body.append(name, meta, category, more);
-    article.append(thumb, body);
+    body.append(meta, category, more);
     return article;
   }
 
