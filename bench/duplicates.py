@@ -158,14 +158,14 @@ def vit_seconds_per_image(work: Path, batches: int) -> dict[str, Any]:
 
     from lookalike.config.settings import Settings
     from lookalike.testing.vit_model import build_vit_model
-    from lookalike.worker.embed import Embedder, ModelSpec
+    from lookalike.worker.embed import Embedder
 
     model_dir = work / "vit-fp32"
     if not (model_dir / "model.onnx").exists():
         build_vit_model(model_dir)
     cores = len(os.sched_getaffinity(0))
     settings = Settings(model_dir=model_dir, onnx_threads=cores, embed_concurrency=1)
-    embedder = Embedder(ModelSpec.from_settings(settings))
+    embedder = Embedder(Embedder.spec_from(settings))
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)) for _ in range(BATCH)]
     embedder.embed(images[:2])  # warm up

@@ -155,10 +155,10 @@ def measure(model_dir: str, originals: int = 40, seed: int = 500) -> dict[str, o
     from lookalike.config.settings import Settings
     from lookalike.state.duplicate_groups import connected
     from lookalike.worker.decode import decode_image, decode_transport, encode_for_transport
-    from lookalike.worker.embed import Embedder, ModelSpec
+    from lookalike.worker.embed import Embedder
 
     catalogue = planted_catalogue(originals=originals, uniques=originals, seed=seed)
-    embedder = Embedder(ModelSpec.from_settings(Settings(model_dir=model_dir)))
+    embedder = Embedder(Embedder.spec_from(Settings(model_dir=model_dir)))
     formats = ("JPEG",)
     images = [
         decode_transport(encode_for_transport(decode_image(item.image, max_pixels=16_000_000, formats=formats)))
