@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery
@@ -74,6 +75,7 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
     """
     deadline = time.monotonic() + timeout
     vector = None
+    note = None
     if request.needs_vector:
         encoded = app.send_task(ENCODE_TASK, args=[request.to_message()], argsrepr=request.describe()).get(
             timeout=timeout
@@ -81,10 +83,15 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
         if "error" in encoded:
             return dict(encoded)
         vector = encoded["vector"]
+        if encoded.get("fallback") == "keyword":  # no text model: keywords only, and the answer says so
+            request, note = replace(request, mode="keyword"), str(encoded.get("note") or "")
         request = request.encoded_form()
     remaining = max(0.1, deadline - time.monotonic())
     answer = app.send_task(SEARCH_TASK, args=[request.to_message(), vector], argsrepr=request.describe())
-    return dict(answer.get(timeout=remaining))
+    found = dict(answer.get(timeout=remaining))
+    if note and "error" not in found:
+        found["note"] = note
+    return found
 
 
 def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:

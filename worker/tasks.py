@@ -53,6 +53,7 @@ from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
 from lookalike.worker.embed import ModelUnavailable, model_dimension
 from lookalike.worker.logs import configure_logging
+from lookalike.worker.query import KeywordFallback
 from lookalike.worker.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -298,13 +299,16 @@ def optimize() -> dict[str, Any]:
 @app.task(name="lookalike.encode", ignore_result=False, acks_late=False)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
     """A query's download, decode and embedding, on the embedding processes: ``{"vector": base64 or None}``,
-    or a refusal as data (``{"error": reason, "detail": ...}``)."""
+    or a refusal as data (``{"error": reason, "detail": ...}``); words whose text model cannot load come back
+    as ``{"vector": None, "fallback": "keyword", "note": why}`` (the search then runs on keywords only)."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
         vector = pipeline.encode_query(ctx, parsed)
     except QueryRejected as exc:
         return exc.as_data()
+    except KeywordFallback as fallback:
+        return {"vector": None, "fallback": "keyword", "note": fallback.note}
     return {"vector": None if vector is None else encode_vector(vector)}
 
 
