@@ -518,6 +518,26 @@ def _round(value: float | None) -> float | None:
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+def listening_socket(host: str, port: int) -> Any:
+    """A TCP socket bound to ``host:port`` and listening, for a server to take over: a port in use or an
+    address this machine does not have fails here (OSError), before anything says it is serving."""
+    import socket
+
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError:
+        listener.close()
+        raise
+    listener.set_inheritable(True)
+    return listener
+
+
 def start_flower(port: int, address: str | None, note: Note) -> None:
     """Replace this process with Flower on the lookalike app; the login travels in FLOWER_BASIC_AUTH."""
     import os

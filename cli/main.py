@@ -59,9 +59,11 @@ def main_options(
 
 
 # ------------------------------------------------------------------------------------------------ ingest
-@app.command()
+@app.command(short_help='Read a catalogue CSV and index its product images.')
 def ingest(
-    catalog: Annotated[Path, typer.Argument(help="Catalogue CSV, or a zip holding one CSV at any depth.")],
+    catalog: Annotated[
+        Path, typer.Argument(metavar="CATALOG", help="Catalogue CSV, or a zip holding one CSV at any depth.")
+    ],
     fraction: Annotated[float | None, typer.Option(help="Sample this share of the rows (0-1].")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --fraction.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Keep only the first N rows (after sampling).")] = None,
@@ -117,7 +119,7 @@ def ingest(
 
 
 # ------------------------------------------------------------------------------------------------ worker
-@app.command()
+@app.command(short_help='Start the workers (downloads, embedding, the store).')
 def worker(
     queues: Annotated[
         str | None,
@@ -155,15 +157,22 @@ CategoryOption = Annotated[
 ]
 MinPriceOption = Annotated[float | None, typer.Option("--min-price", help="Only products priced at least this.")]
 MaxPriceOption = Annotated[float | None, typer.Option("--max-price", help="Only products priced at most this.")]
-MinScoreOption = Annotated[float | None, typer.Option("--min-score", help="Only results scoring at least this.")]
+MinScoreOption = Annotated[
+    float | None,
+    typer.Option("--min-score", help="Only results whose raw engine score (JSON's score, not match) is at least this."),
+]
 TopOption = Annotated[int, typer.Option("-k", "--top", help="How many products to return (1-100).")]
 OffsetOption = Annotated[int, typer.Option("--offset", help="Skip this many products (pages: --offset 10 -k 10).")]
 DiverseOption = Annotated[
     bool, typer.Option("--diverse", help="Re-rank for variety (MMR): near-identical variants do not fill a page.")
 ]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print the result list as JSON (with --facets: {results, facets}).")
+    bool,
+    typer.Option(
+        "--json", help="Print the result list as JSON (with --facets: {results, facets, no_close_match, ...})."
+    ),
 ]
+SimilarJsonOption = Annotated[bool, typer.Option("--json", help="Print the result list as JSON.")]
 TimeoutOption = Annotated[
     float | None, typer.Option(help="Seconds to wait for a worker (default: LOOKALIKE_QUERY_TIMEOUT).")
 ]
@@ -171,26 +180,34 @@ TimeoutOption = Annotated[
 
 def _answer(request: Any, *, timeout: float | None, as_json: bool, facets: bool) -> None:
     from lookalike.commands import QueryFailed, run_query
+    from lookalike.state.search import CLOSE_MATCH
 
     try:
         response = run_query(request, timeout=timeout, note=note)
     except QueryFailed as exc:
         raise fail(str(exc), exc.code) from None
     data = response.to_data()
+    if data.get("note"):
+        note(data["note"])
+    if data["results"] and data["no_close_match"]:
+        best = render.percent(max(hit["match"] for hit in data["results"]))
+        note(f"no close match: the best result matches {best} (a close match is {render.percent(CLOSE_MATCH)} or more)")
     if as_json:
         print(json.dumps(data if facets else data["results"], ensure_ascii=False))
         return
     if not data["results"]:
         print("no matches (is the catalogue ingested? are the filters too narrow?)")
     else:
-        render.search_results(data["results"], out)
+        render.search_results(data["results"], out, offset=request.offset)
     if facets and data.get("facets"):
         render.facets(data["facets"], out)
 
 
-@app.command()
+@app.command(short_help='Find products by a photo (path or URL) or by words.')
 def search(
-    image: Annotated[str | None, typer.Argument(help="Image file path, or an http(s) URL.")] = None,
+    image: Annotated[
+        str | None, typer.Argument(metavar="[IMAGE]", help="Image file path, or an http(s) URL.")
+    ] = None,
     text: Annotated[str | None, typer.Option("--text", help="Search by words instead of an image.")] = None,
     mode: Annotated[
         str,
@@ -215,8 +232,10 @@ def search(
     from lookalike.config.settings import get_settings
     from lookalike.state.search import Filters, SearchRequest
 
-    if (image is None) == (text is None):
-        raise fail("give an IMAGE (a path or an http(s) URL) or --text WORDS, not both")
+    if image is None and text is None:
+        raise fail("give an IMAGE (a path or an http(s) URL) or --text WORDS")
+    if image is not None and text is not None:
+        raise fail("give an IMAGE or --text WORDS, not both")
     filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
     if text is None:
         assert image is not None
@@ -243,9 +262,9 @@ def search(
     _answer(request, timeout=timeout, as_json=as_json, facets=facets)
 
 
-@app.command()
+@app.command(short_help='More like this: products that look like a product.')
 def similar(
-    product_id: Annotated[str, typer.Argument(help="A catalogue product id.")],
+    product_id: Annotated[str, typer.Argument(metavar="PRODUCT_ID", help="A catalogue product id.")],
     category: CategoryOption = None,
     min_price: MinPriceOption = None,
     max_price: MaxPriceOption = None,
@@ -253,7 +272,7 @@ def similar(
     k: TopOption = 5,
     offset: OffsetOption = 0,
     diverse: DiverseOption = False,
-    as_json: JsonOption = False,
+    as_json: SimilarJsonOption = False,
     timeout: TimeoutOption = None,
 ) -> None:
     """More like this: the products that look most like PRODUCT_ID, from its own stored vectors (no download,
@@ -267,9 +286,9 @@ def similar(
 
 
 # ------------------------------------------------------------------------------------------------ status
-@app.command()
+@app.command(short_help='Runs, queues, workers and the model in use.')
 def status(
-    run: Annotated[str | None, typer.Argument(help="A run id (default: the latest runs).")] = None,
+    run: Annotated[str | None, typer.Argument(metavar="[RUN]", help="A run id (default: the latest runs).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
 ) -> None:
@@ -289,7 +308,7 @@ def status(
 
 
 # ---------------------------------------------------------------------------------------------- failures
-@app.command()
+@app.command(short_help='List the images that failed, or retry them.')
 def failures(
     reason: Annotated[str | None, typer.Option(help="Only failures with this reason (e.g. http_404, http).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per failed image.")] = False,
@@ -326,9 +345,9 @@ def failures(
 
 
 # ------------------------------------------------------------------------------------------- operations
-@app.command()
+@app.command(short_help='Start Flower (the Celery dashboard) with a login.')
 def flower(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5555,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5555,
     address: Annotated[
         str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_FLOWER_ADDRESS, 127.0.0.1).")
     ] = None,
@@ -348,9 +367,9 @@ def flower(
         raise fail(str(exc)) from None
 
 
-@app.command()
+@app.command(short_help='Serve Prometheus metrics at /metrics.')
 def metrics(
-    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9808,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to serve /metrics on (0: any free one).")] = 9808,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Serve Prometheus metrics at /metrics: counters, stage-time histograms, queue depths and ages.
@@ -368,7 +387,7 @@ def metrics(
 
 
 # ------------------------------------------------------------------------------------------------ events
-@app.command()
+@app.command(short_help='Apply catalogue change events from the Redis Stream.')
 def listen(
     consumer: Annotated[
         str | None, typer.Option(help="Consumer name in the group (default: this host's name); keep it stable.")
@@ -393,9 +412,11 @@ def listen(
         raise fail(str(exc)) from None
 
 
-@app.command()
+@app.command(short_help='Publish change events (JSON lines), or list rejected ones.')
 def events(
-    file: Annotated[str | None, typer.Argument(help="JSON lines file of events to publish ('-' = stdin).")] = None,
+    file: Annotated[
+        str | None, typer.Argument(metavar="[FILE]", help="JSON lines file of events to publish ('-' = stdin).")
+    ] = None,
     rejected: Annotated[
         bool, typer.Option("--rejected", help="List the events the listener rejected instead.")
     ] = False,
@@ -435,7 +456,7 @@ def events(
 
 
 # ----------------------------------------------------------------------------------------------- reindex
-@app.command()
+@app.command(short_help="Upgrade an earlier release's index (no download).")
 def reindex(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker.")] = 3600.0,
@@ -473,42 +494,54 @@ def reindex(
 
 
 # ------------------------------------------------------------------------------------------------- serve
-@app.command()
+@app.command(short_help='Serve the HTTP API and the search page.')
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_API_ADDRESS).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default: LOOKALIKE_API_PORT, 8080).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on (default: LOOKALIKE_API_PORT, 8080).")
+    ] = None,
 ) -> None:
     """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
     search page at /.
 
     Queries go to the workers through the broker (embedding on the embedding processes, search on the store
-    owner); with no worker running at all, this process answers them itself and says so in its log.
+    owner); with no worker running at all, this process answers them itself and says so in its log. A port in
+    use or an address this machine does not have is a one-line error (exit 2) before anything is served.
     """
     import uvicorn
 
     from lookalike.api import create_app, uvicorn_log_config
     from lookalike.api.workers import WorkerBackend
+    from lookalike.commands import listening_socket
     from lookalike.config.settings import get_settings
 
-    use_broker(note, share=True)
     settings = get_settings()
     host = host or settings.api_address
     port = port or settings.api_port
-    note(f"serving the API and the page on http://{host}:{port}/")
-    uvicorn.run(
+    try:
+        listener = listening_socket(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    use_broker(note, share=True)
+    config = uvicorn.Config(
         create_app(WorkerBackend(settings), settings),
         host=host,
         port=port,
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,
     )
+    note(f"serving the API and the page on http://{host}:{port}/")
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 # --------------------------------------------------------------------------------------------- reconcile
-@app.command()
+@app.command(short_help='Repair the index whatever was lost, and say what it did.')
 def reconcile(
     catalog: Annotated[
-        Path | None, typer.Argument(help="The current catalogue: register it and delete products it no longer lists.")
+        Path | None,
+        typer.Argument(
+            metavar="[CATALOG]", help="The current catalogue: register it and delete products it no longer lists."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker's audit.")] = 600.0,
@@ -547,7 +580,7 @@ def reconcile(
 def _add_model_commands() -> None:
     from lookalike.models import model_app
 
-    app.add_typer(model_app, name="model")
+    app.add_typer(model_app, name="model", short_help="Make an int8 model, or compare two on your catalogue.")
 
 
 _add_model_commands()
@@ -558,9 +591,13 @@ def main() -> None:
     import redis
 
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except _CLICK_ERRORS as exc:
+        _usage_failed(exc)
     except BrokerUnreachable as exc:
         _broker_failed(str(exc), NO_BROKER_EXIT)
     except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
@@ -570,6 +607,24 @@ def main() -> None:
         )
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as exc:
         _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL", NO_BROKER_EXIT)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# The parser's errors (typer ships its own copy of click): found from a public class, whichever copy it is.
+_CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
+)
+
+
+def _usage_failed(exc: Any) -> None:
+    """A bad option or argument: one line naming it and where the help is, exit 2 (click prints four)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `lookalike model` alone: the help is the answer
+        exc.show()
+        sys.exit(exc.exit_code)
+    context = getattr(exc, "ctx", None)
+    where = f" (see {context.command_path} --help)" if context is not None else ""
+    err.print(f"error: {exc.format_message()}{where}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
 
 
 def _first_line(exc: BaseException) -> str:

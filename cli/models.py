@@ -29,7 +29,7 @@ def _note(message: str) -> None:
     note(message)
 
 
-@model_app.command("quantize")
+@model_app.command("quantize", short_help="Write int8 copies of the configured models, with sizes and speeds.")
 def quantize(
     out: Annotated[Path, typer.Option(help="Where to write the int8 model directories (vision/ and text/).")] = Path(
         "models-int8"
@@ -76,10 +76,10 @@ def quantize(
         )
 
 
-@model_app.command("compare")
+@model_app.command("compare", short_help="How much two vision models agree on your own catalogue.")
 def compare(
-    dir_a: Annotated[Path, typer.Argument(help="A vision model directory (say, the current one).")],
-    dir_b: Annotated[Path, typer.Argument(help="Another one (say, its int8 copy).")],
+    dir_a: Annotated[Path, typer.Argument(metavar="DIR_A", help="A vision model directory (say, the current one).")],
+    dir_b: Annotated[Path, typer.Argument(metavar="DIR_B", help="Another one (say, its int8 copy).")],
     sample: Annotated[int, typer.Option(help="How many of the indexed catalogue's images to embed.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed for the sample.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
