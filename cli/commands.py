@@ -36,10 +36,23 @@ def use_broker(note: Note, *, start: bool = True, share: bool = False) -> Runtim
 
     runtime = resolve_broker(start=start, share=share)
     atexit.register(runtime.close)
+    announce_broker(runtime, note)
+    return runtime
+
+
+def announce_broker(runtime: Runtime, note: Note) -> None:
+    """Check that the broker answers, then name it once on stderr, with where the choice came from: every
+    command does, so a Redis used silently (a default one on this machine) never surprises anyone."""
     for message in runtime.notes:
         note(message)
-    require_broker(runtime.settings)
-    return runtime
+    url = require_broker(runtime.settings)
+    if not runtime.notes:
+        source = (
+            "LOOKALIKE_BROKER_URL"
+            if runtime.settings.broker_url_is_set
+            else "the default address: a Redis answers there; set LOOKALIKE_BROKER_URL to use another"
+        )
+        note(f"broker {_safe_url(url)} ({source})")
 
 
 def state_context() -> StateContext:
@@ -123,9 +136,7 @@ class IngestSession:
 
     def __enter__(self) -> IngestSession:
         self.runtime = resolve_broker()
-        for message in self.runtime.notes:
-            self.note(message)
-        require_broker(self.runtime.settings)
+        announce_broker(self.runtime, self.note)
         from lookalike.worker.app import ALL_QUEUES, app
         from lookalike.worker.client import CeleryPublisher, live_workers
 
@@ -676,7 +687,7 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
     from lookalike.producer.enqueue import Backpressure, carry_out
     from lookalike.producer.sync import plan_retries
     from lookalike.worker.app import app
-    from lookalike.worker.client import CeleryPublisher
+    from lookalike.worker.client import CeleryPublisher, live_workers
 
     ctx = state_context()
     taken = ctx.failures.take(reason)
@@ -691,7 +702,21 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
         ledger=ctx.ledger,
     )
     ctx.ledger.set_meta(run_id, status="enqueued")
-    return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped}
+    if not plan.jobs:
+        ctx.ledger.set_meta(run_id, finished_at=time.time())
+    return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped, "workers": bool(live_workers(app))}
+
+
+def waiting_without_workers() -> int:
+    """Jobs waiting in the fetch queue while no worker runs (0 when a worker runs): what `failures` mentions
+    when it has nothing to list, since retried images are no longer failures until a worker tries them."""
+    from lookalike.state.queues import FETCH_QUEUE, queue_depth
+    from lookalike.worker.app import app
+    from lookalike.worker.client import live_workers
+
+    ctx = state_context()
+    depth = queue_depth(ctx.redis, FETCH_QUEUE)
+    return depth if depth and not live_workers(app) else 0
 
 
 # --------------------------------------------------------------------------------------------- reconcile

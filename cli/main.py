@@ -142,10 +142,14 @@ def worker(
 
     use_broker(note, share=True)
 
+    from lookalike.worker.embed import ModelUnavailable
+
     try:
         code = start_worker(
             queues=queues, concurrency=concurrency, fetch_threads=fetch_threads, loglevel=loglevel, note=note
         )
+    except ModelUnavailable as exc:  # the same code as every command that needs the model: 3, not there
+        raise fail(str(exc), 3) from None
     except (ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code)
@@ -316,12 +320,17 @@ def failures(
     limit: Annotated[int | None, typer.Option(help="Show at most N.")] = None,
 ) -> None:
     """List the images that failed for good (product, URL, stage, reason, time), or re-enqueue them."""
-    from lookalike.commands import list_failures, retry_failures
+    from lookalike.commands import list_failures, retry_failures, waiting_without_workers
 
     use_broker(note)
 
     if retry:
         summary = retry_failures(reason, note=note)
+        if summary["requeued"] and not summary["workers"]:
+            note(
+                f"no worker is running: the {summary['requeued']} images wait in the queue until you start "
+                "`lookalike worker` (or `lookalike ingest --wait`); `lookalike status` shows them"
+            )
         if as_json:
             print(json.dumps(summary))
         else:
@@ -339,7 +348,9 @@ def failures(
         print(json.dumps(items, ensure_ascii=False))
         return
     if not items:
-        print("no failures recorded")
+        waiting = waiting_without_workers()
+        queued = f" ({waiting} jobs wait in the fetch queue: no worker is running; start `lookalike worker`)"
+        print("no failures recorded" + (queued if waiting else ""))
         return
     render.failures(items, out)
 
