@@ -15,14 +15,14 @@ import math
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import uvicorn
 from PIL import Image
 
 from lookalike.api.backend import READINESS_CHECKS
+from lookalike.state.categories import facet_tree, keys, normalize
 from lookalike.state.search import KEYWORD, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker.decode import ImageRejected, decode_image
@@ -107,8 +107,9 @@ class FakeBackend:
             scored = [hit for hit in self._by_colour(product.colour, matched="image") if hit[0] is not product]
         kept = [(product, score, how) for product, score, how in scored if self._passes(request, product, score)]
         facets = None
-        if request.facets:
-            facets = dict(Counter(product.category.split(" | ")[0] for product, _, _ in kept))
+        if request.facets:  # like the real one: a tree of paths over the matches, the category filter aside
+            unfiltered = replace(request, filters=replace(request.filters, category=None))
+            facets = facet_tree(p.category for p, score, _ in scored if self._passes(unfiltered, p, score))
         window = kept[request.offset : request.offset + request.k]
         return SearchResponse(tuple(self._hit(product, score, matched) for product, score, matched in window), facets)
 
@@ -127,6 +128,7 @@ class FakeBackend:
             price=f"${product.price:.2f}",
             price_value=product.price,
             matched=(matched,),
+            match=max(0.0, min(1.0, score)),
         )
 
     @staticmethod
@@ -159,10 +161,8 @@ class FakeBackend:
     @staticmethod
     def _passes(request: SearchRequest, product: Product, score: float) -> bool:
         filters = request.filters
-        if filters.category is not None:
-            levels = {level.strip().lower() for level in product.category.split("|")}
-            if filters.category.strip().lower() not in levels:
-                return False
+        if filters.category is not None and normalize(filters.category) not in keys(product.category):
+            return False
         if filters.min_price is not None and product.price < filters.min_price:
             return False
         if filters.max_price is not None and product.price > filters.max_price:

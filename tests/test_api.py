@@ -78,7 +78,8 @@ def test_the_results_are_exactly_the_query_models_json(client: TestClient, backe
     assert body.pop("took_ms") >= 0
     assert body == expected
     assert set(body["results"][0]) == {
-        "product_id", "name", "score", "image_url", "product_url", "category", "price", "price_value", "matched"
+        "product_id", "name", "match", "score", "image_url", "product_url", "category", "price", "price_value",
+        "matched",
     }
 
 
@@ -113,7 +114,7 @@ def test_json_filters_and_facets_reach_the_backend(client: TestClient, backend: 
     )
     assert response.status_code == 200, response.text
     assert [hit["product_id"] for hit in response.json()["results"]] == ["p-blue-jacket"]
-    assert response.json()["facets"] == {"Clothing": 1}
+    assert response.json()["facets"] == {"Clothing": 1, "Clothing | Jackets": 1}
     assert backend.requests[-1].filters.max_price == 100
 
 
