@@ -251,7 +251,8 @@
       const option = document.createElement("option");
       option.value = path;
       option.dataset.depth = String(depth);
-      const level = path.slice(path.lastIndexOf(" | ") + (path.includes(" | ") ? 3 : 0));
+      const cut = path.lastIndexOf(" | ");
+      const level = cut < 0 ? path : path.slice(cut + 3);
       option.textContent = `${"\u00a0\u00a0\u00a0".repeat(depth)}${level} (${facets[path]})`;
       els.category.append(option);
     }
