@@ -549,6 +549,37 @@ def listening_socket(host: str, port: int) -> Any:
     return listener
 
 
+def serve_directory(directory: Path, host: str, port: int, note: Note) -> None:
+    """Serve ``directory``'s files read-only until SIGINT or SIGTERM; bind errors are OSError, raised before
+    anything says it is serving."""
+    import functools
+    import signal
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # one line per image would drown the terminal
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    handler = functools.partial(Quiet, directory=str(directory.resolve()))
+    server = Server((host, port), handler)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="images", daemon=True)
+    thread.start()
+    note(f"serving {directory} on http://{host}:{port}/ (Ctrl-C stops)")
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def start_flower(port: int, address: str | None, note: Note) -> None:
     """Replace this process with Flower on the lookalike app; the login travels in FLOWER_BASIC_AUTH."""
     import os

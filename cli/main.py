@@ -589,9 +589,11 @@ def reconcile(
 
 
 def _add_model_commands() -> None:
+    from lookalike.images import images_app
     from lookalike.models import model_app
 
     app.add_typer(model_app, name="model", short_help="Make an int8 model, or compare two on your catalogue.")
+    app.add_typer(images_app, name="images", short_help="Serve catalogue images from this machine (offline use).")
 
 
 _add_model_commands()

@@ -120,3 +120,27 @@ def compare(
         f"top {report.k}    mean {report.overlap_mean:.2f} of A's {report.k} nearest also in B's "
         f"(min {report.overlap_min})"
     )
+
+
+@model_app.command("tiny", short_help="Write tiny stand-in models (vision and text) to try lookalike offline.")
+def tiny(
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write vision/ and text/.")] = Path("models"),
+) -> None:
+    """Write DIR/vision and DIR/text: tiny models with CLIP ViT-B/32's interfaces (512-d), for a machine that
+    cannot download the real ones. Every command runs with them (a re-encoded copy of a photo finds its
+    original; a word of a product's name finds it by keyword), but what looks alike means little. Point
+    LOOKALIKE_MODEL_DIR and LOOKALIKE_TEXT_MODEL_DIR at them. Needs the tiny-model extra
+    (pip install 'lookalike[tiny-model]')."""
+    from lookalike.testing.tiny_model import build_tiny_model, build_tiny_text_model
+
+    try:
+        vision = build_tiny_model(out / "vision")
+        text = build_tiny_text_model(out / "text")
+    except ImportError as exc:
+        raise _fail(
+            f"writing the tiny models needs the tiny-model extra: pip install 'lookalike[tiny-model]' ({exc})"
+        ) from None
+    except OSError as exc:
+        raise _fail(f"{out}: {exc.strerror or exc}") from None
+    print(f"wrote {vision} and {text}")
+    print(f"use them: export LOOKALIKE_MODEL_DIR={vision} LOOKALIKE_TEXT_MODEL_DIR={text}")

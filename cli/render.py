@@ -83,15 +83,20 @@ def percent(match: float) -> str:
     return f"{round(match * 100):d}%"
 
 
+WIDE = 120  # columns from which the image URL gets its own column
+
+
 def search_results(results: list[dict[str, Any]], console: Console, *, offset: int = 0) -> None:
     """Ranks continue from ``offset`` (page 2 of 5 starts at 6); ``match`` is the 0-1 value people read, as a
-    percentage (the raw engine score is in ``--json``)."""
+    percentage (the raw engine score is in ``--json``). The image URL shows on terminals of WIDE columns or
+    more; on narrower ones it would wrap every row (``--json`` always has it)."""
+    wide = console.width >= WIDE
     rows = [
-        (rank, percent(float(hit.get("match") or 0.0)), hit["product_id"], shorten(str(hit["name"] or "")),
-         hit["image_url"])
+        (rank, percent(float(hit.get("match") or 0.0)), hit["product_id"], shorten(str(hit["name"] or "")))
+        + ((hit["image_url"],) if wide else ())
         for rank, hit in enumerate(results, offset + 1)
-    ]  # fmt: skip
-    console.print(table(("#", "match", "product id", "name", "image"), rows))
+    ]
+    console.print(table(("#", "match", "product id", "name") + (("image",) if wide else ()), rows))
 
 
 def facets(counts: dict[str, int], console: Console) -> None:
