@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import typer
 
+from lookalike.usage import PlainUsage
+
 images_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -30,7 +32,9 @@ def _note(message: str) -> None:
     note(message)
 
 
-@images_app.command("localize", short_help="Copy a catalogue with its image URLs moved to this machine.")
+@images_app.command(
+    "localize", cls=PlainUsage, short_help="Copy a catalogue with its image URLs moved to this machine."
+)
 def localize(
     catalog: Annotated[Path, typer.Argument(metavar="CATALOG", help="Catalogue CSV (or a zip holding one).")],
     out: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Where to write catalog.csv and the images.")],
@@ -59,7 +63,9 @@ def localize(
     _note("loopback image URLs need LOOKALIKE_FETCH_ALLOW_NETWORKS=127.0.0.0/8 for ingest and the workers")
 
 
-@images_app.command("serve", short_help="Serve a directory of images over HTTP until Ctrl-C.")
+@images_app.command(
+    "serve", cls=PlainUsage, short_help="Serve a directory of images over HTTP until Ctrl-C."
+)
 def serve(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="The directory to serve (files only).")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

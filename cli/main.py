@@ -12,6 +12,7 @@ from rich.console import Console
 
 from lookalike import __version__, render
 from lookalike.commands import NO_BROKER_EXIT, BrokerUnreachable, use_broker
+from lookalike.usage import PlainUsage
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +22,11 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Reverse image search for e-commerce catalogues: ingest a catalogue, run workers, search by image.",
 )
+def command(**options: Any) -> Any:
+    """``app.command`` with the plain usage line (every lookalike command is declared with it)."""
+    return app.command(cls=PlainUsage, **options)
+
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -59,7 +65,7 @@ def main_options(
 
 
 # ------------------------------------------------------------------------------------------------ ingest
-@app.command(short_help='Read a catalogue CSV and index its product images.')
+@command(short_help='Read a catalogue CSV and index its product images.')
 def ingest(
     catalog: Annotated[
         Path, typer.Argument(metavar="CATALOG", help="Catalogue CSV, or a zip holding one CSV at any depth.")
@@ -119,7 +125,7 @@ def ingest(
 
 
 # ------------------------------------------------------------------------------------------------ worker
-@app.command(short_help='Start the workers (downloads, embedding, the store).')
+@command(short_help='Start the workers (downloads, embedding, the store).')
 def worker(
     queues: Annotated[
         str | None,
@@ -182,6 +188,17 @@ TimeoutOption = Annotated[
 ]
 
 
+def _checked(request: Any) -> Any:
+    """The request, validated before anything else runs: a bad value is the command's only line (exit 2)."""
+    from lookalike.config.settings import get_settings
+    from lookalike.state.search import QueryRejected
+
+    try:
+        return request.validate(max_image_bytes=get_settings().query_max_bytes)
+    except QueryRejected as exc:
+        raise fail(f"query refused: {exc}") from None
+
+
 def _answer(request: Any, *, timeout: float | None, as_json: bool, facets: bool) -> None:
     from lookalike.commands import QueryFailed, run_query
     from lookalike.state.search import CLOSE_MATCH
@@ -207,10 +224,10 @@ def _answer(request: Any, *, timeout: float | None, as_json: bool, facets: bool)
         render.facets(data["facets"], out)
 
 
-@app.command(short_help='Find products by a photo (path or URL) or by words.')
+@command(short_help='Find products by a photo (path or URL) or by words.')
 def search(
     image: Annotated[
-        str | None, typer.Argument(metavar="[IMAGE]", help="Image file path, or an http(s) URL.")
+        str | None, typer.Argument(metavar="IMAGE", help="Image file path, or an http(s) URL.")
     ] = None,
     text: Annotated[str | None, typer.Option("--text", help="Search by words instead of an image.")] = None,
     mode: Annotated[
@@ -262,11 +279,12 @@ def search(
             diverse=diverse,
             facets=facets,
         )
+    _checked(request)
     use_broker(note)
     _answer(request, timeout=timeout, as_json=as_json, facets=facets)
 
 
-@app.command(short_help='More like this: products that look like a product.')
+@command(short_help='More like this: products that look like a product.')
 def similar(
     product_id: Annotated[str, typer.Argument(metavar="PRODUCT_ID", help="A catalogue product id.")],
     category: CategoryOption = None,
@@ -284,15 +302,15 @@ def similar(
     from lookalike.state.search import Filters, SearchRequest
 
     filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
-    request = SearchRequest(product_id=product_id, k=k, offset=offset, filters=filters, diverse=diverse)
+    request = _checked(SearchRequest(product_id=product_id, k=k, offset=offset, filters=filters, diverse=diverse))
     use_broker(note)
     _answer(request, timeout=timeout, as_json=as_json, facets=False)
 
 
 # ------------------------------------------------------------------------------------------------ status
-@app.command(short_help='Runs, queues, workers and the model in use.')
+@command(short_help='Runs, queues, workers and the model in use.')
 def status(
-    run: Annotated[str | None, typer.Argument(metavar="[RUN]", help="A run id (default: the latest runs).")] = None,
+    run: Annotated[str | None, typer.Argument(metavar="RUN", help="A run id (default: the latest runs).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
 ) -> None:
@@ -312,7 +330,7 @@ def status(
 
 
 # ---------------------------------------------------------------------------------------------- failures
-@app.command(short_help='List the images that failed, or retry them.')
+@command(short_help='List the images that failed, or retry them.')
 def failures(
     reason: Annotated[str | None, typer.Option(help="Only failures with this reason (e.g. http_404, http).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per failed image.")] = False,
@@ -356,7 +374,7 @@ def failures(
 
 
 # ------------------------------------------------------------------------------------------- operations
-@app.command(short_help='Start Flower (the Celery dashboard) with a login.')
+@command(short_help='Start Flower (the Celery dashboard) with a login.')
 def flower(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5555,
     address: Annotated[
@@ -378,7 +396,7 @@ def flower(
         raise fail(str(exc)) from None
 
 
-@app.command(short_help='Serve Prometheus metrics at /metrics.')
+@command(short_help='Serve Prometheus metrics at /metrics.')
 def metrics(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to serve /metrics on (0: any free one).")] = 9808,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -398,7 +416,7 @@ def metrics(
 
 
 # ------------------------------------------------------------------------------------------------ events
-@app.command(short_help='Apply catalogue change events from the Redis Stream.')
+@command(short_help='Apply catalogue change events from the Redis Stream.')
 def listen(
     consumer: Annotated[
         str | None, typer.Option(help="Consumer name in the group (default: this host's name); keep it stable.")
@@ -423,10 +441,10 @@ def listen(
         raise fail(str(exc)) from None
 
 
-@app.command(short_help='Publish change events (JSON lines), or list rejected ones.')
+@command(short_help='Publish change events (JSON lines), or list rejected ones.')
 def events(
     file: Annotated[
-        str | None, typer.Argument(metavar="[FILE]", help="JSON lines file of events to publish ('-' = stdin).")
+        str | None, typer.Argument(metavar="FILE", help="JSON lines file of events to publish ('-' = stdin).")
     ] = None,
     rejected: Annotated[
         bool, typer.Option("--rejected", help="List the events the listener rejected instead.")
@@ -467,7 +485,7 @@ def events(
 
 
 # ----------------------------------------------------------------------------------------------- reindex
-@app.command(short_help="Upgrade an earlier release's index (no download).")
+@command(short_help="Upgrade an earlier release's index (no download).")
 def reindex(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker.")] = 3600.0,
@@ -505,7 +523,7 @@ def reindex(
 
 
 # ------------------------------------------------------------------------------------------------- serve
-@app.command(short_help='Serve the HTTP API and the search page.')
+@command(short_help='Serve the HTTP API and the search page.')
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_API_ADDRESS).")] = None,
     port: Annotated[
@@ -546,12 +564,12 @@ def serve(
 
 
 # --------------------------------------------------------------------------------------------- reconcile
-@app.command(short_help='Repair the index whatever was lost, and say what it did.')
+@command(short_help='Repair the index whatever was lost, and say what it did.')
 def reconcile(
     catalog: Annotated[
         Path | None,
         typer.Argument(
-            metavar="[CATALOG]", help="The current catalogue: register it and delete products it no longer lists."
+            metavar="CATALOG", help="The current catalogue: register it and delete products it no longer lists."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from lookalike.usage import PlainUsage
+
 model_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -29,7 +31,9 @@ def _note(message: str) -> None:
     note(message)
 
 
-@model_app.command("quantize", short_help="Write int8 copies of the configured models, with sizes and speeds.")
+@model_app.command(
+    "quantize", cls=PlainUsage, short_help="Write int8 copies of the configured models, with sizes and speeds."
+)
 def quantize(
     out: Annotated[Path, typer.Option(help="Where to write the int8 model directories (vision/ and text/).")] = Path(
         "models-int8"
@@ -76,7 +80,9 @@ def quantize(
         )
 
 
-@model_app.command("compare", short_help="How much two vision models agree on your own catalogue.")
+@model_app.command(
+    "compare", cls=PlainUsage, short_help="How much two vision models agree on your own catalogue."
+)
 def compare(
     dir_a: Annotated[Path, typer.Argument(metavar="DIR_A", help="A vision model directory (say, the current one).")],
     dir_b: Annotated[Path, typer.Argument(metavar="DIR_B", help="Another one (say, its int8 copy).")],
@@ -122,7 +128,9 @@ def compare(
     )
 
 
-@model_app.command("tiny", short_help="Write tiny stand-in models (vision and text) to try lookalike offline.")
+@model_app.command(
+    "tiny", cls=PlainUsage, short_help="Write tiny stand-in models (vision and text) to try lookalike offline."
+)
 def tiny(
     out: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write vision/ and text/.")] = Path("models"),
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -121,9 +122,23 @@ def failures(items: list[dict[str, Any]], console: Console) -> None:
     console.print(table(("time", "stage", "reason", "product id", "url"), rows))
 
 
+def _rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.1f}"
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``12m05s``, ``3h26m``: short enough for a narrow column."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def status(data: dict[str, Any], console: Console) -> None:
     # Short headers that never wrap: the table fits 80 columns with a whole run id.
-    runs = Table(title="runs", show_edge=False)
+    runs = Table(title="runs", show_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
     runs.add_column("run", no_wrap=True, min_width=20)
     for column in ("status", "done", "indexed", "failed", "queued", "img/s", "ETA"):
         runs.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
@@ -139,8 +154,8 @@ def status(data: dict[str, Any], console: Console) -> None:
                     run["indexed"],
                     run["failed"],
                     run["enqueued"],
-                    f"{run['images_per_second']:.1f}" if run["indexed"] else "-",
-                    "-" if eta is None else f"{eta:.0f}s",
+                    _rate(run["images_per_second"]) if run["indexed"] else "-",
+                    "-" if eta is None else _duration(eta),
                 )
             )
         )
