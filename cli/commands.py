@@ -47,6 +47,15 @@ def announce_broker(runtime: Runtime, note: Note) -> None:
         note(message)
     url = require_broker(runtime.settings)
     if not runtime.notes:
+        from lookalike.state.connection import redis_client
+
+        # Something answers there; a wrong password or database is its own one-line error (main), not a
+        # line naming a broker this command then cannot use.
+        client = redis_client(runtime.settings)
+        try:
+            client.ping()
+        finally:
+            client.close()
         source = (
             "LOOKALIKE_BROKER_URL"
             if runtime.settings.broker_url_is_set

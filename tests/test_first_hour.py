@@ -5,7 +5,10 @@ exit 2 for every bad option or port, exit 3 for the same missing model everywher
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +267,49 @@ def test_help_is_whole_at_80_columns_and_names_what_commands_take(cli: Any, env:
     assert "Usage: lookalike ingest [OPTIONS] CATALOG" in cli("ingest", "--help").stdout
     similar = cli("similar", "--help").stdout
     assert "--facets" not in similar and "PRODUCT_ID" in similar
+
+
+# ------------------------------------------------------------------------------------------ offline quickstart
+README = Path(__file__).resolve().parents[1] / "README.md"
+OFFLINE_MARK = "<!-- offline quickstart: tests/test_first_hour.py runs this block as written -->"
+SAMPLE_FIRST_PRODUCT = "4c69b61db1fc16e7013b43fc926e502d"  # the sample's first row: a longboard
+
+
+def offline_quickstart() -> list[str]:
+    """The README's offline quickstart: the shell block right after OFFLINE_MARK, as lines."""
+    text = README.read_text()
+    assert OFFLINE_MARK in text, "the README marks its offline quickstart"
+    block = text.split(OFFLINE_MARK, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_offline_quickstart_works_as_written(env: dict[str, str], tmp_path: Path) -> None:
+    """Every line of the README's offline quickstart, in a fresh directory, against only this machine: the tiny
+    models it writes and the images it serves on 127.0.0.1. Two differences from a new user's machine: the
+    install line is skipped (this test runs in an installed venv, whose `lookalike` the lines' `.venv/bin/`
+    means), and the broker is the tests' Redis database rather than the embedded one (tested elsewhere)."""
+    lines = offline_quickstart()
+    assert len(lines) <= 10, "ten lines at most"
+    assert lines[0].startswith("python3 -m venv .venv && .venv/bin/pip install"), lines[0]
+    bin_dir = str(Path(sys.executable).parent) + "/"
+    script = "\n".join(line.replace(".venv/bin/", bin_dir) for line in lines[1:])
+    (tmp_path / "examples").symlink_to(Path(__file__).resolve().parents[1] / "examples")
+    environment = {
+        k: v
+        for k, v in {**os.environ, **env}.items()
+        if k not in ("LOOKALIKE_MODEL_DIR", "LOOKALIKE_TEXT_MODEL_DIR", "LOOKALIKE_FETCH_ALLOW_NETWORKS")
+    }
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"],
+        cwd=tmp_path,
+        env={**environment, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ingested = next(line for line in done.stdout.splitlines() if line.startswith("done "))
+    assert ingested.startswith("done      139 indexed, 0 failed"), done.stdout
+    firsts = [line for line in done.stdout.splitlines() if line.strip().startswith("1 │")]
+    assert len(firsts) == 2 and all(SAMPLE_FIRST_PRODUCT in line for line in firsts), done.stdout
+    assert "100%" in firsts[0], "a photo of the catalogue finds its product, a full match"
