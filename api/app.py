@@ -37,13 +37,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import __version__
-from lookalike.api.backend import READINESS_CHECKS, BackendTimeout, BackendUnavailable, SearchBackend
-from lookalike.api.errors import error_response, reason_for_validation, status_for
+from lookalike.api.backend import READINESS_CHECKS, SearchBackend
+from lookalike.api.errors import ERROR_STATUS, ApiError, api_error, error_response, reason_for_validation
 from lookalike.api.limits import BodyLimitMiddleware
 from lookalike.api.models import ErrorOut, HealthOut, ReadyOut, SearchForm, SearchJSON, SearchOut
 from lookalike.api.observe import ApiMetrics, ObserveMiddleware, install_log_record_factory
 from lookalike.config.settings import Settings, get_settings
-from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, QueryRejected, SearchRequest
+from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, SearchRequest
 
 log = logging.getLogger("lookalike.api")
 
@@ -62,17 +62,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 STATIC_FILES = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
-
-
-class ApiError(Exception):
-    """An answer other than 2xx, raised anywhere in a route and turned into the one error body."""
-
-    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason, detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.headers = headers or {}
 
 
 _API_KEY_SCHEME = APIKeyHeader(
@@ -204,6 +193,14 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return error_response(request.scope, exc.status_code, reason, str(exc.detail), dict(exc.headers or {}))
 
+    async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+        mapped = api_error(exc)
+        assert mapped is not None  # registered for the table's types only
+        return error_response(request.scope, mapped.status, mapped.reason, mapped.detail, mapped.headers)
+
+    for known in ERROR_STATUS:
+        app.add_exception_handler(known, _known_error)
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -215,27 +212,15 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
 
     # ----------------------------------------------------------------------------------------- search
     async def answer(search: SearchRequest) -> JSONResponse:
-        try:
-            search.validate(max_image_bytes=settings.query_max_bytes)
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
+        """The backend's answer (it validates the request; its refusals and outages are answered through
+        ERROR_STATUS), with the time it took."""
         log.info("search %s", search.describe())
         started = time.perf_counter()
         try:
             with anyio.fail_after(deadline):
-                response = await anyio.to_thread.run_sync(backend.search, search, abandon_on_cancel=True)
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
-        except BackendUnavailable as exc:
-            raise ApiError(
-                503, "unavailable", exc.detail or "the search backend is unavailable",
-                {"Retry-After": str(exc.retry_after)},
-            ) from exc
-        except BackendTimeout as exc:
-            raise ApiError(504, "timeout", exc.detail or "no query worker answered in time") from exc
+                data = await anyio.to_thread.run_sync(backend.search, search, abandon_on_cancel=True)
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"no answer within {deadline:g} s") from exc
-        data = response.to_data()
         data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return JSONResponse(data)
 

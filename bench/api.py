@@ -143,8 +143,8 @@ def in_process(queries: int) -> dict[str, float]:
 
 
 def wait_ready(env: dict[str, str], port: int, timeout: float = 180) -> None:
+    from lookalike.app.gateway import live_workers
     from lookalike.worker.app import create_app
-    from lookalike.worker.client import live_workers
 
     app = create_app()
     deadline = time.monotonic() + timeout

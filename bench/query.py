@@ -139,8 +139,8 @@ def bench_size(count: int, queries: int, scratch: Path, env: dict[str, str]) -> 
 
 
 def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> dict[str, float]:
+    from lookalike.app.gateway import ask_workers, live_workers
     from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers, live_workers
 
     lookalike = str(Path(sys.executable).with_name("lookalike"))
     worker = subprocess.Popen(

@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import uvicorn
 from PIL import Image
 
 from lookalike.api.backend import READINESS_CHECKS
+from lookalike.config.settings import Settings
 from lookalike.state.categories import facet_tree, keys, normalize
 from lookalike.state.search import KEYWORD, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.testing.server import ImageServer, Route
@@ -80,11 +82,14 @@ class FakeBackend:
     ready: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(READINESS_CHECKS, True))
     delay: float = 0.0
     requests: list[SearchRequest] = field(default_factory=list)
+    max_image_bytes: int = Settings.model_fields["query_max_bytes"].default
 
     def readiness(self) -> dict[str, bool]:
         return dict(self.ready)
 
-    def search(self, request: SearchRequest) -> SearchResponse:
+    def search(self, request: SearchRequest) -> dict[str, Any]:
+        """Validates like the real backend (the gateway), then answers from the catalogue as data."""
+        request.validate(max_image_bytes=self.max_image_bytes)
         self.requests.append(request)
         if self.delay:
             time.sleep(self.delay)
@@ -111,7 +116,8 @@ class FakeBackend:
             unfiltered = replace(request, filters=replace(request.filters, category=None))
             facets = facet_tree(p.category for p, score, _ in scored if self._passes(unfiltered, p, score))
         window = kept[request.offset : request.offset + request.k]
-        return SearchResponse(tuple(self._hit(product, score, matched) for product, score, matched in window), facets)
+        hits = tuple(self._hit(product, score, matched) for product, score, matched in window)
+        return SearchResponse(hits, facets).to_data()
 
     # ------------------------------------------------------------------------------------------ helpers
     def image_url(self, product: Product) -> str:

@@ -200,8 +200,8 @@ class WorkerProcess:
         )
 
     def wait_ready(self, queues: int = 4, timeout: float = 60) -> None:
+        from lookalike.app.gateway import live_workers
         from lookalike.worker.app import create_app
-        from lookalike.worker.client import live_workers
 
         app = create_app(get_settings())  # the broker the test points at now
 

@@ -73,7 +73,7 @@ def test_an_uploaded_photo_finds_its_product_first(client: TestClient) -> None:
 
 def test_the_results_are_exactly_the_query_models_json(client: TestClient, backend: FakeBackend) -> None:
     response = upload(client, photo_of("p-blue-jacket"), k=4, offset=1, facets="true")
-    expected = backend.search(backend.requests[-1]).to_data()
+    expected = backend.search(backend.requests[-1])
     body = response.json()
     assert body.pop("took_ms") >= 0
     assert body == expected

@@ -93,11 +93,11 @@ def test_words_without_a_text_model_run_on_keywords_and_say_so(
 
     # The API says it in its body.
     from lookalike.api import create_app
-    from lookalike.api.workers import WorkerBackend
+    from lookalike.app.gateway import Gateway
     from lookalike.config.settings import get_settings
 
     settings = get_settings()
-    with serving(create_app(WorkerBackend(settings), settings)) as base:
+    with serving(create_app(Gateway(settings), settings)) as base:
         body = httpx.post(f"{base}/v1/search", json={"text": "lighthouse"}, timeout=30).json()
     assert body["mode"] == "keyword" and "keywords only" in body["note"], body
     assert body["results"][0]["product_id"] == "puzzle"

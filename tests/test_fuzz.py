@@ -362,8 +362,8 @@ def test_query_in_process_answers_or_refuses(env: dict[str, str], case: tuple[st
 
 
 def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str], start_worker: Any) -> None:
+    from lookalike.app.gateway import ask_workers, live_workers
     from lookalike.worker.app import QUERY_QUEUE, app
-    from lookalike.worker.client import ask_workers, live_workers
 
     worker = start_worker()
     cases: list[tuple[str, bytes]] = []

@@ -189,9 +189,9 @@ def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp
 
 
 def test_query_task_accepts_base64_and_refuses_garbage(env, image_server, tmp_path, start_worker, cli):
+    from lookalike.app.gateway import ask_workers
     from lookalike.state.search import SearchRequest
     from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers
 
     catalog, _good, _bad = build_catalog(image_server, tmp_path, faults=False)
     start_worker()

@@ -17,8 +17,8 @@ from lookalike.testing.server import ImageServer, Route
 def test_a_trickling_query_url_does_not_hold_the_store_owner(
     cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any
 ) -> None:
+    from lookalike.app.gateway import ask_workers
     from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers
     from lookalike.worker.tasks import audit
 
     start_worker()

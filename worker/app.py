@@ -18,24 +18,14 @@ from lookalike.config.settings import Settings, get_settings
 from lookalike.state.queues import (
     ALL_QUEUES,
     EMBED_QUEUE,
-    ENCODE_QUEUE,
     FETCH_QUEUE,
     INDEX_QUEUE,
     QUERY_QUEUE,
     QUEUE_ALIASES,
 )
+from lookalike.state.tasks import TASK_QUEUES
 
-TASK_ROUTES = {
-    "lookalike.fetch": {"queue": FETCH_QUEUE},
-    "lookalike.embed": {"queue": EMBED_QUEUE},
-    "lookalike.index": {"queue": INDEX_QUEUE},
-    "lookalike.reconcile": {"queue": INDEX_QUEUE},
-    "lookalike.optimize": {"queue": INDEX_QUEUE},
-    "lookalike.audit": {"queue": INDEX_QUEUE},
-    "lookalike.reindex": {"queue": INDEX_QUEUE},
-    "lookalike.search": {"queue": QUERY_QUEUE},
-    "lookalike.encode": {"queue": ENCODE_QUEUE},
-}
+TASK_ROUTES = {name: {"queue": queue} for name, queue in TASK_QUEUES.items()}
 
 
 def _is_outage(error: BaseException) -> bool:

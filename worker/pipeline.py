@@ -31,7 +31,7 @@ from lookalike.state.registry import ProductState
 from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
-from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
+from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
@@ -46,7 +46,7 @@ class WorkerContext(StateContext):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.model_spec = ModelSpec.from_settings(settings)
+        self.model_spec = Embedder.spec_from(settings)
         self.cache = EmbeddingCache(
             self.redis,
             settings.key_prefix,
@@ -81,7 +81,7 @@ class WorkerContext(StateContext):
 
     @property
     def embedder(self) -> Embedder:
-        return get_embedder(self.model_spec)
+        return Embedder.shared(self.model_spec)
 
     @property
     def store(self) -> VectorStore:

@@ -16,14 +16,14 @@ import numpy as np
 
 from lookalike.config.settings import Settings
 from lookalike.state import categories as category_paths
-from lookalike.state.errors import Rejected
+from lookalike.state.errors import ModelUnavailable, NeedsReindex, Rejected
 from lookalike.state.search import IMAGE, KEYWORD, TEXT, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.worker import relevance
 from lookalike.worker.decode import decode_image
 from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import FetchLimits, fetch_image
 from lookalike.worker.keywords import document_vector, query_vector
-from lookalike.worker.store import Hit, Narrowing, StoreError, VectorStore
+from lookalike.worker.store import Hit, Narrowing, VectorStore
 
 MAX_CANDIDATES = 2000
 
@@ -119,17 +119,15 @@ def encode_request(
         return None
     if request.kind == "text":
         assert request.text is not None
-        from lookalike.worker.embed import ModelUnavailable
-
         try:
             if text_embedder is None:
-                from lookalike.worker.text import TextSpec, get_text_embedder
+                from lookalike.worker.text import TextEmbedder
 
-                model = get_text_embedder(TextSpec.from_settings(settings))
+                model = TextEmbedder.for_settings(settings)
             else:
                 model = text_embedder()
         except ModelUnavailable as exc:
-            raise KeywordFallback(str(exc)) from exc
+            raise KeywordFallback(exc.detail or str(exc)) from exc
         return model.embed([request.text])[0]
     try:
         data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
@@ -204,13 +202,9 @@ def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: 
             keywords_only = request.kind == "text" and request.mode == "keyword"
             matches = paged_products(wider, k=MAX_CANDIDATES if keywords_only else FACET_CANDIDATES, offset=0)
             facets = category_paths.facet_tree(hit.payload.get("category") for hit in matches)
-    except StoreError as exc:
-        if "lookalike reindex" in str(exc):
-            raise QueryRejected("needs_reindex", str(exc)) from exc
-        raise
-    return SearchResponse(
-        results=results, facets=facets, mode=request.mode if request.kind == "text" else None
-    )
+    except NeedsReindex as exc:
+        raise QueryRejected("needs_reindex", str(exc)) from exc
+    return SearchResponse(results=results, facets=facets, mode=request.mode if request.kind == "text" else None)
 
 
 def run_search(

@@ -34,7 +34,7 @@ from celery.exceptions import Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from lookalike.config.settings import get_settings
-from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, Rejected
+from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, ModelUnavailable, Rejected, StoreError, StoreUnavailable
 from lookalike.state.messages import (
     EmbeddedPoint,
     Job,
@@ -48,13 +48,23 @@ from lookalike.state.presence import Presence
 from lookalike.state.process import process_cache
 from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
 from lookalike.state.search import QueryRejected, SearchRequest
+from lookalike.state.tasks import (
+    AUDIT_TASK,
+    EMBED_TASK,
+    ENCODE_TASK,
+    FETCH_TASK,
+    INDEX_TASK,
+    OPTIMIZE_TASK,
+    RECONCILE_TASK,
+    REINDEX_TASK,
+    SEARCH_TASK,
+)
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
-from lookalike.worker.embed import ModelUnavailable, model_dimension
+from lookalike.worker.embed import model_dimension
 from lookalike.worker.logs import configure_logging
 from lookalike.worker.query import KeywordFallback
-from lookalike.worker.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +179,7 @@ def _fetch_batcher() -> Batcher:
     )
 
 
-@app.task(name="lookalike.fetch", base=FetchTask, bind=True)
+@app.task(name=FETCH_TASK, base=FetchTask, bind=True)
 def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     parsed = Job.from_message(job)
     with redelivered_on_infrastructure_errors():
@@ -199,7 +209,7 @@ def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- embed
-@app.task(name="lookalike.embed", base=EmbedTask, bind=True)
+@app.task(name=EMBED_TASK, base=EmbedTask, bind=True)
 def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
@@ -227,7 +237,7 @@ def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- index
-@app.task(name="lookalike.index", base=IndexTask, bind=True)
+@app.task(name=INDEX_TASK, base=IndexTask, bind=True)
 def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
@@ -253,7 +263,7 @@ def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     return report.__dict__
 
 
-@app.task(name="lookalike.reconcile", bind=True)
+@app.task(name=RECONCILE_TASK, bind=True)
 def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
@@ -277,26 +287,26 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
     return {"changed": changed}
 
 
-@app.task(name="lookalike.audit", ignore_result=False, acks_late=False)
+@app.task(name=AUDIT_TASK, ignore_result=False, acks_late=False)
 def audit() -> dict[str, Any]:
     """The store side of `lookalike reconcile`: delete orphan points, report registered images with none."""
     return pipeline.audit_stage(pipeline.current_context()).to_data()
 
 
-@app.task(name="lookalike.reindex", ignore_result=False)
+@app.task(name=REINDEX_TASK, ignore_result=False)
 def reindex() -> dict[str, Any]:
     """`lookalike reindex` on the store owner (acknowledged when done: a killed run is delivered again)."""
     return pipeline.reindex_stage(pipeline.current_context())
 
 
-@app.task(name="lookalike.optimize")
+@app.task(name=OPTIMIZE_TASK)
 def optimize() -> dict[str, Any]:
     pipeline.current_context().store.optimize()
     return {"optimized": True}
 
 
 # ------------------------------------------------------------------------------------------------- query
-@app.task(name="lookalike.encode", ignore_result=False, acks_late=False)
+@app.task(name=ENCODE_TASK, ignore_result=False, acks_late=False)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
     """A query's download, decode and embedding, on the embedding processes: ``{"vector": base64 or None}``,
     or a refusal as data (``{"error": reason, "detail": ...}``); words whose text model cannot load come back
@@ -312,7 +322,7 @@ def encode(request: dict[str, Any]) -> dict[str, Any]:
     return {"vector": None if vector is None else encode_vector(vector)}
 
 
-@app.task(name="lookalike.search", ignore_result=False, acks_late=False)
+@app.task(name=SEARCH_TASK, ignore_result=False, acks_late=False)
 def search(request: dict[str, Any], vector: str | None = None) -> dict[str, Any]:
     """A search request (and its vector from ``encode``) in, a response out, on the store owner: it never
     downloads and never runs the model. A refusal comes back as data (``{"error": reason, "detail": ...}``)."""
