@@ -434,6 +434,18 @@ def test_metrics_count_requests_by_route_template_and_status(client: TestClient)
     assert "p-red-sneaker" not in text and "/no/such/path" not in text
 
 
+def test_an_unmatched_request_logs_its_path_and_the_favicon_is_served(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    with caplog.at_level(logging.INFO):
+        assert client.get("/no/such/path").status_code == 404
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("request ")]
+    assert len(lines) == 1 and lines[0].startswith("request method=GET route=unmatched path='/no/such/path' status=404")
+    assert 'route="/favicon.ico"' in client.get("/metrics").text, "a route of its own, not unmatched"
+
+
 def test_a_413_refused_on_its_headers_still_counts_under_its_route() -> None:
     client = make_client(max_upload_bytes=2048)
     upload(client, b"x" * 4096)

@@ -313,3 +313,20 @@ def test_the_offline_quickstart_works_as_written(env: dict[str, str], tmp_path: 
     firsts = [line for line in done.stdout.splitlines() if line.strip().startswith("1 │")]
     assert len(firsts) == 2 and all(SAMPLE_FIRST_PRODUCT in line for line in firsts), done.stdout
     assert "100%" in firsts[0], "a photo of the catalogue finds its product, a full match"
+
+
+# ------------------------------------------------------------------------------------------ categories
+def test_a_category_is_found_as_people_type_it_and_facets_count_the_matches(cli: Any, shop: dict[str, Any]) -> None:
+    def found(*args: str) -> list[str]:
+        result = cli("search", "--text", "puzzle", "--mode", "keyword", *args, "--json")
+        assert result.code == 0, result.stderr
+        return [hit["product_id"] for hit in result.json()]
+
+    for typed in ("Toys & Games | Puzzles", "puzzles", "TOYS & GAMES", "toys & games|puzzles"):
+        assert found("--category", typed) == ["puzzle"], typed
+    assert found("--category", "Puzzles | Toys & Games") == []
+    faceted = cli("search", "--text", "puzzle", "--mode", "keyword", "--facets", "--json").json()
+    assert faceted["facets"] == {"Toys & Games": 1, "Toys & Games | Puzzles": 1}, "the matches, not the catalogue"
+    tree = cli("search", "--text", "puzzle", "--mode", "keyword", "--facets", extra={"COLUMNS": "200"}).stdout
+    rows = [line.split("│")[0].rstrip() for line in tree.splitlines() if "│" in line]
+    assert rows[-2:] == [" Toys & Games", "   Puzzles"], "the CLI prints the tree, each level indented"

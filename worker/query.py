@@ -84,10 +84,11 @@ def paged_products(search: Callable[[int], list[Hit]], *, k: int, offset: int) -
 
 DIVERSITY = 0.5  # MMR's trade-off for --diverse: half relevance, half novelty
 HYBRID_CANDIDATES = 100  # each side's prefetch in a hybrid query (at least the page asked for)
-# Facets count the query's matches, under every filter but the category one (so the category control shows
-# where else to look): for a ranked query (a photo, words in hybrid or semantic mode, which match everything
-# to some degree) the first FACET_CANDIDATES products of its ranking; for keywords, every product that holds
-# one of the words (up to MAX_CANDIDATES points).
+# Facets count the query's matches: the products it finds at all (a match above 0, see worker/relevance.py),
+# under every filter but the category one (so the category control shows where else to look). For a photo,
+# "more like this" or CLIP text: the products whose cosine is above the signal's floor, the first
+# FACET_CANDIDATES of the ranking at most; for keywords, every product holding one of the words (up to
+# MAX_CANDIDATES points); for hybrid, both sets.
 FACET_CANDIDATES = 200
 
 
@@ -185,6 +186,20 @@ def _rated(request: SearchRequest, vector: np.ndarray | None, store: VectorStore
     return to_result(hit, (TEXT, KEYWORD) if keyword > 0 else (TEXT,), max(text, keyword))
 
 
+def _matches(request: SearchRequest, vector: np.ndarray | None, store: VectorStore, narrowing: Narrowing) -> list[Hit]:
+    """The products the query finds at all, one hit each, for its facets (see FACET_CANDIDATES)."""
+    if request.kind == "text" and request.mode == "keyword":
+        return paged_products(_searcher(request, vector, store, narrowing, diverse=False), k=MAX_CANDIDATES, offset=0)
+    if request.kind == "text" and request.mode == "hybrid":
+        words = _matches(replace(request, mode="keyword"), None, store, narrowing)
+        meaning = _matches(replace(request, mode="semantic"), vector, store, narrowing)
+        return best_per_product(words + meaning)
+    floor = relevance.TEXT_FLOOR if request.kind == "text" else relevance.IMAGE_FLOOR
+    threshold = max(floor, request.filters.min_score if request.filters.min_score is not None else floor)
+    above = replace(request, filters=replace(request.filters, min_score=threshold))
+    return paged_products(_searcher(above, vector, store, narrowing, diverse=False), k=FACET_CANDIDATES, offset=0)
+
+
 def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: VectorStore) -> SearchResponse:
     """Search the store for a validated request, with its vector already computed (``encode_request``):
     no download, no model. One entry per product, its best image, best first; pages by ``offset``."""
@@ -198,9 +213,7 @@ def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: 
         results = tuple(_rated(request, vector, store, hit) for hit in products)
         facets = None
         if request.facets:
-            wider = _searcher(request, vector, store, replace(narrowing, category=None), diverse=False)
-            keywords_only = request.kind == "text" and request.mode == "keyword"
-            matches = paged_products(wider, k=MAX_CANDIDATES if keywords_only else FACET_CANDIDATES, offset=0)
+            matches = _matches(request, vector, store, replace(narrowing, category=None))
             facets = category_paths.facet_tree(hit.payload.get("category") for hit in matches)
     except NeedsReindex as exc:
         raise QueryRejected("needs_reindex", str(exc)) from exc

@@ -248,7 +248,3 @@ class ClientStore(VectorStore):
         response = self._on(QUERY_NAMES[type(query)], self.client.query_points, with_payload=True, limit=limit, **shape)
         return base.hits(response.points)
 
-    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
-        flt = self._filter(where)
-        response = self._on("facet", self.client.facet, key=key, limit=limit, exact=True, facet_filter=flt)
-        return {str(hit.value): int(hit.count) for hit in response.hits}
