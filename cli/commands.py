@@ -16,7 +16,7 @@ from lookalike.app.gateway import Gateway
 from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.catalog import CatalogReport
 from lookalike.state.context import StateContext, current_state
-from lookalike.state.errors import BackendUnavailable, Misconfigured, ModelUnavailable
+from lookalike.state.errors import BackendUnavailable, Misconfigured
 from lookalike.worker.embedded import Runtime, resolve_broker
 
 Note = Callable[[str], None]
@@ -274,10 +274,9 @@ def start_worker(
                 "embed only (use a Qdrant server to run several store workers)"
             )
             chosen -= {INDEX_QUEUE, QUERY_QUEUE}
-    try:
-        _check_model(settings)
-    except ModelUnavailable as exc:  # a worker without its model: LOOKALIKE_MODEL_DIR (or the network) to fix
-        raise Misconfigured(str(exc)) from exc
+    # A model that cannot load is ModelUnavailable: exit 3, as for `ingest --wait` and `search` (one missing
+    # thing, one exit code in every command).
+    _check_model(settings)
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
     group = WorkerGroup(pools, loglevel=loglevel)
     group.start(handle_signals=True)
