@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from lookalike.usage import PlainUsage
+from lookalike.usage import PlainUsage, fail, note
 
 images_app = typer.Typer(
     no_args_is_help=True,
@@ -19,17 +19,6 @@ images_app = typer.Typer(
 
 DEFAULT_PORT = 8700
 
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from lookalike.main import fail
-
-    return fail(message, code)
-
-
-def _note(message: str) -> None:
-    from lookalike.main import note
-
-    note(message)
 
 
 @images_app.command(
@@ -53,14 +42,14 @@ def localize(
     try:
         done = localize_catalog(catalog, out, base_url, limit=limit)
     except CatalogError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except OSError as exc:
-        raise _fail(f"{out}: {exc.strerror or exc}") from None
+        raise fail(f"{out}: {exc.strerror or exc}") from None
     print(f"wrote {done.catalog} ({done.rows} rows) and {done.image_files} images under {done.directory}")
     port = urlsplit(base_url).port
     shown = f" --port {port}" if port and port != DEFAULT_PORT else ""
     print(f"serve them: lookalike images serve {done.directory}{shown}")
-    _note("loopback image URLs need LOOKALIKE_FETCH_ALLOW_NETWORKS=127.0.0.0/8 for ingest and the workers")
+    note("loopback image URLs need LOOKALIKE_FETCH_ALLOW_NETWORKS=127.0.0.0/8 for ingest and the workers")
 
 
 @images_app.command(
@@ -77,8 +66,8 @@ def serve(
     from lookalike.commands import serve_directory
 
     if not directory.is_dir():
-        raise _fail(f"{directory}: no such directory")
+        raise fail(f"{directory}: no such directory")
     try:
-        serve_directory(directory, host, port, _note)
+        serve_directory(directory, host, port, note)
     except OSError as exc:
-        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

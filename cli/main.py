@@ -14,7 +14,7 @@ from lookalike import __version__, render
 from lookalike.app.broker import use_broker
 from lookalike.state.errors import Misconfigured, Rejected, StoreError, Unavailable
 from lookalike.state.search import QueryRejected, SearchRequest
-from lookalike.usage import PlainUsage
+from lookalike.usage import PlainUsage, err, fail, note
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +30,6 @@ def command(**options: Any) -> Any:
 
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 # What a failure means to the shell, for every command: the first of an error's classes (most specific first)
 # found here decides. 2: the input or a setting has to change; 3: something lookalike needs does not answer
@@ -43,15 +42,6 @@ EXIT_CODES: dict[type[BaseException], int] = {
     Unavailable: 3,
     StoreError: 3,
 }
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"error: {message}", markup=False, highlight=False)
-    return typer.Exit(code)
-
-
-def note(message: str) -> None:
-    err.print(f"lookalike: {message}", markup=False, highlight=False)
 
 
 def _version(value: bool) -> None:

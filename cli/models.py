@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lookalike.usage import PlainUsage
+from lookalike.usage import PlainUsage, fail, note
 
 model_app = typer.Typer(
     no_args_is_help=True,
@@ -18,17 +18,6 @@ model_app = typer.Typer(
     help="Make a faster model and see what it costs in quality on your own catalogue.",
 )
 
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from lookalike.main import fail
-
-    return fail(message, code)
-
-
-def _note(message: str) -> None:
-    from lookalike.main import note
-
-    note(message)
 
 
 @model_app.command(
@@ -48,20 +37,20 @@ def quantize(
     settings = get_settings()
     sources = {"vision": settings.model_dir, "text": settings.text_model_dir}
     if not any(sources.values()):
-        raise _fail("set LOOKALIKE_MODEL_DIR (and LOOKALIKE_TEXT_MODEL_DIR) to the model directories to quantize")
+        raise fail("set LOOKALIKE_MODEL_DIR (and LOOKALIKE_TEXT_MODEL_DIR) to the model directories to quantize")
     try:
         from lookalike.worker.quantize import QuantizeError, quantize_model_dir
     except ImportError as exc:
-        raise _fail(f"quantizing needs the quantize extra: pip install 'lookalike[quantize]' ({exc})") from None
+        raise fail(f"quantizing needs the quantize extra: pip install 'lookalike[quantize]' ({exc})") from None
     reports: dict[str, Any] = {}
     for kind, source in sources.items():
         if source is None:
-            _note(f"no {kind} model directory configured: skipped")
+            note(f"no {kind} model directory configured: skipped")
             continue
         try:
             report = quantize_model_dir(Path(source), out / kind)
         except QuantizeError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         reports[kind] = report
         if not as_json:
             before, after = report.bytes_before / 2**20, report.bytes_after / 2**20
@@ -98,11 +87,11 @@ def compare(
     from lookalike.worker.decode import ImageRejected
     from lookalike.worker.fetch import FetchError, fetch_image
 
-    use_broker(_note)
+    use_broker(note)
     registry = state_context().registry
     urls = sorted({url for _pid, state in registry.items() if not state.deleted for url in state.images})
     if len(urls) < 2:
-        raise _fail("the catalogue has fewer than 2 images: ingest it first")
+        raise fail("the catalogue has fewer than 2 images: ingest it first")
     chosen = random.Random(seed).sample(urls, min(sample, len(urls)))
     ctx = pipeline.current_context()
     images = []
@@ -113,7 +102,7 @@ def compare(
         except (FetchError, ImageRejected):
             skipped += 1
     if len(images) < 2:
-        raise _fail(f"fewer than 2 of the {len(chosen)} sampled images could be downloaded and decoded", 3)
+        raise fail(f"fewer than 2 of the {len(chosen)} sampled images could be downloaded and decoded", 3)
     report = compare_models(dir_a, dir_b, images, k=10, model_name=ctx.settings.model)
     if as_json:
         print(json.dumps({**asdict(report), "overlaps": list(report.overlaps), "skipped": skipped}))
@@ -145,10 +134,10 @@ def tiny(
         vision = build_tiny_model(out / "vision")
         text = build_tiny_text_model(out / "text")
     except ImportError as exc:
-        raise _fail(
+        raise fail(
             f"writing the tiny models needs the tiny-model extra: pip install 'lookalike[tiny-model]' ({exc})"
         ) from None
     except OSError as exc:
-        raise _fail(f"{out}: {exc.strerror or exc}") from None
+        raise fail(f"{out}: {exc.strerror or exc}") from None
     print(f"wrote {vision} and {text}")
     print(f"use them: export LOOKALIKE_MODEL_DIR={vision} LOOKALIKE_TEXT_MODEL_DIR={text}")

@@ -1,10 +1,25 @@
-"""One look for every command's usage line."""
+"""How every command speaks: its usage line, its notes and its one-line errors (stderr), whichever sub-app
+declares it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import typer
+from rich.console import Console
 from typer.core import TyperCommand
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Say ``error: message`` on one line; raise what this returns to exit with ``code``."""
+    err.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def note(message: str) -> None:
+    err.print(f"lookalike: {message}", markup=False, highlight=False)
 
 
 class PlainUsage(TyperCommand):
