@@ -206,7 +206,15 @@ class RssSampler(threading.Thread):
             for child in self.root.children(recursive=True):
                 try:
                     cmd = " ".join(child.cmdline())
-                    role = "fetch" if "lookalike.fetch" in cmd else "store" if "lookalike.index" in cmd else "embed"
+                    role = (
+                        "fetch"
+                        if "lookalike.fetch" in cmd
+                        else "store"
+                        if "lookalike.index" in cmd
+                        else "encode"
+                        if "lookalike.encode" in cmd
+                        else "embed"
+                    )
                     parent_is_embed = "lookalike.embed" in cmd
                     name = f"{role}:{child.pid}" if not parent_is_embed else f"embed-main:{child.pid}"
                     sizes[name] = child.memory_info().rss

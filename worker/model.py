@@ -115,12 +115,13 @@ class OnnxModel(ABC):
 
     # -- specs and the per-process cache ------------------------------------------------------------------
     @classmethod
-    def spec_from(cls, settings: Settings) -> ModelSpec:
+    def spec_from(cls, settings: Settings, *, threads: int | None = None) -> ModelSpec:
+        """The model as the settings describe it; ``threads`` for the query encoding processes' own count."""
         return ModelSpec(
             getattr(settings, cls.name_setting),
             getattr(settings, cls.dir_setting),
             settings.model_cache_dir,
-            settings.effective_onnx_threads,
+            threads or settings.effective_onnx_threads,
             settings.onnx_provider_names,
         )
 
