@@ -21,6 +21,7 @@ import pytest
 
 from lookalike.config.settings import Settings
 from lookalike.producer.product import Product, point_id_for
+from lookalike.state.categories import keys as category_keys
 from lookalike.worker.store import (
     SCROLL_PAGE,
     ClientStore,
@@ -272,7 +273,7 @@ def test_search_is_best_first_cosine_and_respects_limit(store: VectorStore) -> N
     assert exact.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_search_category_matches_any_level_of_the_path(store: VectorStore) -> None:
+def test_search_category_matches_any_level_or_a_path_from_the_top_in_any_case(store: VectorStore) -> None:
     toys = product("toy", category="Toys & Games | Puzzles | Jigsaw")
     games = product("game", category="Toys & Games | Board Games")
     kitchen = product("pan", category="Home & Kitchen | Cookware")
@@ -289,8 +290,14 @@ def test_search_category_matches_any_level_of_the_path(store: VectorStore) -> No
     assert found("Puzzles") == {"toy"}
     assert found("Jigsaw") == {"toy"}
     assert found("Cookware") == {"pan"}
-    assert found("Toys & Games | Puzzles | Jigsaw") == set()  # the whole path is not a level
-    assert found("puzzles") == set()  # exact match
+    # A path from the top, at any depth, in any case and spacing (category_keys, written at index time).
+    assert found("Toys & Games | Puzzles | Jigsaw") == {"toy"}
+    assert found("toys & games|puzzles") == {"toy"}
+    assert found("  TOYS &  games  ") == {"toy", "game"}
+    assert found("puzzles") == {"toy"}
+    assert found("Puzzles | Jigsaw") == set(), "a path is read from the top"
+    assert found("Toys & Games | Cookware") == set()
+    assert found("Toys") == set(), "a level is a whole level"
     assert found("Garden") == set()
     assert len(search(store, query, limit=1, category="Toys & Games")) == 1
 
@@ -302,7 +309,10 @@ def test_set_product_payload_overwrites_given_keys_of_one_product(store: VectorS
     store.upsert(records(p1) + records(p2))
     before = scrolled(store)
 
-    changes = {"name": "New name ✓", "price": "$4.00", "price_value": 4.0, "categories": ["Sale"], "category": "Sale"}
+    changes = {
+        "name": "New name ✓", "price": "$4.00", "price_value": 4.0, "categories": ["Sale"], "category": "Sale",
+        "category_keys": ["sale"],
+    }  # fmt: skip
     store.set_product_payload("p1", changes)
 
     after = scrolled(store)
@@ -642,6 +652,7 @@ def shop(store: VectorStore) -> dict[str, str]:
             "name": name,
             "category": category,
             "categories": [level.strip() for level in category.split("|")],
+            "category_keys": category_keys(category),
             "price_value": price,
         }
         for image in range(2):
@@ -726,18 +737,30 @@ def test_mmr_diversity_returns_the_same_set_size(store: VectorStore) -> None:
     assert diverse[0].payload["product_id"] == "kettle"
 
 
-def test_facets_count_products_per_category_level(store: VectorStore) -> None:
+def test_facets_are_a_tree_counted_over_the_querys_matches(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Facets are worked out by the query (worker/query.py) from what the engine ranked, the same on both."""
+    from lookalike.state.search import Filters, SearchRequest
+    from lookalike.worker import query
 
     shop(store)
-    counts = store.facet_categories(Narrowing())
-    assert counts["Home & Kitchen"] == 2 and counts["Clothing"] == 2 and counts["Toys & Games"] == 2
-    assert counts["Kettles"] == 1, "one point per product is counted, not one per image"
-    assert store.facet_categories(Narrowing(max_price=20)) == {
-        "Clothing": 1,
-        "Scarves": 1,
-        "Toys & Games": 1,
-        "Puzzles": 1,
-    }
+    # Keywords match only the products that hold a word: those are counted, under their paths.
+    words = SearchRequest(text="lighthouse", mode="keyword", facets=True).validate()
+    assert query.search_request(words, None, store=store).facets == {"Toys & Games": 1, "Toys & Games | Puzzles": 1}
+    # A ranked query: the products above the signal's floor (CLIP text: cosine 0.15), the first FACET_CANDIDATES
+    # of the ranking at most, one count per product, with the category filter set aside (the control shows where
+    # else to look) while the results keep it.
+    towards = np.array(unit(0)) * 3 + np.array(unit(1)) * 2 + np.array(unit(4))  # kettle, teapot, then puzzle
+    towards /= np.linalg.norm(towards)
+    ranked = SearchRequest(text="x", mode="semantic", facets=True, k=5, filters=Filters(category="clothing"))
+    answer = query.search_request(ranked.validate(), towards, store=store)
+    assert {hit.product_id for hit in answer.results} == {"jacket", "scarf"}
+    assert answer.facets == {
+        "Home & Kitchen": 2, "Home & Kitchen | Kettles": 1, "Home & Kitchen | Teapots": 1,
+        "Toys & Games": 1, "Toys & Games | Puzzles": 1,
+    }  # fmt: skip
+    monkeypatch.setattr(query, "FACET_CANDIDATES", 2)
+    capped = query.search_request(ranked.validate(), towards, store=store)
+    assert capped.facets == {"Home & Kitchen": 2, "Home & Kitchen | Kettles": 1, "Home & Kitchen | Teapots": 1}
 
 
 def test_a_keyword_vector_is_replaced_in_place(store: VectorStore) -> None:

@@ -66,6 +66,7 @@ from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
 from lookalike.worker.embed import model_dimension
 from lookalike.worker.logs import configure_logging
+from lookalike.worker.query import KeywordFallback
 
 log = logging.getLogger(__name__)
 
@@ -328,13 +329,17 @@ def optimize() -> dict[str, Any]:
 @app.task(name=ENCODE_TASK, acks_late=False)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
     """A query's embedding, on the shoppers' encode processes: ``{"vector": base64 or None}``, or a refusal as
-    data (``{"error": reason, "detail": ...}``). Sent chained to ``search_encoded``, which gets this result."""
+    data (``{"error": reason, "detail": ...}``); words whose text model cannot load come back as
+    ``{"vector": None, "fallback": "keyword", "note": why}`` (the search then runs on keywords only). Sent
+    chained to ``search_encoded``, which gets this result."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
         vector = pipeline.encode_query(ctx, parsed)
     except QueryRejected as exc:
         return exc.as_data()
+    except KeywordFallback as fallback:
+        return {"vector": None, "fallback": "keyword", "note": fallback.note}
     return {"vector": None if vector is None else encode_vector(vector)}
 
 
@@ -358,6 +363,9 @@ def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str
     search's answer out, so the sender waits on one result. A refusal from the encode step passes through."""
     if "error" in encoded:
         return encoded
+    if encoded.get("fallback") == "keyword":  # no text model: keywords only, and the answer says so
+        answer = search({**request, "mode": "keyword"}, None)
+        return answer if "error" in answer else {**answer, "mode": "keyword", "note": encoded.get("note")}
     return search(request, encoded.get("vector"))
 
 

@@ -29,7 +29,13 @@ window.lookalikeCards = (() => {
     image.referrerPolicy = "no-referrer";
     image.alt = item.name || item.product_id;
     const source = safeUrl(item.image_url);
+    // A thumbnail that does not load leaves an empty tile, never a broken-image icon.
+    image.addEventListener("error", () => {
+      image.hidden = true;
+      thumb.classList.add("missing");
+    });
     if (source) image.src = source;
+    else thumb.classList.add("missing");
     thumb.append(image);
 
     const body = document.createElement("div");
@@ -37,6 +43,7 @@ window.lookalikeCards = (() => {
     const name = document.createElement(link ? "a" : "span");
     name.className = "name";
     name.textContent = item.name || item.product_id;
+    name.title = item.name || item.product_id; // the whole name, when the card clamps it
     for (const anchor of link ? [thumb, name] : []) {
       anchor.href = link;
       anchor.target = "_blank";

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 # The store's outage and refusal types live with every other error (state/errors.py); the engines raise them
 # through this module.
+from lookalike.state import categories as category_paths
 from lookalike.state.errors import NeedsReindex, StoreError
 from lookalike.state.errors import StoreLocked as StoreLocked
 from lookalike.state.errors import StoreUnavailable as StoreUnavailable
@@ -34,12 +35,13 @@ DENSE = "image"
 SPARSE = "keywords"
 NAMED, LEGACY = "named", "legacy"
 RRF_K = 60
-# Payload indexes every collection gets: the keys filters and facets read (see Narrowing.where).
+# Payload indexes every collection gets: the keys filters read (see Narrowing.where).
 IndexKind = Literal["keyword", "float", "integer"]
 PAYLOAD_INDEXES: dict[str, IndexKind] = {
     "product_id": "keyword",
     "category": "keyword",
     "categories": "keyword",
+    "category_keys": "keyword",
     "price_value": "float",
     "primary": "integer",
 }
@@ -97,8 +99,9 @@ def of_product(product_id: str) -> Where:
 
 @dataclass(frozen=True)
 class Narrowing:
-    """Filters as the engines apply them: a category at any level of its path (one level, not the whole path), a price
-    range on the parsed price, products left out, and (for facets) one point per product."""
+    """Filters as the engines apply them: a category as people type it (any level, or a path from the top, in any
+    case: matched on the point's normalized ``category_keys``, see ``state/categories.py``), a price range on
+    the parsed price, products left out, and one point per product (its first image: ``primary``)."""
 
     category: str | None = None
     min_price: float | None = None
@@ -116,7 +119,7 @@ class Narrowing:
             return None
         must: list[Condition] = []
         if self.category:
-            must.append(Match("categories", self.category))
+            must.append(Match("category_keys", category_paths.normalize(self.category)))
         if self.min_price is not None or self.max_price is not None:
             must.append(Range("price_value", gte=self.min_price, lte=self.max_price))
         if self.primary_only:
@@ -424,13 +427,6 @@ class VectorStore(ABC):
         queries = [Nearest(dense(vector), self._using()) for vector in vectors]
         return self._query_batch(queries, limit, [narrowing.where for narrowing in narrowings], score_threshold)
 
-    def facet_categories(self, narrowing: Narrowing, limit: int = 50) -> dict[str, int]:
-        """Products per category level among those the narrowing admits (one point per product counted)."""
-        if not self._exists():
-            return {}
-        self._require_named()
-        return self._facet("categories", limit, replace(narrowing, primary_only=True).where)
-
     @abstractmethod
     def close(self) -> None: ...
 
@@ -500,6 +496,3 @@ class VectorStore(ABC):
     ) -> list[list[Hit]]:
         """The best ``limit`` points for each query (with its own filter), as one batched request."""
 
-    @abstractmethod
-    def _facet(self, key: str, limit: int, where: Where | None) -> dict[str, int]:
-        """Exact counts of the points per value of ``key`` among those ``where`` admits."""

@@ -267,7 +267,3 @@ class ClientStore(VectorStore):
         responses = self._on("search", self.client.query_batch_points, requests=requests)
         return [base.hits(response.points) for response in responses]
 
-    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
-        flt = self._filter(where)
-        response = self._on("facet", self.client.facet, key=key, limit=limit, exact=True, facet_filter=flt)
-        return {str(hit.value): int(hit.count) for hit in response.hits}

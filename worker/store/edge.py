@@ -263,8 +263,3 @@ class EdgeStore(VectorStore):
         ]
         return [base.hits(points) for points in self.shard.query_batch(QueryBatchRequest(requests))]
 
-    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
-        from qdrant_edge import FacetRequest
-
-        response = self.shard.facet(FacetRequest(key, limit=limit, exact=True, filter=self._filter(where)))
-        return {str(hit.value): int(hit.count) for hit in response.hits}
