@@ -6,6 +6,7 @@ uvicorn. Routes:
 - ``POST /v1/search``: a photo as multipart (``image`` plus form fields) or JSON (``image_url`` or
   ``text``), answered with ``SearchResponse.to_data()`` plus ``took_ms``;
 - ``GET /v1/products/{product_id}/similar``: "more like this";
+- ``GET /v1/duplicates``, ``POST /v1/duplicates/decisions``: duplicate listings (:mod:`lookalike.api.duplicates`);
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (broker, store and a query worker answer);
 - ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``GET /docs`` (Swagger UI from files shipped in
   fastapi-offline: no CDN, works offline), ``GET /`` (the page, from this package).
@@ -37,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lookalike import __version__
 from lookalike.api.backend import READINESS_CHECKS, SearchBackend
 from lookalike.api.docs import DOCS_HEADERS, DocsHeadersMiddleware
+from lookalike.api.duplicates import DuplicateDesk, duplicates_router
 from lookalike.api.errors import ERROR_STATUS, ApiError, api_error, error_response, reason_for_validation
 from lookalike.api.limits import BodyLimitMiddleware
 from lookalike.api.models import ErrorOut, HealthOut, ReadyOut, SearchForm, SearchJSON, SearchOut
@@ -65,7 +67,12 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-STATIC_FILES = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
+STATIC_FILES = {
+    "cards.js": "text/javascript; charset=utf-8",
+    "page.js": "text/javascript; charset=utf-8",
+    "duplicates.js": "text/javascript; charset=utf-8",
+    "page.css": "text/css; charset=utf-8",
+}
 
 
 _API_KEY_SCHEME = APIKeyHeader(
@@ -138,8 +145,11 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def create_app(backend: SearchBackend, settings: Settings | None = None) -> FastAPI:
-    """The whole HTTP side over ``backend``; nothing here talks to Redis, Celery or the store directly."""
+def create_app(
+    backend: SearchBackend, settings: Settings | None = None, duplicates: DuplicateDesk | None = None
+) -> FastAPI:
+    """The whole HTTP side over ``backend`` (and the duplicate report over ``duplicates``, by default from
+    Redis); nothing here talks to Redis, Celery or the store directly."""
     settings = settings or get_settings()
     install_log_record_factory()
     metrics = ApiMetrics()
@@ -342,6 +352,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
                 )
             )
 
+    v1.include_router(duplicates_router(duplicates or DuplicateDesk(settings), auth_errors=auth_errors))
     app.include_router(v1)
 
     # ----------------------------------------------------------------------------------------- operations
@@ -395,6 +406,12 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         return Response(page, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     static = {name: _static(name) for name in STATIC_FILES}
+    icon = _static("favicon.ico")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        # Browsers ask for it whatever the page says: an answer, not a 404 in every log.
+        return Response(icon, media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str) -> Response:

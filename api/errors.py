@@ -70,6 +70,10 @@ FIELD_REASON = {
     "max_price": "bad_filter",
     "min_score": "bad_filter",
     "image": "bad_image_field",
+    "limit": "bad_limit",
+    "decision": "bad_decision",
+    "a": "bad_product_id",
+    "b": "bad_product_id",
 }
 
 

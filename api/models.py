@@ -74,7 +74,11 @@ class Hit(BaseModel):
 
     product_id: str
     name: str | None
-    score: float
+    match: float = Field(
+        ge=0, le=1,
+        description="How well it matches, 0-1, the same meaning in every mode (a photo, words, more like this).",
+    )  # fmt: skip
+    score: float = Field(description="The engine's raw score: cosine, BM25 or a fusion score, by mode.")
     image_url: str | None = Field(description="The catalogue's own image URL (never proxied by this server).")
     product_url: str | None
     category: str | None
@@ -87,7 +91,17 @@ class SearchOut(BaseModel):
     """``SearchResponse.to_data()`` plus the time the search took."""
 
     results: list[Hit] = Field(description="Best first, one entry per product.")
-    facets: dict[str, int] | None = Field(None, description="Category -> count, when asked for.")
+    no_close_match: bool = Field(
+        description="No result's match reaches 0.5 (state/search.py CLOSE_MATCH): nothing in the catalogue is "
+        "close, these are only the nearest."
+    )
+    facets: dict[str, int] | None = Field(
+        None,
+        description='When asked for: category path ("A", "A | B", ...) -> products among the query\'s matches '
+        "under it, a tree by its keys.",
+    )
+    mode: Mode | None = Field(None, description="For words: the mode that ran (keyword when no text model loads).")
+    note: str | None = Field(None, description="Why the answer is not exactly what was asked (a fallback).")
     took_ms: float = Field(description="Milliseconds spent answering, as measured by the API.")
 
 

@@ -138,7 +138,13 @@ class ObserveMiddleware:
             labels = (route, scope["method"], str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(seconds)
-            log.info(
-                "request method=%s route=%s status=%d ms=%.1f", scope["method"], route, status, seconds * 1000
-            )
+            if route == "unmatched":  # the path, quoted and cut short: only in the log, never a metric label
+                log.info(
+                    "request method=%s route=unmatched path=%r status=%d ms=%.1f",
+                    scope["method"], str(scope.get("path", ""))[:200], status, seconds * 1000,
+                )  # fmt: skip
+            else:
+                log.info(
+                    "request method=%s route=%s status=%d ms=%.1f", scope["method"], route, status, seconds * 1000
+                )
             request_id_var.reset(token)

@@ -26,10 +26,34 @@ def use_broker(note: Note, *, start: bool = True, share: bool = False) -> Runtim
     lets other commands use it meanwhile."""
     runtime = resolve_broker(start=start, share=share)
     atexit.register(runtime.close)
+    announce_broker(runtime, note)
+    return runtime
+
+
+def announce_broker(runtime: Runtime, note: Note) -> None:
+    """Check that the broker answers and accepts this command, then name it once on stderr with where the
+    choice came from: every command does, so a Redis used silently (one at the default address) never
+    surprises anyone. The embedded broker's own notes already name it."""
     for message in runtime.notes:
         note(message)
-    require_broker(runtime.settings)
-    return runtime
+    url = require_broker(runtime.settings)
+    if runtime.notes:
+        return
+    from lookalike.state.connection import redis_client
+
+    # Something answers there; a wrong password or database number is its own one-line error, not a line
+    # naming a broker this command then cannot use.
+    client = redis_client(runtime.settings)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    source = (
+        "LOOKALIKE_BROKER_URL"
+        if runtime.settings.broker_url_is_set
+        else "the default address: a Redis answers there; set LOOKALIKE_BROKER_URL to use another"
+    )
+    note(f"broker {safe_url(url)} ({source})")
 
 
 def require_broker(settings: Settings) -> str:

@@ -40,6 +40,7 @@ from lookalike.state.queues import ENCODE_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.state.tasks import (
     AUDIT_TASK,
+    DUPLICATES_SCAN_TASK,
     ENCODE_TASK,
     FETCH_TASK,
     OPTIMIZE_TASK,
@@ -243,6 +244,19 @@ class Gateway:
 
             return self.in_process(reindex_stage)
         return self._wait("the reindex", INDEX_QUEUE, lambda: self._ask(REINDEX_TASK, timeout, watch), timeout)
+
+    def duplicates_scan_page(self, *, restart: bool, page: int, timeout: float) -> dict[str, Any]:
+        """One page of `lookalike duplicates scan` by whoever owns the store; the scan's state after it."""
+        if not self.route((INDEX_QUEUE,), "scanning for duplicates"):
+            from lookalike.worker.duplicates import scan_stage
+
+            return self.in_process(lambda ctx: scan_stage(ctx, restart=restart, page=page))
+
+        def send() -> dict[str, Any]:
+            sent = self.celery.send_task(DUPLICATES_SCAN_TASK, kwargs={"restart": restart, "page": page})
+            return dict(sent.get(timeout=timeout))
+
+        return self._wait("a duplicate scan page", INDEX_QUEUE, send, timeout)
 
     def optimize(self) -> None:
         """Ask the store owner to build its search index now (after a large ingest, while nobody waits)."""

@@ -6,17 +6,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lookalike.app.broker import require_broker, safe_url
+from lookalike.app.broker import announce_broker, require_broker, safe_url
 from lookalike.app.gateway import Gateway
 from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.catalog import CatalogReport
 from lookalike.state.context import StateContext, current_state
-from lookalike.state.errors import BackendUnavailable, Misconfigured, ModelUnavailable
+from lookalike.state.errors import BackendUnavailable, Misconfigured
 from lookalike.state.waiting import Watchdog
 from lookalike.worker.embedded import Runtime, resolve_broker
 
@@ -100,9 +101,7 @@ class IngestSession:
 
     def __enter__(self) -> IngestSession:
         self.runtime = resolve_broker()
-        for message in self.runtime.notes:
-            self.note(message)
-        require_broker(self.runtime.settings)
+        announce_broker(self.runtime, self.note)
         from lookalike.state.queues import ALL_QUEUES
 
         self.ctx = state_context()
@@ -321,10 +320,9 @@ def start_worker(
                 "embed only (use a Qdrant server to run several store workers)"
             )
             chosen -= {INDEX_QUEUE, QUERY_QUEUE}
-    try:
-        _check_model(settings)
-    except ModelUnavailable as exc:  # a worker without its model: LOOKALIKE_MODEL_DIR (or the network) to fix
-        raise Misconfigured(str(exc)) from exc
+    # A model that cannot load is ModelUnavailable: exit 3, as for `ingest --wait` and `search` (one missing
+    # thing, one exit code in every command).
+    _check_model(settings)
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
     group = WorkerGroup(pools, loglevel=loglevel, **_supervision(settings))
     group.start(handle_signals=True)
@@ -446,6 +444,57 @@ def _round(value: float | None) -> float | None:
 
 # ------------------------------------------------------------------------------------------- operations
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def listening_socket(host: str, port: int) -> Any:
+    """A TCP socket bound to ``host:port`` and listening, for a server to take over: a port in use or an
+    address this machine does not have fails here (OSError), before anything says it is serving."""
+    import socket
+
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError:
+        listener.close()
+        raise
+    listener.set_inheritable(True)
+    return listener
+
+
+def serve_directory(directory: Path, host: str, port: int, note: Note) -> None:
+    """Serve ``directory``'s files read-only until SIGINT or SIGTERM; bind errors are OSError, raised before
+    anything says it is serving."""
+    import functools
+    import signal
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # one line per image would drown the terminal
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    handler = functools.partial(Quiet, directory=str(directory.resolve()))
+    server = Server((host, port), handler)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="images", daemon=True)
+    thread.start()
+    note(f"serving {directory} on http://{host}:{port}/ (Ctrl-C stops)")
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def start_flower(port: int, address: str | None, note: Note) -> None:
@@ -591,16 +640,29 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
     taken = ctx.failures.take(reason)
     run_id = ctx.ledger.start_run("retry", f"failures{':' + reason if reason else ''}", status="enqueuing")
     plan, dropped = plan_retries(ctx.registry, taken, run_id)
+    door = gateway(ctx.settings, note)
     carry_out(
         plan,
-        gateway(ctx.settings, note).publisher(ctx.redis),
+        door.publisher(ctx.redis),
         ctx.registry,
         Backpressure(ctx.settings.fetch_high_water),
         run_id=run_id,
         ledger=ctx.ledger,
     )
     ctx.ledger.set_meta(run_id, status="enqueued")
-    return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped}
+    if not plan.jobs:
+        ctx.ledger.set_meta(run_id, finished_at=time.time())
+    return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped, "workers": bool(door.live_workers())}
+
+
+def waiting_without_workers() -> int:
+    """Jobs waiting in the fetch queue while no worker runs (0 when a worker runs): what `failures` mentions
+    when it has nothing to list, since retried images are no longer failures until a worker tries them."""
+    from lookalike.state.queues import FETCH_QUEUE, queue_depth
+
+    ctx = state_context()
+    depth = queue_depth(ctx.redis, FETCH_QUEUE)
+    return depth if depth and not gateway(ctx.settings, lambda _message: None).live_workers() else 0
 
 
 # --------------------------------------------------------------------------------------------- reconcile

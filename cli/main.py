@@ -14,6 +14,7 @@ from lookalike import __version__, render
 from lookalike.app.broker import use_broker
 from lookalike.state.errors import Misconfigured, Rejected, StoreError, Unavailable
 from lookalike.state.search import QueryRejected, SearchRequest
+from lookalike.usage import PlainUsage, err, fail, note
 
 app = typer.Typer(
     add_completion=False,
@@ -23,8 +24,12 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Reverse image search for e-commerce catalogues: ingest a catalogue, run workers, search by image.",
 )
+def command(**options: Any) -> Any:
+    """``app.command`` with the plain usage line (every lookalike command is declared with it)."""
+    return app.command(cls=PlainUsage, **options)
+
+
 out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 # What a failure means to the shell, for every command: the first of an error's classes (most specific first)
 # found here decides. 2: the input or a setting has to change; 3: something lookalike needs does not answer
@@ -37,15 +42,6 @@ EXIT_CODES: dict[type[BaseException], int] = {
     Unavailable: 3,
     StoreError: 3,
 }
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"error: {message}", markup=False, highlight=False)
-    return typer.Exit(code)
-
-
-def note(message: str) -> None:
-    err.print(f"lookalike: {message}", markup=False, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -73,9 +69,11 @@ def main_options(
 
 
 # ------------------------------------------------------------------------------------------------ ingest
-@app.command()
+@command(short_help='Read a catalogue CSV and index its product images.')
 def ingest(
-    catalog: Annotated[Path, typer.Argument(help="Catalogue CSV, or a zip holding one CSV at any depth.")],
+    catalog: Annotated[
+        Path, typer.Argument(metavar="CATALOG", help="Catalogue CSV, or a zip holding one CSV at any depth.")
+    ],
     fraction: Annotated[float | None, typer.Option(help="Sample this share of the rows (0-1].")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --fraction.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Keep only the first N rows (after sampling).")] = None,
@@ -133,7 +131,7 @@ def ingest(
 
 
 # ------------------------------------------------------------------------------------------------ worker
-@app.command()
+@command(short_help='Start the workers (downloads, embedding, the store).')
 def worker(
     queues: Annotated[
         str | None,
@@ -169,32 +167,50 @@ CategoryOption = Annotated[
 ]
 MinPriceOption = Annotated[float | None, typer.Option("--min-price", help="Only products priced at least this.")]
 MaxPriceOption = Annotated[float | None, typer.Option("--max-price", help="Only products priced at most this.")]
-MinScoreOption = Annotated[float | None, typer.Option("--min-score", help="Only results scoring at least this.")]
+MinScoreOption = Annotated[
+    float | None,
+    typer.Option("--min-score", help="Only results whose raw engine score (JSON's score, not match) is at least this."),
+]
 TopOption = Annotated[int, typer.Option("-k", "--top", help="How many products to return (1-100).")]
 OffsetOption = Annotated[int, typer.Option("--offset", help="Skip this many products (pages: --offset 10 -k 10).")]
 DiverseOption = Annotated[
     bool, typer.Option("--diverse", help="Re-rank for variety (MMR): near-identical variants do not fill a page.")
 ]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print the result list as JSON (with --facets: {results, facets}).")
+    bool,
+    typer.Option(
+        "--json", help="Print the result list as JSON (with --facets: {results, facets, no_close_match, ...})."
+    ),
 ]
+SimilarJsonOption = Annotated[bool, typer.Option("--json", help="Print the result list as JSON.")]
 TimeoutOption = Annotated[
     float | None, typer.Option(help="Seconds to wait for a worker (default: LOOKALIKE_QUERY_TIMEOUT).")
 ]
 
 
 def _answer(request: SearchRequest, *, timeout: float | None, as_json: bool, facets: bool) -> None:
-    """Send the request through the gateway (a worker, or this process when none runs) and print the answer."""
-    from lookalike.app.gateway import Gateway
+    """Send the request through the gateway (a worker, or this process when none runs) and print the answer.
 
+    The request is checked before the broker is even looked up, so a bad value is the command's only line (the
+    gateway checks it again, with the same rules from state/search.py, for callers that skip this)."""
+    from lookalike.app.gateway import Gateway
+    from lookalike.config.settings import get_settings
+    from lookalike.state.search import CLOSE_MATCH
+
+    request.validate(max_image_bytes=get_settings().query_max_bytes)
     data = Gateway(use_broker(note).settings, note=note).search(request, timeout=timeout)
+    if data.get("note"):
+        note(data["note"])
+    if data["results"] and data["no_close_match"]:
+        best = render.percent(max(hit["match"] for hit in data["results"]))
+        note(f"no close match: the best result matches {best} (a close match is {render.percent(CLOSE_MATCH)} or more)")
     if as_json:
         print(json.dumps(data if facets else data["results"], ensure_ascii=False))
         return
     if not data["results"]:
         print("no matches (is the catalogue ingested? are the filters too narrow?)")
     else:
-        render.search_results(data["results"], out)
+        render.search_results(data["results"], out, offset=request.offset)
     if facets and data.get("facets"):
         render.facets(data["facets"], out)
 
@@ -212,9 +228,11 @@ def _image_request(image: str, *, max_bytes: int, **fields: Any) -> SearchReques
     return SearchRequest(image=path.read_bytes(), **fields)
 
 
-@app.command()
+@command(short_help='Find products by a photo (path or URL) or by words.')
 def search(
-    image: Annotated[str | None, typer.Argument(help="Image file path, or an http(s) URL.")] = None,
+    image: Annotated[
+        str | None, typer.Argument(metavar="IMAGE", help="Image file path, or an http(s) URL.")
+    ] = None,
     text: Annotated[str | None, typer.Option("--text", help="Search by words instead of an image.")] = None,
     mode: Annotated[
         str,
@@ -238,8 +256,10 @@ def search(
     from lookalike.config.settings import get_settings
     from lookalike.state.search import Filters
 
-    if (image is None) == (text is None):
-        raise fail("give an IMAGE (a path or an http(s) URL) or --text WORDS, not both")
+    if image is None and text is None:
+        raise fail("give an IMAGE (a path or an http(s) URL) or --text WORDS")
+    if image is not None and text is not None:
+        raise fail("give an IMAGE or --text WORDS, not both")
     filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
     fields: dict[str, Any] = {"k": k, "offset": offset, "filters": filters, "diverse": diverse, "facets": facets}
     if text is None:
@@ -250,9 +270,9 @@ def search(
     _answer(request, timeout=timeout, as_json=as_json, facets=facets)
 
 
-@app.command()
+@command(short_help='More like this: products that look like a product.')
 def similar(
-    product_id: Annotated[str, typer.Argument(help="A catalogue product id.")],
+    product_id: Annotated[str, typer.Argument(metavar="PRODUCT_ID", help="A catalogue product id.")],
     category: CategoryOption = None,
     min_price: MinPriceOption = None,
     max_price: MaxPriceOption = None,
@@ -260,7 +280,7 @@ def similar(
     k: TopOption = 5,
     offset: OffsetOption = 0,
     diverse: DiverseOption = False,
-    as_json: JsonOption = False,
+    as_json: SimilarJsonOption = False,
     timeout: TimeoutOption = None,
 ) -> None:
     """More like this: the products that look most like PRODUCT_ID, from its own stored vectors (no download,
@@ -273,9 +293,9 @@ def similar(
 
 
 # ------------------------------------------------------------------------------------------------ status
-@app.command()
+@command(short_help='Runs, queues, workers and the model in use.')
 def status(
-    run: Annotated[str | None, typer.Argument(help="A run id (default: the latest runs).")] = None,
+    run: Annotated[str | None, typer.Argument(metavar="RUN", help="A run id (default: the latest runs).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
 ) -> None:
@@ -291,7 +311,7 @@ def status(
 
 
 # ---------------------------------------------------------------------------------------------- failures
-@app.command()
+@command(short_help='List the images that failed, or retry them.')
 def failures(
     reason: Annotated[str | None, typer.Option(help="Only failures with this reason (e.g. http_404, http).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per failed image.")] = False,
@@ -299,12 +319,17 @@ def failures(
     limit: Annotated[int | None, typer.Option(help="Show at most N.")] = None,
 ) -> None:
     """List the images that failed for good (product, URL, stage, reason, time), or re-enqueue them."""
-    from lookalike.commands import list_failures, retry_failures
+    from lookalike.commands import list_failures, retry_failures, waiting_without_workers
 
     use_broker(note)
 
     if retry:
         summary = retry_failures(reason, note=note)
+        if summary["requeued"] and not summary["workers"]:
+            note(
+                f"no worker is running: the {summary['requeued']} images wait in the queue until you start "
+                "`lookalike worker` (or `lookalike ingest --wait`); `lookalike status` shows them"
+            )
         if as_json:
             print(json.dumps(summary))
         else:
@@ -322,15 +347,17 @@ def failures(
         print(json.dumps(items, ensure_ascii=False))
         return
     if not items:
-        print("no failures recorded")
+        waiting = waiting_without_workers()
+        queued = f" ({waiting} jobs wait in the fetch queue: no worker is running; start `lookalike worker`)"
+        print("no failures recorded" + (queued if waiting else ""))
         return
     render.failures(items, out)
 
 
 # ------------------------------------------------------------------------------------------- operations
-@app.command()
+@command(short_help='Start Flower (the Celery dashboard) with a login.')
 def flower(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5555,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5555,
     address: Annotated[
         str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_FLOWER_ADDRESS, 127.0.0.1).")
     ] = None,
@@ -346,9 +373,9 @@ def flower(
     start_flower(port, address, note)
 
 
-@app.command()
+@command(short_help='Serve Prometheus metrics at /metrics.')
 def metrics(
-    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9808,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to serve /metrics on (0: any free one).")] = 9808,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Serve Prometheus metrics at /metrics: counters, stage-time histograms, queue depths and ages.
@@ -362,7 +389,7 @@ def metrics(
 
 
 # ------------------------------------------------------------------------------------------------ events
-@app.command()
+@command(short_help='Apply catalogue change events from the Redis Stream.')
 def listen(
     consumer: Annotated[
         str | None, typer.Option(help="Consumer name in the group (default: this host's name); keep it stable.")
@@ -383,9 +410,11 @@ def listen(
     run_listener(consumer, stop_when_idle, batch, note)
 
 
-@app.command()
+@command(short_help='Publish change events (JSON lines), or list rejected ones.')
 def events(
-    file: Annotated[str | None, typer.Argument(help="JSON lines file of events to publish ('-' = stdin).")] = None,
+    file: Annotated[
+        str | None, typer.Argument(metavar="FILE", help="JSON lines file of events to publish ('-' = stdin).")
+    ] = None,
     rejected: Annotated[
         bool, typer.Option("--rejected", help="List the events the listener rejected instead.")
     ] = False,
@@ -425,7 +454,7 @@ def events(
 
 
 # ----------------------------------------------------------------------------------------------- reindex
-@app.command()
+@command(short_help="Upgrade an earlier release's index (no download).")
 def reindex(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker.")] = 3600.0,
@@ -451,30 +480,41 @@ def reindex(
 
 
 # ------------------------------------------------------------------------------------------------- serve
-@app.command()
+@command(short_help='Serve the HTTP API and the search page.')
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: LOOKALIKE_API_ADDRESS).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default: LOOKALIKE_API_PORT, 8080).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on (default: LOOKALIKE_API_PORT, 8080).")
+    ] = None,
 ) -> None:
-    """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
-    search page at /.
+    """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, GET /v1/duplicates, POST
+    /v1/duplicates/decisions, /healthz, /readyz, /metrics, /docs) and the search page at / (with its Duplicates
+    view).
 
     Queries go to the workers through the broker (embedding on the shoppers' encode processes, search on the
     store owner); with no worker running at all, this process answers them itself and says so in its log.
     Request headers must arrive within LOOKALIKE_API_READ_TIMEOUT, bodies within LOOKALIKE_API_BODY_TIMEOUT, and
     at most LOOKALIKE_API_MAX_CONNECTIONS are served at once; on the public internet, put a reverse proxy in front.
+    A port in use or an address this machine does not have is a one-line error (exit 2) before anything is
+    served.
     """
     import uvicorn
 
     from lookalike.api import create_app, uvicorn_log_config
     from lookalike.api.server import uvicorn_options
     from lookalike.app.gateway import Gateway
+    from lookalike.commands import listening_socket
+    from lookalike.config.settings import get_settings
 
-    settings = use_broker(note, share=True).settings
+    settings = get_settings()
     host = host or settings.api_address
     port = port or settings.api_port
-    note(f"serving the API and the page on http://{host}:{port}/")
-    uvicorn.run(
+    try:
+        listener = listening_socket(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    settings = use_broker(note, share=True).settings
+    config = uvicorn.Config(
         # The gateway logs once that it answers in this process; a reading of the live workers serves a second.
         create_app(Gateway(settings, workers_max_age=1.0), settings),
         host=host,
@@ -483,13 +523,18 @@ def serve(
         access_log=False,
         **uvicorn_options(settings),
     )
+    note(f"serving the API and the page on http://{host}:{port}/")
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 # --------------------------------------------------------------------------------------------- reconcile
-@app.command()
+@command(short_help='Repair the index whatever was lost, and say what it did.')
 def reconcile(
     catalog: Annotated[
-        Path | None, typer.Argument(help="The current catalogue: register it and delete products it no longer lists.")
+        Path | None,
+        typer.Argument(
+            metavar="CATALOG", help="The current catalogue: register it and delete products it no longer lists."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker's audit.")] = 600.0,
@@ -526,9 +571,13 @@ def reconcile(
 
 
 def _add_model_commands() -> None:
+    from lookalike.duplicates import duplicates_app
+    from lookalike.images import images_app
     from lookalike.models import model_app
 
-    app.add_typer(model_app, name="model")
+    app.add_typer(model_app, name="model", short_help="Make an int8 model, or compare two on your catalogue.")
+    app.add_typer(images_app, name="images", short_help="Serve catalogue images from this machine (offline use).")
+    app.add_typer(duplicates_app, name="duplicates", short_help="Find products listed twice; record decisions.")
 
 
 _add_model_commands()
@@ -539,9 +588,13 @@ def main() -> None:
     from lookalike.app.broker import as_lookalike_error
 
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except _CLICK_ERRORS as exc:
+        _usage_failed(exc)
     except Exception as exc:
         known = as_lookalike_error(exc) or exc
         code = exit_code(known)
@@ -549,6 +602,24 @@ def main() -> None:
             raise
         err.print(f"error: {error_line(known)}", markup=False, highlight=False)
         sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# The parser's errors (typer ships its own copy of click): found from a public class, whichever copy it is.
+_CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
+)
+
+
+def _usage_failed(exc: Any) -> None:
+    """A bad option or argument: one line naming it and where the help is, exit 2 (click prints four)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `lookalike model` alone: the help is the answer
+        exc.show()
+        sys.exit(exc.exit_code)
+    context = getattr(exc, "ctx", None)
+    where = f" (see {context.command_path} --help)" if context is not None else ""
+    err.print(f"error: {exc.format_message()}{where}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
 
 
 def exit_code(exc: BaseException) -> int | None:

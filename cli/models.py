@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from lookalike.usage import PlainUsage, fail, note
+
 model_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -17,19 +19,10 @@ model_app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from lookalike.main import fail
 
-    return fail(message, code)
-
-
-def _note(message: str) -> None:
-    from lookalike.main import note
-
-    note(message)
-
-
-@model_app.command("quantize")
+@model_app.command(
+    "quantize", cls=PlainUsage, short_help="Write int8 copies of the configured models, with sizes and speeds."
+)
 def quantize(
     out: Annotated[Path, typer.Option(help="Where to write the int8 model directories (vision/ and text/).")] = Path(
         "models-int8"
@@ -44,20 +37,20 @@ def quantize(
     settings = get_settings()
     sources = {"vision": settings.model_dir, "text": settings.text_model_dir}
     if not any(sources.values()):
-        raise _fail("set LOOKALIKE_MODEL_DIR (and LOOKALIKE_TEXT_MODEL_DIR) to the model directories to quantize")
+        raise fail("set LOOKALIKE_MODEL_DIR (and LOOKALIKE_TEXT_MODEL_DIR) to the model directories to quantize")
     try:
         from lookalike.worker.quantize import QuantizeError, quantize_model_dir
     except ImportError as exc:
-        raise _fail(f"quantizing needs the quantize extra: pip install 'lookalike[quantize]' ({exc})") from None
+        raise fail(f"quantizing needs the quantize extra: pip install 'lookalike[quantize]' ({exc})") from None
     reports: dict[str, Any] = {}
     for kind, source in sources.items():
         if source is None:
-            _note(f"no {kind} model directory configured: skipped")
+            note(f"no {kind} model directory configured: skipped")
             continue
         try:
             report = quantize_model_dir(Path(source), out / kind)
         except QuantizeError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         reports[kind] = report
         if not as_json:
             before, after = report.bytes_before / 2**20, report.bytes_after / 2**20
@@ -76,10 +69,12 @@ def quantize(
         )
 
 
-@model_app.command("compare")
+@model_app.command(
+    "compare", cls=PlainUsage, short_help="How much two vision models agree on your own catalogue."
+)
 def compare(
-    dir_a: Annotated[Path, typer.Argument(help="A vision model directory (say, the current one).")],
-    dir_b: Annotated[Path, typer.Argument(help="Another one (say, its int8 copy).")],
+    dir_a: Annotated[Path, typer.Argument(metavar="DIR_A", help="A vision model directory (say, the current one).")],
+    dir_b: Annotated[Path, typer.Argument(metavar="DIR_B", help="Another one (say, its int8 copy).")],
     sample: Annotated[int, typer.Option(help="How many of the indexed catalogue's images to embed.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed for the sample.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -92,11 +87,11 @@ def compare(
     from lookalike.worker.decode import ImageRejected
     from lookalike.worker.fetch import FetchError, fetch_image
 
-    use_broker(_note)
+    use_broker(note)
     registry = state_context().registry
     urls = sorted({url for _pid, state in registry.items() if not state.deleted for url in state.images})
     if len(urls) < 2:
-        raise _fail("the catalogue has fewer than 2 images: ingest it first")
+        raise fail("the catalogue has fewer than 2 images: ingest it first")
     chosen = random.Random(seed).sample(urls, min(sample, len(urls)))
     ctx = pipeline.current_context()
     images = []
@@ -107,7 +102,7 @@ def compare(
         except (FetchError, ImageRejected):
             skipped += 1
     if len(images) < 2:
-        raise _fail(f"fewer than 2 of the {len(chosen)} sampled images could be downloaded and decoded", 3)
+        raise fail(f"fewer than 2 of the {len(chosen)} sampled images could be downloaded and decoded", 3)
     report = compare_models(dir_a, dir_b, images, k=10, model_name=ctx.settings.model)
     if as_json:
         print(json.dumps({**asdict(report), "overlaps": list(report.overlaps), "skipped": skipped}))
@@ -120,3 +115,29 @@ def compare(
         f"top {report.k}    mean {report.overlap_mean:.2f} of A's {report.k} nearest also in B's "
         f"(min {report.overlap_min})"
     )
+
+
+@model_app.command(
+    "tiny", cls=PlainUsage, short_help="Write tiny stand-in models (vision and text) to try lookalike offline."
+)
+def tiny(
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write vision/ and text/.")] = Path("models"),
+) -> None:
+    """Write DIR/vision and DIR/text: tiny models with CLIP ViT-B/32's interfaces (512-d), for a machine that
+    cannot download the real ones. Every command runs with them (a re-encoded copy of a photo finds its
+    original; a word of a product's name finds it by keyword), but what looks alike means little. Point
+    LOOKALIKE_MODEL_DIR and LOOKALIKE_TEXT_MODEL_DIR at them. Needs the tiny-model extra
+    (pip install 'lookalike[tiny-model]')."""
+    from lookalike.testing.tiny_model import build_tiny_model, build_tiny_text_model
+
+    try:
+        vision = build_tiny_model(out / "vision")
+        text = build_tiny_text_model(out / "text")
+    except ImportError as exc:
+        raise fail(
+            f"writing the tiny models needs the tiny-model extra: pip install 'lookalike[tiny-model]' ({exc})"
+        ) from None
+    except OSError as exc:
+        raise fail(f"{out}: {exc.strerror or exc}") from None
+    print(f"wrote {vision} and {text}")
+    print(f"use them: export LOOKALIKE_MODEL_DIR={vision} LOOKALIKE_TEXT_MODEL_DIR={text}")

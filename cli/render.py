@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -57,9 +58,12 @@ def ingest_summary_lines(summary: dict[str, Any]) -> list[str]:
     result = summary.get("result")
     if result:
         failed = result.get("failed_by_reason") or {}
+        # A rate only for images that were indexed: failures are fast, and "4.8 images/s" for none misleads.
+        indexed, seconds = result["indexed"], result["seconds"]
+        rate = f" ({indexed / seconds:.1f} images/s)" if indexed and seconds else ""
         lines.append(
             f"done      {result['indexed']} indexed, {result['failed']} failed, {result['superseded']} superseded"
-            f" in {result['seconds']:.1f}s ({result['images_per_second']:.1f} images/s)"
+            f" in {result['seconds']:.1f}s{rate}"
         )
         if failed:
             lines.append("failed    " + ", ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
@@ -67,16 +71,55 @@ def ingest_summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def search_results(results: list[dict[str, Any]], console: Console) -> None:
+NAME_WIDTH = 60
+
+
+def shorten(text: str, width: int = NAME_WIDTH) -> str:
+    """At most ``width`` characters, cut at a word boundary when one is near, with an ellipsis when cut."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space >= width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-") + "…"
+
+
+def percent(match: float) -> str:
+    return f"{round(match * 100):d}%"
+
+
+WIDE = 120  # columns from which the image URL gets its own column
+
+
+def search_results(results: list[dict[str, Any]], console: Console, *, offset: int = 0) -> None:
+    """Ranks continue from ``offset`` (page 2 of 5 starts at 6); ``match`` is the 0-1 value people read, as a
+    percentage (the raw engine score is in ``--json``). The image URL shows on terminals of WIDE columns or
+    more; on narrower ones it would wrap every row (``--json`` always has it)."""
+    wide = console.width >= WIDE
     rows = [
-        (rank, f"{hit['score']:.4f}", hit["product_id"], str(hit["name"] or "")[:60], hit["image_url"])
-        for rank, hit in enumerate(results, 1)
+        (rank, percent(float(hit.get("match") or 0.0)), hit["product_id"], shorten(str(hit["name"] or "")))
+        + ((hit["image_url"],) if wide else ())
+        for rank, hit in enumerate(results, offset + 1)
     ]
-    console.print(table(("#", "score", "product id", "name", "image"), rows))
+    console.print(table(("#", "match", "product id", "name") + (("image",) if wide else ()), rows))
 
 
 def facets(counts: dict[str, int], console: Console) -> None:
-    rows = [(name, count) for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    """The category tree: each path under its parent, indented by level, most products first."""
+    children: dict[str, list[str]] = {}
+    for path in counts:
+        parent = path.rsplit(" | ", 1)[0] if " | " in path else ""
+        children.setdefault(parent, []).append(path)
+    rows: list[tuple[str, int]] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for path in sorted(children.get(parent, []), key=lambda p: (-counts[p], p)):
+            rows.append(("  " * depth + path.rsplit(" | ", 1)[-1], counts[path]))
+            walk(path, depth + 1)
+
+    walk("", 0)
     console.print(table(("category", "products"), rows, title="categories"))
 
 
@@ -85,14 +128,29 @@ def failures(items: list[dict[str, Any]], console: Console) -> None:
     console.print(table(("time", "stage", "reason", "product id", "url"), rows))
 
 
+def _rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.1f}"
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``12m05s``, ``3h26m``: short enough for a narrow column."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def status(data: dict[str, Any], console: Console) -> None:
     for condition in data.get("conditions", []):
-        # First, and alone on its line: what stops work now (a full disk, a stopped pool).
+        # First, and alone on its line: what stops work now (a full disk, a stopped pool, a full broker).
         console.print(str(condition["message"]), markup=False, highlight=False, style="bold red")
-    runs = Table(title="runs", show_edge=False)
+    # Short headers that never wrap: the table fits 80 columns with a whole run id.
+    runs = Table(title="runs", show_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
     runs.add_column("run", no_wrap=True, min_width=20)
-    for column in ("status", "progress", "indexed", "failed", "enqueued", "images/s", "ETA"):
-        runs.add_column(column)
+    for column in ("status", "done", "indexed", "failed", "queued", "img/s", "ETA"):
+        runs.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
     for run in data["runs"]:
         eta = run["eta_seconds"]
         runs.add_row(
@@ -105,8 +163,8 @@ def status(data: dict[str, Any], console: Console) -> None:
                     run["indexed"],
                     run["failed"],
                     run["enqueued"],
-                    f"{run['images_per_second']:.1f}",
-                    "-" if eta is None else f"{eta:.0f}s",
+                    _rate(run["images_per_second"]) if run["indexed"] else "-",
+                    "-" if eta is None else _duration(eta),
                 )
             )
         )

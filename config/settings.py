@@ -20,6 +20,8 @@ from lookalike.config.cpus import usable_cpus
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL = "Qdrant/clip-ViT-B-32-vision"
 DEFAULT_TEXT_MODEL = "Qdrant/clip-ViT-B-32-text"
+# Measured on planted copies against look-alike products (README, "Duplicate listings"; tests/test_duplicates.py).
+DEFAULT_DUPLICATES_MIN_SCORE = 0.95
 ENV_PREFIX = "LOOKALIKE_"
 BROKER_URL_FORM = "redis://[:password@]host[:port][/db] or rediss://..."
 # Both clients of the broker URL must accept it: Celery's (kombu: redis, rediss, sentinel, redis+socket) and
@@ -71,6 +73,27 @@ def settings_error_line(exc: ValidationError) -> str:
             continue
         problems.append(f"{name} {text}" if name == "LOOKALIKE_BROKER_URL" else f"{name}: {text}")
     return "; ".join(problems) or "the settings could not be loaded"
+
+
+def parse_category_scores(text: str) -> dict[str, float]:
+    """``"A=0.99;B | C=0.97"`` -> ``{"a": 0.99, "c": 0.97}``: the last level of each entry's path, lower case
+    (a product matches when any level of its own path is that name). Raises ValueError naming the bad entry."""
+    scores: dict[str, float] = {}
+    for entry in text.split(";"):
+        if not entry.strip():
+            continue
+        category, sep, score = entry.rpartition("=")
+        level = category.split("|")[-1].strip().lower()
+        if not sep or not level:
+            raise ValueError(f"{entry.strip()!r} is not category=score")
+        try:
+            value = float(score)
+        except ValueError:
+            raise ValueError(f"{entry.strip()!r}: the score is not a number") from None
+        if not 0 <= value <= 1:
+            raise ValueError(f"{entry.strip()!r}: the score must be from 0 to 1")
+        scores[level] = value
+    return scores
 
 
 def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -285,7 +308,6 @@ class Settings(BaseSettings):
         description="Largest request body the HTTP API reads (a photo plus its form fields), checked while it "
         "streams in.",
     )
-
     api_max_searches: int = Field(
         0,
         ge=0,
@@ -306,6 +328,22 @@ class Settings(BaseSettings):
         ge=8,
         description="Open connections plus requests in progress the HTTP API serves at once; past it, new "
         "requests get 503 (uvicorn's limit_concurrency). Kept under the open-files limit.",
+    )
+
+    # --- duplicate listings (lookalike.state.duplicates) ---------------------------------------------
+    duplicates_min_score: float = Field(
+        DEFAULT_DUPLICATES_MIN_SCORE,
+        ge=0,
+        le=1,
+        description="Cosine score from which two images of different products are a suspected duplicate: one "
+        "setting for the index stage's check, `lookalike duplicates scan` and the report (README, \"Duplicate "
+        "listings\", says how the default was measured).",
+    )
+    duplicates_category_min_score: str = Field(
+        "",
+        description="Per-category thresholds where products look alike by nature, as `category=score` entries "
+        "separated by semicolons (a category is any level of the A | B | C path, compared without case), "
+        "e.g. `Clothing | T-Shirts=0.99;Posters=0.985`; the higher one applies when both products match.",
     )
 
     # --- events, failures, operations ----------------------------------------------------------------
@@ -388,6 +426,12 @@ class Settings(BaseSettings):
             raise ValueError("LOOKALIKE_WAIT_DEADLINE must be at least LOOKALIKE_WAIT_GRACE")
         return self
 
+    @field_validator("duplicates_category_min_score")
+    @classmethod
+    def _category_scores_parse(cls, value: str) -> str:
+        parse_category_scores(value)
+        return value
+
     # --- derived ---------------------------------------------------------------------------------------
     @property
     def broker_url_is_set(self) -> bool:
@@ -450,6 +494,11 @@ class Settings(BaseSettings):
     @property
     def onnx_provider_names(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.onnx_providers.split(",") if part.strip())
+
+    @property
+    def duplicates_category_scores(self) -> dict[str, float]:
+        """Category level (lower case) -> its duplicate threshold, from LOOKALIKE_DUPLICATES_CATEGORY_MIN_SCORE."""
+        return parse_category_scores(self.duplicates_category_min_score)
 
     def key(self, *parts: str) -> str:
         """A Redis key under lookalike's prefix."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from lookalike.state import categories as category_paths
 from lookalike.state.messages import point_id_for as point_id_for  # re-exported: identity is shared state
 
 # Payload text is capped: a catalogue field can run to megabytes, Qdrant payloads should not.
@@ -100,10 +101,8 @@ class Product:
 
     @property
     def categories(self) -> list[str]:
-        """Every level of the category path ("A | B | C" -> ["A", "B", "C"]): a filter matches any level."""
-        if not self.category:
-            return []
-        return [level.strip() for level in self.category.split("|") if level.strip()]
+        """Every level of the category path ("A | B | C" -> ["A", "B", "C"]), as written."""
+        return category_paths.levels(self.category)
 
     def payload(self) -> dict[str, Any]:
         """The product-level payload shared by every point of the product (the image URL is per point)."""
@@ -113,6 +112,8 @@ class Product:
             "description": self.description,
             "category": self.category,
             "categories": self.categories,
+            # What a category filter matches: every level and every path from the top, normalized.
+            "category_keys": category_paths.keys(self.category),
             "price": self.price,
             "price_value": self.price_value,
             "product_url": self.product_url,

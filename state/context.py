@@ -1,14 +1,15 @@
 """The light context: what the producer, the CLI and the API need, and nothing heavy.
 
-Settings, the Redis client, the run ledger, the product registry and the failure log. The worker's context
-(:class:`lookalike.worker.pipeline.WorkerContext`) extends it with the HTTP session, the embedder, the store
-and the embedding cache; commands that only read or write Redis never build those.
+Settings, the Redis client, the run ledger, the product registry, the failure log and the duplicate book. The
+worker's context (:class:`lookalike.worker.pipeline.WorkerContext`) extends it with the HTTP session, the
+embedder, the store and the embedding cache; commands that only read or write Redis never build those.
 """
 
 from __future__ import annotations
 
 from lookalike.config.settings import Settings, get_settings
 from lookalike.state.connection import redis_client
+from lookalike.state.duplicates import duplicate_book
 from lookalike.state.failures import FailureLog
 from lookalike.state.ledger import Ledger
 from lookalike.state.registry import ProductRegistry
@@ -22,6 +23,7 @@ class StateContext:
         self.ledger = Ledger(self.redis, settings.key_prefix, settings.run_ttl)
         self.failures = FailureLog(self.redis, settings.key("failures"), settings.failures_cap)
         self.registry = ProductRegistry(self.redis, settings.key("products", settings.collection))
+        self.duplicates = duplicate_book(self.redis, settings.key_prefix, settings.collection)
 
     def close(self) -> None:
         self.redis.close()

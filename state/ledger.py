@@ -23,7 +23,7 @@ import redis
 from lookalike.state.outcomes import FAILED, JOB_OUTCOMES
 
 OUTCOMES = JOB_OUTCOMES
-STAGES = ("download", "decode", "embed", "upsert", "queue_wait")
+STAGES = ("download", "decode", "embed", "upsert", "duplicates", "queue_wait")  # duplicates: the index stage's check
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 _RECORD_OUTCOMES = """

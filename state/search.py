@@ -23,6 +23,9 @@ MODES = ("hybrid", "semantic", "keyword")
 Mode = Literal["hybrid", "semantic", "keyword"]
 # Which signal found a result.
 IMAGE, TEXT, KEYWORD = "image", "text", "keyword"
+# A result's ``match`` (0-1, the same meaning in every mode, see ``lookalike.worker.relevance``) below this for
+# every result of an answer: the answer says ``no_close_match`` (the CLI and the page say so too).
+CLOSE_MATCH = 0.5
 
 
 class QueryRejected(Rejected):
@@ -242,11 +245,15 @@ class SearchHit:
     price: str | None
     price_value: float | None
     matched: tuple[str, ...] = ()
+    # How well it matches, for people: 0 (nothing alike) to 1 (the same), comparable across modes; ``score`` is
+    # the engine's raw number (cosine, BM25 or a fusion score by mode), kept for programs.
+    match: float = 0.0
 
     def to_data(self) -> dict[str, Any]:
         return {
             "product_id": self.product_id,
             "name": self.name,
+            "match": round(self.match, 3),
             "score": round(self.score, 6),
             "image_url": self.image_url,
             "product_url": self.product_url,
@@ -268,18 +275,34 @@ class SearchHit:
             price=data.get("price"),
             price_value=data.get("price_value"),
             matched=tuple(data.get("matched") or ()),
+            match=float(data.get("match") or 0.0),
         )
 
 
 @dataclass(frozen=True)
 class SearchResponse:
     results: tuple[SearchHit, ...]
-    facets: dict[str, int] | None = None  # category -> count, for the same query and filters
+    # Category path ("A", "A | B", ...) -> products among the query's matches under it (see worker/query.py).
+    facets: dict[str, int] | None = None
+    mode: str | None = None  # for words: the mode that ran (keyword when no text model could load)
+    note: str | None = None  # why the answer is not what was asked (a fallback), for people
+
+    @property
+    def no_close_match(self) -> bool:
+        """No result reaches :data:`CLOSE_MATCH`: what was found is only the least unlike."""
+        return not any(hit.match >= CLOSE_MATCH for hit in self.results)
 
     def to_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"results": [hit.to_data() for hit in self.results]}
+        data: dict[str, Any] = {
+            "results": [hit.to_data() for hit in self.results],
+            "no_close_match": self.no_close_match,
+        }
         if self.facets is not None:
             data["facets"] = dict(self.facets)
+        if self.mode is not None:
+            data["mode"] = self.mode
+        if self.note is not None:
+            data["note"] = self.note
         return data
 
     @classmethod
@@ -291,4 +314,6 @@ class SearchResponse:
         return cls(
             results=tuple(SearchHit.from_data(hit) for hit in data.get("results", [])),
             facets=None if facets is None else {str(k): int(v) for k, v in facets.items()},
+            mode=data.get("mode"),
+            note=data.get("note"),
         )

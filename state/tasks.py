@@ -18,6 +18,7 @@ RECONCILE_TASK = "lookalike.reconcile"
 OPTIMIZE_TASK = "lookalike.optimize"
 AUDIT_TASK = "lookalike.audit"
 REINDEX_TASK = "lookalike.reindex"
+DUPLICATES_SCAN_TASK = "lookalike.duplicates_scan"  # one page of `lookalike duplicates scan`
 # A query: its vector on the shoppers' encode processes, then the search on the store owner. A query that needs
 # a vector is one chain, encode | search_encoded: the encode step hands its vector to the search itself.
 ENCODE_TASK = "lookalike.encode"
@@ -32,6 +33,7 @@ TASK_QUEUES = {
     OPTIMIZE_TASK: INDEX_QUEUE,
     AUDIT_TASK: INDEX_QUEUE,
     REINDEX_TASK: INDEX_QUEUE,
+    DUPLICATES_SCAN_TASK: INDEX_QUEUE,
     SEARCH_TASK: QUERY_QUEUE,
     SEARCH_ENCODED_TASK: QUERY_QUEUE,
     ENCODE_TASK: ENCODE_QUEUE,

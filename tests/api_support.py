@@ -15,10 +15,9 @@ import math
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 import uvicorn
@@ -27,6 +26,7 @@ from PIL import Image
 from lookalike.api.backend import READINESS_CHECKS
 from lookalike.app.admission import Admission
 from lookalike.config.settings import Settings, get_settings
+from lookalike.state.categories import facet_tree, keys, normalize
 from lookalike.state.search import KEYWORD, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker.decode import ImageRejected, decode_image
@@ -125,8 +125,9 @@ class FakeBackend:
             scored = [hit for hit in self._by_colour(product.colour, matched="image") if hit[0] is not product]
         kept = [(product, score, how) for product, score, how in scored if self._passes(request, product, score)]
         facets = None
-        if request.facets:
-            facets = dict(Counter(product.category.split(" | ")[0] for product, _, _ in kept))
+        if request.facets:  # like the real one: a tree of paths over the matches, the category filter aside
+            unfiltered = replace(request, filters=replace(request.filters, category=None))
+            facets = facet_tree(p.category for p, score, _ in scored if self._passes(unfiltered, p, score))
         window = kept[request.offset : request.offset + request.k]
         hits = tuple(self._hit(product, score, matched) for product, score, matched in window)
         return SearchResponse(hits, facets).to_data()
@@ -146,6 +147,7 @@ class FakeBackend:
             price=f"${product.price:.2f}",
             price_value=product.price,
             matched=(matched,),
+            match=max(0.0, min(1.0, score)),
         )
 
     @staticmethod
@@ -178,10 +180,8 @@ class FakeBackend:
     @staticmethod
     def _passes(request: SearchRequest, product: Product, score: float) -> bool:
         filters = request.filters
-        if filters.category is not None:
-            levels = {level.strip().lower() for level in product.category.split("|")}
-            if filters.category.strip().lower() not in levels:
-                return False
+        if filters.category is not None and normalize(filters.category) not in keys(product.category):
+            return False
         if filters.min_price is not None and product.price < filters.min_price:
             return False
         if filters.max_price is not None and product.price > filters.max_price:

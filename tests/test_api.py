@@ -79,7 +79,8 @@ def test_the_results_are_exactly_the_query_models_json(client: TestClient, backe
     assert body.pop("took_ms") >= 0
     assert body == expected
     assert set(body["results"][0]) == {
-        "product_id", "name", "score", "image_url", "product_url", "category", "price", "price_value", "matched"
+        "product_id", "name", "match", "score", "image_url", "product_url", "category", "price", "price_value",
+        "matched",
     }
 
 
@@ -117,7 +118,7 @@ def test_json_filters_and_facets_reach_the_backend(client: TestClient, backend: 
     )
     assert response.status_code == 200, response.text
     assert [hit["product_id"] for hit in response.json()["results"]] == ["p-blue-jacket"]
-    assert response.json()["facets"] == {"Clothing": 1}
+    assert response.json()["facets"] == {"Clothing": 1, "Clothing | Jackets": 1}
     assert backend.requests[-1].filters.max_price == 100
 
 
@@ -463,6 +464,18 @@ def test_metrics_count_requests_by_route_template_and_status(client: TestClient)
     assert f'lookalike_api_request_seconds_bucket{{le="0.005",method="GET",{route},status="200"}}' in text
     assert 'route="unmatched"' in text
     assert "p-red-sneaker" not in text and "/no/such/path" not in text
+
+
+def test_an_unmatched_request_logs_its_path_and_the_favicon_is_served(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    with caplog.at_level(logging.INFO):
+        assert client.get("/no/such/path").status_code == 404
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("request ")]
+    assert len(lines) == 1 and lines[0].startswith("request method=GET route=unmatched path='/no/such/path' status=404")
+    assert 'route="/favicon.ico"' in client.get("/metrics").text, "a route of its own, not unmatched"
 
 
 def test_a_413_refused_on_its_headers_still_counts_under_its_route() -> None:

@@ -65,6 +65,9 @@ def test_the_schema_lists_every_endpoint(api_url: str) -> None:
     import httpx
 
     paths = httpx.get(f"{api_url}/openapi.json").json()["paths"]
-    assert set(paths) == {"/v1/search", "/v1/products/{product_id}/similar", "/healthz", "/readyz", "/metrics", "/"}
+    assert set(paths) == {
+        "/v1/search", "/v1/products/{product_id}/similar", "/v1/duplicates", "/v1/duplicates/decisions",
+        "/healthz", "/readyz", "/metrics", "/",
+    }  # fmt: skip
     search = paths["/v1/search"]["post"]["requestBody"]["content"]
     assert set(search) == {"multipart/form-data", "application/json"}

@@ -39,7 +39,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "page.png"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SCREENSHOT = DOCS / "page.png"  # the README shows both
+PHONE_SCREENSHOT = DOCS / "page-phone.png"
+LONG_NAME = (
+    "Brass desk lamp with an adjustable arm, a weighted base, a warm white bulb included, a fabric cord and a "
+    "dimmer switch, for reading, drawing and working late"
+)
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -74,7 +80,7 @@ PRODUCTS = [
     ("scarf", '<b>Grey</b> wool scarf <img src=x onerror="window.pwned=1">', "Clothing | Scarves", "$15.00", 14),
     ("puzzle", "Jigsaw puzzle of a lighthouse", "Toys & Games | Puzzles", "$12.50", 15),
     ("drone", "Quadcopter drone with camera", "Toys & Games | Drones", "$99.00", 16),
-    ("lamp", "Brass desk lamp", "Home & Kitchen | Lighting", "$35.00", 17),
+    ("lamp", LONG_NAME, "Home & Kitchen | Lighting", "$35.00", 17),
     ("boots", "Leather hiking boots", "Clothing | Shoes", "$120.00", 18),
 ]
 
@@ -207,11 +213,13 @@ def test_photo_words_and_more_like_this(page: Page, site: Site) -> None:
     assert page.locator("#query-photo").is_visible()
     first = page.locator("#results [data-product-id]").first
     assert first.locator("a.name").get_attribute("href", timeout=1000)
-    assert first.locator(".score").text_content()
+    assert first.locator(".match").text_content() == "100% match", "its own photo: a full match, as a percentage"
+    assert "score" not in (page.locator("#results").text_content() or ""), "no raw score for shoppers"
+    assert page.locator("#notice").is_hidden()
     options = page.locator("#category option").all_text_contents()
     assert len(options) > 1, "the category control is filled from the facets"
     page.wait_for_function("() => [...document.images].every(image => image.complete)", timeout=10_000)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
     # Words: Enter searches; their product is in the first three.
@@ -255,3 +263,131 @@ def test_catalogue_text_with_markup_is_shown_as_text(page: Page, site: Site) -> 
     assert name.text_content() == site.markup_name
     assert name.locator("*").count() == 0  # no element came out of the text
     assert page.evaluate("() => window.pwned") is None
+
+
+def search_words(page: Page, words: str) -> None:
+    before = grid_seq(page)
+    page.locator("input[type=search]").fill(words)
+    page.locator("input[type=search]").press("Enter")
+    wait_for_new_grid(page, before)
+
+
+def upload_photo(page: Page, photo: bytes) -> None:
+    before = grid_seq(page)
+    page.locator("input[type=file]").set_input_files(
+        files=[{"name": "query.jpg", "mimeType": "image/jpeg", "buffer": photo}]
+    )
+    wait_for_new_grid(page, before)
+
+
+def prices(page: Page) -> list[float]:
+    texts = page.locator("#results .price").all_text_contents()
+    return [float(text.strip("$")) for text in texts]
+
+
+def test_long_names_are_clamped_to_two_lines_with_the_whole_name_in_the_title(page: Page) -> None:
+    search_words(page, "brass desk lamp")
+    name = page.locator('#results [data-product-id="lamp"] .name')
+    assert name.text_content() == LONG_NAME and name.get_attribute("title") == LONG_NAME
+    box = name.evaluate(
+        "el => ({shown: el.clientHeight, full: el.scrollHeight, line: parseFloat(getComputedStyle(el).lineHeight)})"
+    )
+    assert box["full"] > box["shown"], "the name is longer than what the card shows"
+    assert box["shown"] <= 2 * box["line"] + 1, f"at most two lines: {box}"
+    heights = page.locator("#results .card").evaluate_all("cards => cards.map(c => c.getBoundingClientRect().height)")
+    assert max(heights) - min(heights) < 2, f"every card the same height: {heights}"
+
+
+def test_a_photo_clears_the_words_and_filters_re_run_what_the_page_shows(page: Page, site: Site) -> None:
+    # Words submitted, then other words typed but not submitted: a filter change searches what the box shows.
+    search_words(page, site.words)
+    assert card_ids(page)[0] == site.words_product
+    page.locator("input[type=search]").fill("kettle")
+    before = grid_seq(page)
+    page.locator("#max-price").fill("30")
+    page.locator("#max-price").dispatch_event("change")
+    wait_for_new_grid(page, before)
+    assert card_ids(page)[0] == "kettle" and all(price <= 30 for price in prices(page)), card_ids(page)
+
+    # A photo replaces the words; a filter change then re-runs the photo, not the words it replaced.
+    upload_photo(page, site.photo)
+    assert page.locator("input[type=search]").input_value() == ""
+    before = grid_seq(page)
+    page.locator("#max-price").fill("")
+    page.locator("#max-price").dispatch_event("change")
+    wait_for_new_grid(page, before)
+    assert card_ids(page)[0] == site.photo_product, "the photo, searched again without the price limit"
+
+
+def test_a_file_that_is_not_a_photo_leaves_no_broken_image(page: Page, site: Site) -> None:
+    upload_photo(page, site.photo)
+    assert page.locator("#query-photo").is_visible()
+    page.locator("input[type=file]").set_input_files(
+        files=[{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"certainly not a jpeg"}]
+    )
+    page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=20_000)
+    assert page.locator("#error").is_visible()
+    assert page.locator("#query-photo").is_hidden()
+    broken = page.evaluate(
+        "() => [...document.images].filter(i => i.checkVisibility() && i.complete && !i.naturalWidth).length"
+    )
+    assert broken == 0
+
+
+def test_the_mode_choice_and_a_weak_match_are_shown(page: Page, site: Site) -> None:
+    sent: list[dict[str, object]] = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/search") else None)
+    page.locator("#mode").select_option("keyword")
+    search_words(page, site.words)
+    assert sent[-1]["mode"] == "keyword"
+    assert card_ids(page) == [site.words_product]
+    assert page.locator("#results .match").first.get_attribute("title") == "matched by keyword"
+    assert page.locator("#notice").is_hidden()
+
+    # Words that match nothing well: the nearest products, and the page says they are not close.
+    before = grid_seq(page)
+    page.locator("#mode").select_option("hybrid")  # a mode change re-runs the words in the box
+    wait_for_new_grid(page, before)
+    assert sent[-1] == {**sent[-2], "mode": "hybrid"}
+    search_words(page, "zyxwv qwertz")
+    assert card_ids(page), "hybrid mode still ranks the nearest products"
+    assert page.locator("#notice").is_visible()
+    assert "No close match" in (page.locator("#notice").text_content() or "")
+
+
+def test_the_category_control_is_a_tree_of_the_matches_and_filters_by_a_path(page: Page, site: Site) -> None:
+    search_words(page, "puzzle drone")  # two products hold one of the words
+    options = page.locator("#category option").evaluate_all(
+        "os => os.slice(1).map(o => [o.value, Number(o.dataset.depth), o.textContent.trim()])"
+    )
+    assert ["Toys & Games", 0, "Toys & Games (2)"] in options, options
+    assert ["Toys & Games | Puzzles", 1, "Puzzles (1)"] in options
+    assert ["Toys & Games | Drones", 1, "Drones (1)"] in options
+    before = grid_seq(page)
+    page.locator("#category").select_option("Toys & Games | Puzzles")
+    wait_for_new_grid(page, before)
+    assert card_ids(page) == ["puzzle"]
+    assert page.locator("#category").input_value() == "Toys & Games | Puzzles", "the choice stays"
+
+
+def test_the_favicon_is_served(site: Site) -> None:
+    import httpx
+
+    response = httpx.get(site.base_url + "/favicon.ico")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/x-icon"
+    assert response.content[:4] == b"\x00\x00\x01\x00", "an ICO file"
+
+
+def test_the_page_on_a_phone_390_pixels_wide(browser: Browser, site: Site) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(site.base_url + "/")
+        upload_photo(page, site.photo)
+        assert card_ids(page)[0] == site.photo_product
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"nothing wider than the screen: {width}px"
+        page.wait_for_function("() => [...document.images].every(image => image.complete)", timeout=10_000)
+        page.screenshot(path=str(PHONE_SCREENSHOT))
+    finally:
+        context.close()

@@ -89,7 +89,7 @@ def test_status_counts_match_what_the_workers_did(cli, env, image_server, tmp_pa
     assert set(data) == STATUS_KEYS
     [run] = data["runs"]
     assert set(run) == RUN_KEYS
-    assert set(run["stage_seconds"]) == {"download", "decode", "embed", "upsert", "queue_wait"}
+    assert set(run["stage_seconds"]) == {"download", "decode", "embed", "upsert", "duplicates", "queue_wait"}
     assert run["status"] == "done" and run["progress"] == 1.0 and run["eta_seconds"] is None
     assert run["enqueued"] == good + sum(bad.values())
     assert run["indexed"] == good

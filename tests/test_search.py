@@ -99,11 +99,21 @@ def test_words_filters_facets_similar_and_pages_through_a_worker(
     negative = cli("search", photo, "--min-score", "3")
     assert negative.code == 2 and "min_score" in negative.stderr
 
-    # Facets: products (not images) per category level, for the query's filters.
+    # Facets: a tree of category paths, products (not images) counted over the query's matches (a match above
+    # 0) under every filter but the category one.
+    from lookalike.state.categories import facet_tree
+
     faceted = cli("search", photo, "--facets", "--category", "Home & Kitchen", "--json").json()
-    assert set(faceted) == {"results", "facets"}
-    assert faceted["facets"]["Home & Kitchen"] == 3 and faceted["facets"]["Dining"] == 2
-    assert faceted["facets"]["Kettles"] == 1 and "Clothing" not in faceted["facets"]
+    assert set(faceted) == {"results", "facets", "no_close_match"}
+    assert {hit["product_id"] for hit in faceted["results"]} <= {"kettle", "teapot", "mug"}
+    found = [hit for hit in ranked if hit["match"] > 0]
+    assert faceted["facets"] == facet_tree(hit["category"] for hit in found)
+    assert faceted["facets"]["Clothing | Women | Scarves"] == 1, "the photo's own product is a match"
+    cheap = cli("search", photo, "--facets", "--max-price", "20", "--json").json()["facets"]
+    assert cheap == facet_tree(hit["category"] for hit in found if (hit["price_value"] or 1e9) <= 20)
+    # Words match only some products: the facets count those, not the catalogue.
+    worded = cli("search", "--text", "puzzle", "--mode", "keyword", "--facets", "--json").json()
+    assert worded["facets"] == {"Toys & Games": 1, "Toys & Games | Puzzles": 1}
 
     # More like this: from the product's stored vectors, without it; an unknown id is an error.
     hits_before = image_server.hits()
@@ -222,7 +232,7 @@ def test_reindex_upgrades_a_previous_release_index_and_resumes_after_an_interrup
         f"leg{i}" for i in range(1, 1500, 2)
     }
     faceted = cli("search", "--text", "legacy", "--mode", "keyword", "--facets", "--json").json()
-    assert faceted["facets"]["Garden"] == 1500, "one product per point, every one flagged"
+    assert faceted["facets"]["Garden"] == 1500, "every keyword match counted, one product each"
     assert pipeline.current_context().ledger.stats().get("embedded", 0) == embedded_before, "nothing embedded"
 
     again = cli("reindex", "--json")

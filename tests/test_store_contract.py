@@ -21,6 +21,7 @@ import pytest
 
 from lookalike.config.settings import Settings
 from lookalike.producer.product import Product, point_id_for
+from lookalike.state.categories import keys as category_keys
 from lookalike.worker.store import (
     SCROLL_PAGE,
     ClientStore,
@@ -272,7 +273,7 @@ def test_search_is_best_first_cosine_and_respects_limit(store: VectorStore) -> N
     assert exact.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_search_category_matches_any_level_of_the_path(store: VectorStore) -> None:
+def test_search_category_matches_any_level_or_a_path_from_the_top_in_any_case(store: VectorStore) -> None:
     toys = product("toy", category="Toys & Games | Puzzles | Jigsaw")
     games = product("game", category="Toys & Games | Board Games")
     kitchen = product("pan", category="Home & Kitchen | Cookware")
@@ -289,8 +290,14 @@ def test_search_category_matches_any_level_of_the_path(store: VectorStore) -> No
     assert found("Puzzles") == {"toy"}
     assert found("Jigsaw") == {"toy"}
     assert found("Cookware") == {"pan"}
-    assert found("Toys & Games | Puzzles | Jigsaw") == set()  # the whole path is not a level
-    assert found("puzzles") == set()  # exact match
+    # A path from the top, at any depth, in any case and spacing (category_keys, written at index time).
+    assert found("Toys & Games | Puzzles | Jigsaw") == {"toy"}
+    assert found("toys & games|puzzles") == {"toy"}
+    assert found("  TOYS &  games  ") == {"toy", "game"}
+    assert found("puzzles") == {"toy"}
+    assert found("Puzzles | Jigsaw") == set(), "a path is read from the top"
+    assert found("Toys & Games | Cookware") == set()
+    assert found("Toys") == set(), "a level is a whole level"
     assert found("Garden") == set()
     assert len(search(store, query, limit=1, category="Toys & Games")) == 1
 
@@ -302,7 +309,10 @@ def test_set_product_payload_overwrites_given_keys_of_one_product(store: VectorS
     store.upsert(records(p1) + records(p2))
     before = scrolled(store)
 
-    changes = {"name": "New name ✓", "price": "$4.00", "price_value": 4.0, "categories": ["Sale"], "category": "Sale"}
+    changes = {
+        "name": "New name ✓", "price": "$4.00", "price_value": 4.0, "categories": ["Sale"], "category": "Sale",
+        "category_keys": ["sale"],
+    }  # fmt: skip
     store.set_product_payload("p1", changes)
 
     after = scrolled(store)
@@ -420,8 +430,55 @@ def test_scroll_pages_over_more_than_one_page(store: VectorStore) -> None:
     assert store.count(product_id="big") == big
 
 
+def test_scroll_page_walks_every_point_once_and_resumes_from_a_saved_offset(store: VectorStore) -> None:
+    total = 25
+    points = [
+        PointRecord(point_id_for(f"p{i}", f"https://img.example/{i}.jpg"), vector_for(i), {"product_id": f"p{i}"})
+        for i in range(total)
+    ]
+    store.upsert(points)
+    seen: list[str] = []
+    offsets: list[str | None] = [None]
+    offset: str | None = None
+    while True:
+        page, offset = store.scroll_page(offset, 10)
+        assert len(page) <= 10
+        for point_id, payload, vector in page:
+            assert payload["product_id"] == f"p{int(payload['product_id'][1:])}"
+            assert vector is not None and len(vector) == DIM
+            seen.append(point_id)
+        if offset is None:
+            break
+        offsets.append(offset)
+    assert len(offsets) == 3
+    assert sorted(seen) == sorted(p.id for p in points) and len(seen) == total
+    # A reader that stopped after the first page starts again from the offset it saved.
+    resumed, _ = store.scroll_page(offsets[1], 10)
+    assert [point_id for point_id, _p, _v in resumed] == seen[10:20]
+
+
+def test_a_batch_of_dense_queries_answers_each_with_its_own_narrowing(store: VectorStore) -> None:
+    from lookalike.worker.store import Narrowing
+
+    shop(store)
+    answers = store.query_dense_batch(
+        [unit(0), unit(0), unit(5)],
+        10,
+        [Narrowing(), Narrowing(exclude_product="kettle"), Narrowing()],
+        score_threshold=0.5,
+    )
+    single = store.query_dense(unit(0), 10, Narrowing(), score_threshold=0.5)
+    assert [hit.id for hit in answers[0]] == [hit.id for hit in single]
+    assert products(answers[0]) == ["kettle"]
+    assert "kettle" not in products(answers[1])
+    assert all(hit.score >= 0.5 for answer in answers for hit in answer)
+    assert store.query_dense_batch([], 10, [], score_threshold=0.5) == []
+
+
 # ---------------------------------------------------------------------------------------- missing collection
 def test_a_store_without_collection_is_empty_not_an_error(opener: Opener) -> None:
+    from lookalike.worker.store import Narrowing
+
     store = opener()
     some_id = point_id_for("p1", "https://img.example/p1.jpg")
     assert search(store, [1.0] * DIM, limit=5) == []
@@ -432,6 +489,8 @@ def test_a_store_without_collection_is_empty_not_an_error(opener: Opener) -> Non
     assert list(store.scroll(product_id="p1", with_vectors=True)) == []
     assert payloads(store, [some_id]) == {}
     assert product_ids(store) == set()
+    assert store.scroll_page(None, 10) == ([], None)
+    assert store.query_dense_batch([[1.0] * DIM], 5, [Narrowing()], score_threshold=0.0) == [[]]
     store.delete_product("p1")
     store.delete_ids([some_id])
     store.set_product_payload("p1", {"name": "x"})
@@ -593,6 +652,7 @@ def shop(store: VectorStore) -> dict[str, str]:
             "name": name,
             "category": category,
             "categories": [level.strip() for level in category.split("|")],
+            "category_keys": category_keys(category),
             "price_value": price,
         }
         for image in range(2):
@@ -677,18 +737,30 @@ def test_mmr_diversity_returns_the_same_set_size(store: VectorStore) -> None:
     assert diverse[0].payload["product_id"] == "kettle"
 
 
-def test_facets_count_products_per_category_level(store: VectorStore) -> None:
+def test_facets_are_a_tree_counted_over_the_querys_matches(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Facets are worked out by the query (worker/query.py) from what the engine ranked, the same on both."""
+    from lookalike.state.search import Filters, SearchRequest
+    from lookalike.worker import query
 
     shop(store)
-    counts = store.facet_categories(Narrowing())
-    assert counts["Home & Kitchen"] == 2 and counts["Clothing"] == 2 and counts["Toys & Games"] == 2
-    assert counts["Kettles"] == 1, "one point per product is counted, not one per image"
-    assert store.facet_categories(Narrowing(max_price=20)) == {
-        "Clothing": 1,
-        "Scarves": 1,
-        "Toys & Games": 1,
-        "Puzzles": 1,
-    }
+    # Keywords match only the products that hold a word: those are counted, under their paths.
+    words = SearchRequest(text="lighthouse", mode="keyword", facets=True).validate()
+    assert query.search_request(words, None, store=store).facets == {"Toys & Games": 1, "Toys & Games | Puzzles": 1}
+    # A ranked query: the products above the signal's floor (CLIP text: cosine 0.15), the first FACET_CANDIDATES
+    # of the ranking at most, one count per product, with the category filter set aside (the control shows where
+    # else to look) while the results keep it.
+    towards = np.array(unit(0)) * 3 + np.array(unit(1)) * 2 + np.array(unit(4))  # kettle, teapot, then puzzle
+    towards /= np.linalg.norm(towards)
+    ranked = SearchRequest(text="x", mode="semantic", facets=True, k=5, filters=Filters(category="clothing"))
+    answer = query.search_request(ranked.validate(), towards, store=store)
+    assert {hit.product_id for hit in answer.results} == {"jacket", "scarf"}
+    assert answer.facets == {
+        "Home & Kitchen": 2, "Home & Kitchen | Kettles": 1, "Home & Kitchen | Teapots": 1,
+        "Toys & Games": 1, "Toys & Games | Puzzles": 1,
+    }  # fmt: skip
+    monkeypatch.setattr(query, "FACET_CANDIDATES", 2)
+    capped = query.search_request(ranked.validate(), towards, store=store)
+    assert capped.facets == {"Home & Kitchen": 2, "Home & Kitchen | Kettles": 1, "Home & Kitchen | Teapots": 1}
 
 
 def test_a_keyword_vector_is_replaced_in_place(store: VectorStore) -> None:

@@ -15,8 +15,8 @@ lookalike_embed_calls_total                       counter    model calls (batche
 lookalike_embedded_images_total                   counter    images through the model
 lookalike_events_total{outcome}                   counter    change events: new, changed, unchanged,
                                                              deleted, missing, redone, stale, failed
-lookalike_stage_seconds{stage}                    histogram  download, decode, embed (per batch), upsert
-                                                             (per batch), queue_wait (per job, all queues)
+lookalike_stage_seconds{stage}                    histogram  download, decode, embed (per batch), upsert and
+                                                             duplicates (per batch), queue_wait (per job)
 lookalike_store_disk_full_total                   counter    index batches put back to wait because the store's
                                                              disk was short of LOOKALIKE_STORE_MIN_FREE_BYTES
 lookalike_conditions{kind}                        gauge      conditions stopping work now: store_disk_full,

@@ -22,6 +22,7 @@ import numpy as np
 from lookalike.config.settings import Settings, get_settings
 from lookalike.state.conditions import Conditions
 from lookalike.state.context import StateContext
+from lookalike.state.duplicate_groups import Thresholds
 from lookalike.state.errors import INDEX
 from lookalike.state.failures import Failure
 from lookalike.state.ledger import Outcome
@@ -34,6 +35,7 @@ from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
 from lookalike.worker.diskspace import DiskGuard, StoreDiskFull, free_bytes, no_space
+from lookalike.worker.duplicates import check_records
 from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.keywords import document_vector
@@ -297,6 +299,7 @@ class IndexReport:
     superseded: int = 0
     failed: int = 0
     reconciled: int = 0
+    duplicate_pairs: int = 0
 
 
 def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexReport:
@@ -348,12 +351,19 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
                 raise ctx.disk_full(exc) from exc
             raise
         upsert_seconds = time.perf_counter() - upsert_started
+        # Duplicate listings: the fresh points against other products' points, one batched query; before the
+        # reconcile below, so a point it deletes (its image removed meanwhile) leaves the pairs just found too.
+        check_started = time.perf_counter()
+        floor = Thresholds.from_settings(ctx.settings).floor
+        report.duplicate_pairs = check_records(ctx.duplicates, store, records, floor)
+        check_seconds = time.perf_counter() - check_started
         written = {job.product_id for job, outcome in outcomes if outcome.status == INDEXED}
         after = ctx.registry.get_many(written)
         report.reconciled = reconcile(
             ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after
         )
         ctx.ledger.batch_time("upsert", upsert_seconds, (job.run_id for job, _ in outcomes))
+        ctx.ledger.batch_time("duplicates", check_seconds, (job.run_id for job, _ in outcomes))
     ctx.ledger.record(outcome for _, outcome in outcomes)
     # An image that failed before (a full broker, a flaky CDN) and is indexed now is failed no more.
     ctx.failures.forget(job.point_id for job, outcome in outcomes if outcome.status == INDEXED)
@@ -419,9 +429,11 @@ def reconcile(
     states = states if states is not None else ctx.registry.get_many(ids)
     changed = 0
     stale_points: list[str] = []
+    stale_products: dict[str, str] = {}
     for product_id in ids:
         state = states.get(product_id)
         if state is None or state.deleted:
+            ctx.duplicates.forget_products([product_id])
             if store.count(product_id):
                 store.delete_product(product_id)
                 changed += 1
@@ -435,6 +447,7 @@ def reconcile(
         for point_id, payload, _vector in store.scroll(product_id=product_id):
             if point_id not in wanted:
                 stale_points.append(point_id)
+                stale_products[point_id] = product_id
                 removed += 1
                 continue
             kept.append(point_id)
@@ -452,6 +465,7 @@ def reconcile(
         if needs_payload or removed or primary[True] or primary[False]:
             changed += 1
     store.delete_ids(stale_points)
+    ctx.duplicates.forget_points(stale_products)  # a removed image leaves its pairs
     return changed
 
 
@@ -505,6 +519,7 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
     orphans: set[str] = set()
     outdated: dict[str, dict[str, Any]] = {}
     batch: list[tuple[str, dict[str, Any]]] = []
+    stale_products: dict[str, str] = {}
 
     def settle_batch() -> None:
         states = ctx.registry.get_many(str(payload.get("product_id")) for _id, payload in batch)
@@ -514,6 +529,7 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
             state = states.get(product_id)
             if state is None or not state.wants(str(payload.get("image_url"))):
                 stale.append(point_id)
+                stale_products[point_id] = product_id
                 orphans.add(product_id)
             else:
                 present.add(point_id)
@@ -521,6 +537,8 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
                     outdated[product_id] = state.payload
         if stale:
             store.delete_ids(stale)
+            ctx.duplicates.forget_points(stale_products)
+            stale_products.clear()
             report.orphan_points_deleted += len(stale)
         batch.clear()
 

@@ -55,6 +55,7 @@ from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.state.tasks import (
     AUDIT_TASK,
+    DUPLICATES_SCAN_TASK,
     EMBED_TASK,
     ENCODE_TASK,
     FETCH_TASK,
@@ -71,6 +72,7 @@ from lookalike.worker.batcher import Batcher
 from lookalike.worker.diskspace import StoreDiskFull
 from lookalike.worker.embed import model_dimension
 from lookalike.worker.logs import configure_logging
+from lookalike.worker.query import KeywordFallback
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +386,14 @@ def reindex() -> dict[str, Any]:
     return pipeline.reindex_stage(pipeline.current_context())
 
 
+@app.task(name=DUPLICATES_SCAN_TASK, ignore_result=False, acks_late=False)
+def duplicates_scan(restart: bool = False, page: int = 1000) -> dict[str, Any]:
+    """One page of `lookalike duplicates scan` on the store owner (short, so index batches interleave)."""
+    from lookalike.worker.duplicates import scan_stage
+
+    return scan_stage(pipeline.current_context(), restart=restart, page=page)
+
+
 @app.task(name=OPTIMIZE_TASK)
 def optimize() -> dict[str, Any]:
     """Build the store's search index, once shoppers are quiet: an embedded store's optimize holds the store owner
@@ -404,13 +414,17 @@ def optimize() -> dict[str, Any]:
 @app.task(name=ENCODE_TASK, acks_late=False)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
     """A query's embedding, on the shoppers' encode processes: ``{"vector": base64 or None}``, or a refusal as
-    data (``{"error": reason, "detail": ...}``). Sent chained to ``search_encoded``, which gets this result."""
+    data (``{"error": reason, "detail": ...}``); words whose text model cannot load come back as
+    ``{"vector": None, "fallback": "keyword", "note": why}`` (the search then runs on keywords only). Sent
+    chained to ``search_encoded``, which gets this result."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
         vector = pipeline.encode_query(ctx, parsed)
     except QueryRejected as exc:
         return exc.as_data()
+    except KeywordFallback as fallback:
+        return {"vector": None, "fallback": "keyword", "note": fallback.note}
     return {"vector": None if vector is None else encode_vector(vector)}
 
 
@@ -434,6 +448,9 @@ def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str
     search's answer out, so the sender waits on one result. A refusal from the encode step passes through."""
     if "error" in encoded:
         return encoded
+    if encoded.get("fallback") == "keyword":  # no text model: keywords only, and the answer says so
+        answer = search({**request, "mode": "keyword"}, None)
+        return answer if "error" in answer else {**answer, "mode": "keyword", "note": encoded.get("note")}
     return search(request, encoded.get("vector"))
 
 
@@ -488,5 +505,6 @@ def _close_store(**_: Any) -> None:
 
 
 __all__ = [
-    "audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search", "search_encoded",
-]
+    "audit", "duplicates_scan", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search",
+    "search_encoded",
+]  # fmt: skip

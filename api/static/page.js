@@ -23,6 +23,7 @@
     missing_api_key: "This server needs an API key: enter it above.",
     bad_api_key: "That API key was refused: check it above.",
     bad_filter: "Check the price range.",
+    bad_text: "Type fewer words (at most 1000 characters).",
     network: "The server could not be reached.",
   };
 
@@ -34,12 +35,14 @@
     queryPhoto: $("query-photo"),
     wordsForm: $("words-form"),
     words: $("words"),
+    mode: $("mode"),
     category: $("category"),
     minPrice: $("min-price"),
     maxPrice: $("max-price"),
     keyForm: $("key-form"),
     apiKey: $("api-key"),
     status: $("status"),
+    notice: $("notice"),
     error: $("error"),
     results: $("results"),
   };
@@ -58,15 +61,7 @@
     }
   }
 
-  function safeUrl(value) {
-    if (typeof value !== "string" || !value) return null;
-    try {
-      const url = new URL(value, window.location.href);
-      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
-    } catch {
-      return null;
-    }
-  }
+  const { safeUrl, productCard } = window.lookalikeCards;
 
   function currentFilters() {
     const filters = {};
@@ -120,7 +115,7 @@
       return call("POST", "/v1/search", form);
     }
     if (query.kind === "words") {
-      const body = { text: query.text, k: K, facets: true };
+      const body = { text: query.text, mode: query.mode, k: K, facets: true };
       if (Object.keys(filters).length) body.filters = filters;
       return call("POST", "/v1/search", body);
     }
@@ -129,23 +124,32 @@
     return call("GET", `/v1/products/${encodeURIComponent(query.product.product_id)}/similar?${params}`);
   }
 
+  function hideQueryPhoto() {
+    els.queryPhoto.hidden = true;
+    els.queryPhoto.removeAttribute("src");
+  }
+
+  // The photo searched with is shown once it has loaded: a file that is no image never shows a broken icon.
   function showQuery(query) {
+    let source = null;
     if (query.kind === "photo") {
       if (photoUrl) URL.revokeObjectURL(photoUrl);
       photoUrl = URL.createObjectURL(query.file);
-      els.queryPhoto.src = photoUrl;
-      els.queryPhoto.hidden = false;
+      source = photoUrl;
     } else if (query.kind === "similar") {
-      const thumb = safeUrl(query.product.image_url);
-      if (thumb) {
-        els.queryPhoto.src = thumb;
-        els.queryPhoto.hidden = false;
-      } else {
-        els.queryPhoto.hidden = true;
-      }
-    } else {
-      els.queryPhoto.hidden = true;
+      source = safeUrl(query.product.image_url);
     }
+    if (!source) {
+      hideQueryPhoto();
+      return;
+    }
+    if (els.queryPhoto.getAttribute("src") === source) return;
+    els.queryPhoto.hidden = true;
+    els.queryPhoto.onload = () => {
+      els.queryPhoto.hidden = false;
+    };
+    els.queryPhoto.onerror = hideQueryPhoto;
+    els.queryPhoto.src = source;
   }
 
   function describe(query) {
@@ -154,11 +158,26 @@
     return `more like “${query.product.name || query.product.product_id}”`;
   }
 
+  // What the page shows as the query: the words in the box if there are any, else the photo or product
+  // searched last. A filter or mode change re-runs this, never a query the page no longer shows.
+  function shownQuery() {
+    const text = els.words.value.trim();
+    if (text) return { kind: "words", text, mode: els.mode.value };
+    if (lastQuery && lastQuery.kind !== "words") return lastQuery;
+    return null;
+  }
+
+  function showNotice(text) {
+    els.notice.textContent = text || "";
+    els.notice.hidden = !text;
+  }
+
   async function run(query) {
     lastQuery = query;
     const mine = ++sequence;
     showQuery(query);
     els.error.hidden = true;
+    showNotice("");
     els.body.dataset.state = "loading";
     els.results.setAttribute("aria-busy", "true");
     els.status.textContent = `Searching for ${describe(query)}…`;
@@ -166,11 +185,19 @@
       const data = await request(query);
       if (mine !== sequence) return;
       if (data.facets) updateCategories(data.facets);
-      render(data.results || []);
-      const count = (data.results || []).length;
+      const results = data.results || [];
+      render(results);
+      const count = results.length;
       els.status.textContent = count
         ? `${count} product${count === 1 ? "" : "s"} for ${describe(query)} in ${Math.round(data.took_ms)} ms`
         : `No products match ${describe(query)}.`;
+      const notices = [];
+      if (typeof data.note === "string" && data.note) notices.push(`Note: ${data.note}.`);
+      if (count && data.no_close_match) {
+        notices.push("No close match: these are only the nearest products in the catalogue.");
+      }
+      showNotice(notices.join(" "));
+      els.body.dataset.closeMatch = count && !data.no_close_match ? "yes" : "no";
       els.body.dataset.state = "ready";
     } catch (error) {
       if (mine !== sequence) return;
@@ -181,6 +208,7 @@
   }
 
   function showError(error) {
+    if (lastQuery && lastQuery.kind === "photo") hideQueryPhoto();
     const reason = error instanceof SearchError ? error.reason : "error";
     const friendly = MESSAGES[reason] || (error && error.detail) || "Something went wrong.";
     els.error.textContent = `${friendly} (${reason})`;
@@ -190,17 +218,37 @@
     els.body.dataset.state = "error";
   }
 
+  // Facets are counts keyed by category path ("A", "A | B", ...): shown as a tree, each path under its
+  // parent, indented, most products first. The option's value is the full path, which the filter accepts.
   function updateCategories(facets) {
     const chosen = els.category.value;
-    const names = Object.keys(facets).sort((a, b) => facets[b] - facets[a] || a.localeCompare(b));
+    const children = new Map();
+    for (const path of Object.keys(facets)) {
+      const cut = path.lastIndexOf(" | ");
+      const parent = cut < 0 ? "" : path.slice(0, cut);
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(path);
+    }
+    const paths = [];
+    const walk = (parent, depth) => {
+      const below = (children.get(parent) || []).sort((a, b) => facets[b] - facets[a] || a.localeCompare(b));
+      for (const path of below) {
+        paths.push([path, depth]);
+        walk(path, depth + 1);
+      }
+    };
+    walk("", 0);
     while (els.category.options.length > 1) els.category.remove(1);
-    for (const name of names) {
+    for (const [path, depth] of paths) {
       const option = document.createElement("option");
-      option.value = name;
-      option.textContent = `${name} (${facets[name]})`;
+      option.value = path;
+      option.dataset.depth = String(depth);
+      const cut = path.lastIndexOf(" | ");
+      const level = cut < 0 ? path : path.slice(cut + 3);
+      option.textContent = `${"\u00a0\u00a0\u00a0".repeat(depth)}${level} (${facets[path]})`;
       els.category.append(option);
     }
-    if (chosen && !names.includes(chosen)) {
+    if (chosen && !(chosen in facets)) {
       const option = document.createElement("option");
       option.value = chosen;
       option.textContent = chosen;
@@ -210,41 +258,19 @@
   }
 
   function card(hit) {
-    const article = document.createElement("article");
-    article.className = "card";
-    article.dataset.productId = hit.product_id;
-    const link = safeUrl(hit.product_url);
-
-    const thumb = document.createElement(link ? "a" : "div");
-    thumb.className = "thumb";
-    const image = document.createElement("img");
-    image.loading = "lazy";
-    image.referrerPolicy = "no-referrer";
-    image.alt = hit.name || hit.product_id;
-    const source = safeUrl(hit.image_url);
-    if (source) image.src = source;
-    thumb.append(image);
-
-    const body = document.createElement("div");
-    body.className = "body";
-    const name = document.createElement(link ? "a" : "span");
-    name.className = "name";
-    name.textContent = hit.name || hit.product_id;
-    for (const anchor of link ? [thumb, name] : []) {
-      anchor.href = link;
-      anchor.target = "_blank";
-      anchor.rel = "noopener noreferrer";
-    }
+    const { article, body } = productCard(hit);
     const meta = document.createElement("div");
     meta.className = "meta";
     const price = document.createElement("span");
     price.className = "price";
     price.textContent = hit.price || "";
-    const score = document.createElement("span");
-    score.className = "score";
-    score.title = `matched by ${(hit.matched || []).join(", ") || "image"}`;
-    score.textContent = `score ${Number(hit.score).toFixed(3)}`;
-    meta.append(price, score);
+    // The match value (0-1, the same meaning for a photo, words or "more like this"); never the raw score.
+    const match = document.createElement("span");
+    match.className = "match";
+    const percent = Math.round(Math.max(0, Math.min(1, Number(hit.match) || 0)) * 100);
+    match.title = `matched by ${(hit.matched || []).join(", ") || "image"}`;
+    match.textContent = `${percent}% match`;
+    meta.append(price, match);
     const category = document.createElement("span");
     category.className = "category";
     category.textContent = hit.category || "";
@@ -252,9 +278,11 @@
     more.type = "button";
     more.className = "more";
     more.textContent = "More like this";
-    more.addEventListener("click", () => run({ kind: "similar", product: hit }));
-    body.append(name, meta, category, more);
-    article.append(thumb, body);
+    more.addEventListener("click", () => {
+      els.words.value = "";
+      run({ kind: "similar", product: hit });
+    });
+    body.append(meta, category, more);
     return article;
   }
 
@@ -263,8 +291,10 @@
     els.results.dataset.seq = String(Number(els.results.dataset.seq || "0") + 1);
   }
 
+  // A photo or "more like this" replaces the words: the box never shows words that are not the query.
   function searchPhoto(file) {
     if (!file) return;
+    els.words.value = "";
     run({ kind: "photo", file });
   }
 
@@ -278,7 +308,7 @@
   els.wordsForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = els.words.value.trim();
-    if (text) run({ kind: "words", text });
+    if (text) run({ kind: "words", text, mode: els.mode.value });
   });
 
   for (const name of ["dragenter", "dragover"]) {
@@ -306,9 +336,10 @@
     }
   });
 
-  for (const control of [els.category, els.minPrice, els.maxPrice]) {
+  for (const control of [els.category, els.minPrice, els.maxPrice, els.mode]) {
     control.addEventListener("change", () => {
-      if (lastQuery) run(lastQuery);
+      const query = shownQuery();
+      if (query) run(query);
     });
   }
 
@@ -318,6 +349,7 @@
     if (apiKey) sessionStorage.setItem(KEY_STORAGE, apiKey);
     else sessionStorage.removeItem(KEY_STORAGE);
     els.keyForm.hidden = true;
-    if (lastQuery) run(lastQuery);
+    const query = shownQuery();
+    if (query) run(query);
   });
 })();

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 # The store's outage and refusal types live with every other error (state/errors.py); the engines raise them
 # through this module.
+from lookalike.state import categories as category_paths
 from lookalike.state.errors import NeedsReindex, StoreError
 from lookalike.state.errors import StoreLocked as StoreLocked
 from lookalike.state.errors import StoreUnavailable as StoreUnavailable
@@ -34,12 +35,13 @@ DENSE = "image"
 SPARSE = "keywords"
 NAMED, LEGACY = "named", "legacy"
 RRF_K = 60
-# Payload indexes every collection gets: the keys filters and facets read (see Narrowing.where).
+# Payload indexes every collection gets: the keys filters read (see Narrowing.where).
 IndexKind = Literal["keyword", "float", "integer"]
 PAYLOAD_INDEXES: dict[str, IndexKind] = {
     "product_id": "keyword",
     "category": "keyword",
     "categories": "keyword",
+    "category_keys": "keyword",
     "price_value": "float",
     "primary": "integer",
 }
@@ -97,8 +99,9 @@ def of_product(product_id: str) -> Where:
 
 @dataclass(frozen=True)
 class Narrowing:
-    """Filters as the engines apply them: a category at any level of its path (one level, not the whole path), a price
-    range on the parsed price, products left out, and (for facets) one point per product."""
+    """Filters as the engines apply them: a category as people type it (any level, or a path from the top, in any
+    case: matched on the point's normalized ``category_keys``, see ``state/categories.py``), a price range on
+    the parsed price, products left out, and one point per product (its first image: ``primary``)."""
 
     category: str | None = None
     min_price: float | None = None
@@ -116,7 +119,7 @@ class Narrowing:
             return None
         must: list[Condition] = []
         if self.category:
-            must.append(Match("categories", self.category))
+            must.append(Match("category_keys", category_paths.normalize(self.category)))
         if self.min_price is not None or self.max_price is not None:
             must.append(Range("price_value", gte=self.min_price, lte=self.max_price))
         if self.primary_only:
@@ -323,6 +326,22 @@ class VectorStore(ABC):
             if offset is None:
                 return
 
+    def scroll_page(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any], list[float] | None]], str | None]:
+        """One page of points in id order, with their dense vectors, from ``offset`` (None: the first); and the
+        offset of the next page as text (None after the last). A paged reader can stop, save the offset, and
+        resume from it in another process (`lookalike duplicates scan`)."""
+        if not self._exists():
+            return [], None
+        rows, following = self._scroll_page(None, offset, True, limit=limit)
+        page = []
+        for point_id, payload, vector in rows:
+            if isinstance(vector, dict):
+                vector = vector.get(DENSE, vector.get(""))
+            page.append((point_id, payload, list(vector) if vector is not None else None))
+        return page, None if following is None else str(following)
+
     def count(self, product_id: str | None = None) -> int:
         return self._count(of_product(product_id) if product_id else None) if self._exists() else 0
 
@@ -396,12 +415,17 @@ class VectorStore(ABC):
         query = BestScore([dense(v) for v in positives], self._using())
         return self._query(query, limit, narrowing.where, score_threshold)
 
-    def facet_categories(self, narrowing: Narrowing, limit: int = 50) -> dict[str, int]:
-        """Products per category level among those the narrowing admits (one point per product counted)."""
+    def query_dense_batch(
+        self, vectors: Sequence[Sequence[float]], limit: int, narrowings: Sequence[Narrowing], *, score_threshold: float
+    ) -> list[list[Hit]]:
+        """One nearest-points query per vector (each with its own narrowing), sent as one batch; one hit list per
+        vector, in order. The duplicate check's lookup: a batch of fresh points against the whole store."""
+        if not vectors:
+            return []
         if not self._exists():
-            return {}
-        self._require_named()
-        return self._facet("categories", limit, replace(narrowing, primary_only=True).where)
+            return [[] for _ in vectors]
+        queries = [Nearest(dense(vector), self._using()) for vector in vectors]
+        return self._query_batch(queries, limit, [narrowing.where for narrowing in narrowings], score_threshold)
 
     @abstractmethod
     def close(self) -> None: ...
@@ -452,9 +476,11 @@ class VectorStore(ABC):
     def _delete(self, selector: Selector) -> None: ...
 
     @abstractmethod
-    def _scroll_page(self, where: Where | None, offset: Any, with_vectors: bool) -> tuple[list[ScrollRow], Any]:
-        """One page (``SCROLL_PAGE`` points) from ``offset`` (None: the start), and the next offset (None: the
-        last page)."""
+    def _scroll_page(
+        self, where: Where | None, offset: Any, with_vectors: bool, *, limit: int = SCROLL_PAGE
+    ) -> tuple[list[ScrollRow], Any]:
+        """One page (``limit`` points) from ``offset`` (None: the start; a point id, as the engine gave it or as
+        text), and the next offset (None: the last page)."""
 
     @abstractmethod
     def _count(self, where: Where | None) -> int:
@@ -465,5 +491,8 @@ class VectorStore(ABC):
         """The best ``limit`` points for one query shape, with payloads, best first."""
 
     @abstractmethod
-    def _facet(self, key: str, limit: int, where: Where | None) -> dict[str, int]:
-        """Exact counts of the points per value of ``key`` among those ``where`` admits."""
+    def _query_batch(
+        self, queries: list[Nearest], limit: int, wheres: list[Where | None], score_threshold: float
+    ) -> list[list[Hit]]:
+        """The best ``limit`` points for each query (with its own filter), as one batched request."""
+

@@ -222,9 +222,9 @@ class ClientStore(VectorStore):
 
     # -- reads ---------------------------------------------------------------------------------------
     def _scroll_page(
-        self, where: base.Where | None, offset: Any, with_vectors: bool
+        self, where: base.Where | None, offset: Any, with_vectors: bool, *, limit: int = base.SCROLL_PAGE
     ) -> tuple[list[base.ScrollRow], Any]:
-        page = {"limit": base.SCROLL_PAGE, "offset": offset, "with_payload": True, "with_vectors": with_vectors}
+        page = {"limit": limit, "offset": offset, "with_payload": True, "with_vectors": with_vectors}
         records, offset = self._on("scroll", self.client.scroll, scroll_filter=self._filter(where), **page)
         return [(str(r.id), dict(r.payload or {}), r.vector if with_vectors else None) for r in records], offset
 
@@ -248,7 +248,22 @@ class ClientStore(VectorStore):
         response = self._on(QUERY_NAMES[type(query)], self.client.query_points, with_payload=True, limit=limit, **shape)
         return base.hits(response.points)
 
-    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
-        flt = self._filter(where)
-        response = self._on("facet", self.client.facet, key=key, limit=limit, exact=True, facet_filter=flt)
-        return {str(hit.value): int(hit.count) for hit in response.hits}
+    def _query_batch(
+        self, queries: list[base.Nearest], limit: int, wheres: list[base.Where | None], score_threshold: float
+    ) -> list[list[base.Hit]]:
+        from qdrant_client import models
+
+        requests = [
+            models.QueryRequest(
+                query=query.vector,
+                using=query.using,
+                limit=limit,
+                filter=self._filter(where),
+                score_threshold=score_threshold,
+                with_payload=True,
+            )
+            for query, where in zip(queries, wheres, strict=True)
+        ]
+        responses = self._on("search", self.client.query_batch_points, requests=requests)
+        return [base.hits(response.points) for response in responses]
+

@@ -204,14 +204,14 @@ class EdgeStore(VectorStore):
 
     # -- reads ---------------------------------------------------------------------------------------
     def _scroll_page(
-        self, where: base.Where | None, offset: Any, with_vectors: bool
+        self, where: base.Where | None, offset: Any, with_vectors: bool, *, limit: int = base.SCROLL_PAGE
     ) -> tuple[list[base.ScrollRow], Any]:
         from qdrant_edge import ScrollRequest
 
         records, offset = self.shard.scroll(
             ScrollRequest(
-                offset=offset,
-                limit=base.SCROLL_PAGE,
+                offset=uuid.UUID(offset) if isinstance(offset, str) else offset,
+                limit=limit,
                 filter=self._filter(where),
                 with_payload=True,
                 with_vector=with_vectors,
@@ -246,8 +246,20 @@ class EdgeStore(VectorStore):
             )
         return base.hits(self.shard.query(request))
 
-    def _facet(self, key: str, limit: int, where: base.Where | None) -> dict[str, int]:
-        from qdrant_edge import FacetRequest
+    def _query_batch(
+        self, queries: list[base.Nearest], limit: int, wheres: list[base.Where | None], score_threshold: float
+    ) -> list[list[base.Hit]]:
+        from qdrant_edge import QueryBatchRequest, QueryRequest
 
-        response = self.shard.facet(FacetRequest(key, limit=limit, exact=True, filter=self._filter(where)))
-        return {str(hit.value): int(hit.count) for hit in response.hits}
+        requests = [
+            QueryRequest(
+                limit=limit,
+                query=self._native_query(query),
+                with_payload=True,
+                filter=self._filter(where),
+                score_threshold=score_threshold,
+            )
+            for query, where in zip(queries, wheres, strict=True)
+        ]
+        return [base.hits(points) for points in self.shard.query_batch(QueryBatchRequest(requests))]
+
