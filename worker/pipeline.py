@@ -302,6 +302,16 @@ class IndexReport:
     duplicate_pairs: int = 0
 
 
+def upsert(ctx: WorkerContext, store: VectorStore, records: list[PointRecord]) -> None:
+    """One upsert; the engine's own "no space left on device" is the disk-full condition (the batch waits)."""
+    try:
+        store.upsert(records)
+    except Exception as exc:
+        if no_space(exc):
+            raise ctx.disk_full(exc) from exc
+        raise
+
+
 def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexReport:
     """Write the batch in one upsert, each point with its product's current payload.
 
@@ -344,12 +354,7 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     if records:
         store = ctx.ready_store(len(records[0].vector))
         upsert_started = time.perf_counter()
-        try:
-            store.upsert(records)
-        except Exception as exc:
-            if no_space(exc):
-                raise ctx.disk_full(exc) from exc
-            raise
+        upsert(ctx, store, records)
         upsert_seconds = time.perf_counter() - upsert_started
         # Duplicate listings: the fresh points against other products' points, one batched query; before the
         # reconcile below, so a point it deletes (its image removed meanwhile) leaves the pairs just found too.
