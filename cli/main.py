@@ -12,6 +12,7 @@ from rich.console import Console
 
 from lookalike import __version__, render
 from lookalike.app.broker import use_broker
+from lookalike.app.services import Services
 from lookalike.state.errors import Misconfigured, Rejected, StoreError, Unavailable
 from lookalike.state.search import QueryRejected, SearchRequest
 
@@ -46,6 +47,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def note(message: str) -> None:
     err.print(f"lookalike: {message}", markup=False, highlight=False)
+
+
+def services(*, start: bool = True, share: bool = False) -> Services:
+    """This command's broker (resolved and checked) and what the application needs on it."""
+    return Services.on(use_broker(note, start=start, share=share).settings, note)
 
 
 def _version(value: bool) -> None:
@@ -108,12 +114,12 @@ def ingest(
     except CatalogError as exc:
         raise fail(str(exc)) from None
 
-    from lookalike.commands import IngestSession
+    from lookalike.app.ingest import Ingest
 
-    with IngestSession(wait=wait, quiet=as_json, note=note) as session:
-        summary = session.run(report, version=version, full=full, prune=prune)
+    with Ingest(wait=wait, note=note, progress=render.Bar) as session:
+        summary = session.run(report, version=version, full=full, prune=prune, quiet=as_json)
         if session.waiting:
-            summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, progress=not as_json)
+            summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, quiet=as_json)
     if as_json:
         print(json.dumps(summary.to_data(), indent=2))
     else:
@@ -146,11 +152,10 @@ def worker(
     With no options it consumes every queue, so one command runs a complete system on one machine.
     Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
     """
-    from lookalike.commands import start_worker
-
-    use_broker(note, share=True)
+    from lookalike.app.local import start_worker
 
     code = start_worker(
+        use_broker(note, share=True).settings,
         queues=queues, concurrency=concurrency, fetch_threads=fetch_threads, loglevel=loglevel, note=note
     )
     raise typer.Exit(code)
@@ -178,9 +183,7 @@ TimeoutOption = Annotated[
 
 def _answer(request: SearchRequest, *, timeout: float | None, as_json: bool, facets: bool) -> None:
     """Send the request through the gateway (a worker, or this process when none runs) and print the answer."""
-    from lookalike.app.gateway import Gateway
-
-    data = Gateway(use_broker(note).settings, note=note).search(request, timeout=timeout)
+    data = services().gateway.search(request, timeout=timeout)
     if as_json:
         print(json.dumps(data if facets else data["results"], ensure_ascii=False))
         return
@@ -273,10 +276,10 @@ def status(
     runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
 ) -> None:
     """Runs (progress, throughput, ETA), queue depths and ages, event counts, and the live workers."""
-    from lookalike.commands import collect_status
+    from lookalike.app.status import collect_status
 
-    use_broker(note)
-    data = collect_status(run, runs)
+    session = services()
+    data = collect_status(session.state, session.gateway, run, runs)
     if as_json:
         print(json.dumps(data, indent=2))
     else:
@@ -292,12 +295,11 @@ def failures(
     limit: Annotated[int | None, typer.Option(help="Show at most N.")] = None,
 ) -> None:
     """List the images that failed for good (product, URL, stage, reason, time), or re-enqueue them."""
-    from lookalike.commands import list_failures, retry_failures
+    from lookalike.app.maintenance import list_failures, retry_failures
 
-    use_broker(note)
-
+    session = services()
     if retry:
-        summary = retry_failures(reason, note=note)
+        summary = retry_failures(session, reason)
         if as_json:
             print(json.dumps(summary))
         else:
@@ -310,7 +312,7 @@ def failures(
                 )
             )
         return
-    items = list_failures(reason, limit)
+    items = list_failures(session, reason, limit)
     if as_json:
         print(json.dumps(items, ensure_ascii=False))
         return
@@ -333,10 +335,10 @@ def flower(
     It refuses to listen on a non-loopback address without a login unless LOOKALIKE_FLOWER_ALLOW_UNAUTHENTICATED
     is true. The login reaches Flower through its environment, never its command line.
     """
-    from lookalike.commands import start_flower
+    from lookalike.app.operations import start_flower
 
-    use_broker(note, start=False)  # Flower replaces this process: it can use a running embedded broker only
-    start_flower(port, address, note)
+    # Flower replaces this process: it can use a running embedded broker only.
+    start_flower(use_broker(note, start=False).settings, port, address, note)
 
 
 @app.command()
@@ -348,10 +350,9 @@ def metrics(
 
     Every worker writes to Redis, so one exporter reports the whole cluster. See README, "Operating".
     """
-    from lookalike.commands import serve_metrics_forever
+    from lookalike.app.operations import serve_metrics_forever
 
-    use_broker(note, share=True)
-    serve_metrics_forever(address, port, note)
+    serve_metrics_forever(services(share=True), address, port)
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -370,10 +371,9 @@ def listen(
     Each event is acknowledged only after its work is enqueued; a restarted listener re-reads its own
     unacknowledged events, and events a dead listener left pending are claimed after LOOKALIKE_EVENTS_CLAIM_IDLE.
     """
-    from lookalike.commands import run_listener
+    from lookalike.app.events import run_listener
 
-    use_broker(note, share=True)
-    run_listener(consumer, stop_when_idle, batch, note)
+    run_listener(services(share=True), consumer, stop_when_idle, batch)
 
 
 @app.command()
@@ -389,12 +389,11 @@ def events(
     Lines that are not valid events are reported with their line number and reason and are not published;
     the exit code is then 1.
     """
-    from lookalike.commands import list_rejected_events, publish_events_file
+    from lookalike.app.events import list_rejected_events, publish_events_file
 
-    use_broker(note)
-
+    session = services()
     if rejected:
-        items = list_rejected_events()
+        items = list_rejected_events(session)
         if as_json:
             print(json.dumps(items, ensure_ascii=False))
         else:
@@ -406,7 +405,7 @@ def events(
     if file is None:
         raise fail("give a JSON lines file (or - for stdin), or --rejected")
     try:
-        summary = publish_events_file(file, note)
+        summary = publish_events_file(session, file)
     except OSError as exc:
         raise fail(f"{file}: {exc.strerror or exc}") from None
     if as_json:
@@ -429,9 +428,9 @@ def reindex(
     embedding), then switches to it once the copy is complete: queries never see a half-built index. An
     interrupted run loses nothing and can be run again; on a current index it does nothing.
     """
-    from lookalike.app.gateway import Gateway
+    from lookalike.app.maintenance import reindex as reindex_index
 
-    done = Gateway(use_broker(note).settings, note=note).reindex(timeout=timeout)
+    done = reindex_index(services(), timeout=timeout)
     if as_json:
         print(json.dumps(done, indent=2))
     elif done["upgraded"]:
@@ -486,7 +485,7 @@ def reconcile(
     ways: points of products that are deleted or unknown are deleted, registered images with no point are
     enqueued. Prints what it did. Safe to run at any time and to run again.
     """
-    from lookalike.commands import reconcile_index
+    from lookalike.app.maintenance import reconcile_index
 
     report = None
     if catalog is not None:
@@ -496,8 +495,7 @@ def reconcile(
             report = read_catalog(catalog)
         except CatalogError as exc:
             raise fail(str(exc)) from None
-    use_broker(note)
-    done = reconcile_index(report, timeout=timeout, note=note)
+    done = reconcile_index(services(), report, timeout=timeout)
     if as_json:
         print(json.dumps(done, indent=2))
         return

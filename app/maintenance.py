@@ -1,0 +1,76 @@
+"""Keeping the index right: `lookalike reconcile` (converge whatever was lost), `lookalike failures` (list the
+images that failed for good, or enqueue them again) and `lookalike reindex`. Each publishing use case is one
+run (:mod:`lookalike.state.runs`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lookalike.app.ingest import now_version
+from lookalike.app.services import Services
+from lookalike.producer.catalog import CatalogReport
+from lookalike.producer.enqueue import Backpressure, carry_out
+from lookalike.producer.sync import SyncPlan
+from lookalike.state import runs
+
+
+def _publish(services: Services, plan: SyncPlan, run_id: str) -> None:
+    """Carry out ``plan`` as run ``run_id`` through the gateway's publisher, then mark the run published."""
+    ctx = services.state
+    publisher = services.gateway.publisher(ctx.redis)
+    backpressure = Backpressure(services.settings.fetch_high_water)
+    carry_out(plan, publisher, ctx.registry, backpressure, run_id=run_id, ledger=ctx.ledger)
+    runs.published(ctx.ledger, run_id, anything=bool(plan.jobs or plan.reconcile))
+
+
+def list_failures(services: Services, reason: str | None, limit: int | None) -> list[dict[str, Any]]:
+    return [failure.public() for failure in services.state.failures.entries(reason, limit)]
+
+
+def retry_failures(services: Services, reason: str | None) -> dict[str, Any]:
+    """Re-enqueue failed images whose product still wants them, as a new run."""
+    from lookalike.producer.sync import plan_retries
+
+    ctx = services.state
+    taken = ctx.failures.take(reason)
+    run_id = runs.begin(ctx.ledger, runs.Kind.RETRY, f"failures{':' + reason if reason else ''}")
+    plan, dropped = plan_retries(ctx.registry, taken, run_id)
+    _publish(services, plan, run_id)
+    return {"run_id": run_id, "requeued": len(plan.jobs), "dropped": dropped}
+
+
+def reconcile_index(services: Services, catalog: CatalogReport | None, *, timeout: float) -> dict[str, Any]:
+    """Converge the index whatever was lost: the registry (from the catalogue, pruning what it no longer
+    lists), then the store against the registry, by the store owner (orphan points deleted, payloads brought
+    up to date; see the gateway for where the audit runs), then the registered images with no point are
+    enqueued."""
+    from lookalike.producer.sync import plan_catalog, plan_missing
+
+    ctx = services.state
+    run_id = runs.begin(ctx.ledger, runs.Kind.RECONCILE, catalog.source if catalog else "store")
+    report: dict[str, Any] = {"run_id": run_id}
+    if catalog is not None:
+        # Only the registry is taken from this plan: the audit below finds what the store lacks or must lose.
+        plan, pruned = plan_catalog(ctx.registry, catalog.products, now_version(), run_id, prune=True)
+        ctx.registry.settle(plan.settle)
+        report["catalog"] = {"products": len(catalog.products), "pruned": pruned, **dict(plan.outcomes)}
+    audited = services.gateway.audit(timeout=timeout)
+    missing = plan_missing(ctx.registry, [(str(p), str(u)) for p, u in audited["missing"]], run_id)
+    _publish(services, missing, run_id)
+    if missing.jobs and not services.gateway.live_workers():
+        services.note(f"{len(missing.jobs)} images wait in the queue until you start `lookalike worker`")
+    report.update(
+        {
+            "store_points": audited["points_seen"],
+            "orphan_points_deleted": audited["orphan_points_deleted"],
+            "orphan_products": audited["orphan_products"],
+            "payloads_updated": audited["payloads_updated"],
+            "missing_images_enqueued": len(missing.jobs),
+        }
+    )
+    return report
+
+
+def reindex(services: Services, *, timeout: float) -> dict[str, Any]:
+    """Upgrade the live collection to the current layout, by whoever owns the store."""
+    return services.gateway.reindex(timeout=timeout)
