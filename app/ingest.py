@@ -13,16 +13,15 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from lookalike.app.broker import Note, require_broker
+from lookalike.app.broker import Broker, Note, require_broker, resolve_broker
 from lookalike.app.gateway import Gateway
 from lookalike.app.local import check_model, start_local_workers
 from lookalike.producer.catalog import CatalogReport
 from lookalike.producer.sync import SyncPlan
 from lookalike.state import runs
-from lookalike.state.context import StateContext, current_state
+from lookalike.state.context import StateContext
 from lookalike.state.errors import BackendUnavailable
 from lookalike.state.ledger import finished
-from lookalike.worker.embedded import Runtime, resolve_broker
 
 
 class Progress(Protocol):
@@ -91,20 +90,27 @@ class Ingest:
         self.want_wait = wait
         self.note = note
         self.progress = progress
-        self.runtime: Runtime | None = None
+        self.broker: Broker | None = None
         self.group: Any = None
+        self._state: StateContext | None = None
         self.waiting = wait
 
+    @property
+    def ctx(self) -> StateContext:
+        """The light state on this ingest's broker (once entered)."""
+        assert self._state is not None, "use Ingest as a context manager"
+        return self._state
+
     def __enter__(self) -> Ingest:
-        self.runtime = resolve_broker()
-        for message in self.runtime.notes:
+        self.broker = resolve_broker()
+        for message in self.broker.notes:
             self.note(message)
-        require_broker(self.runtime.settings)
-        self.ctx: StateContext = current_state()
+        require_broker(self.broker.settings)
+        self._state = StateContext(self.broker.settings)
         self.gateway = Gateway(self.ctx.settings, note=self.note)
         self.publisher = self.gateway.publisher(self.ctx.redis)
         # With an embedded broker, queued jobs would die with this command: it always waits.
-        self.waiting = self.want_wait or self.runtime.broker_is_embedded
+        self.waiting = self.want_wait or self.broker.broker_is_embedded
         self._start_missing_workers()
         return self
 
@@ -128,8 +134,10 @@ class Ingest:
             if self.group is not None:
                 self.group.stop()
         finally:
-            if self.runtime is not None:
-                self.runtime.close()
+            if self.broker is not None:
+                self.broker.close()
+            if self._state is not None:
+                self._state.close()
 
     def run(
         self, report: CatalogReport, *, version: int | None, full: bool, prune: bool, quiet: bool

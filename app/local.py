@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lookalike.app.broker import Note, require_broker, safe_url
+from lookalike.app.broker import Note, require_broker, safe_url, worker_environment
 from lookalike.config.settings import Settings
 from lookalike.state.errors import Misconfigured, ModelUnavailable, StoreLocked
 
@@ -17,7 +17,7 @@ def start_local_workers(settings: Settings, note: Note) -> Any:
     pools = plan_pools(settings, parse_queues(None), concurrency=None, fetch_threads=None)
     log_path = settings.qdrant_path.parent / "local-workers.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    group = WorkerGroup(pools, loglevel="WARNING", log_path=log_path)
+    group = WorkerGroup(pools, loglevel="WARNING", log_path=log_path, env=worker_environment(settings))
     group.start()
     described = ", ".join(f"{p.name} ({p.pool} x{p.concurrency})" for p in pools)
     note(f"no worker is running: started local workers for this command: {described}; their log: {log_path}")
@@ -57,7 +57,7 @@ def start_worker(
     except ModelUnavailable as exc:  # a worker without its model: LOOKALIKE_MODEL_DIR (or the network) to fix
         raise Misconfigured(str(exc)) from exc
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
-    group = WorkerGroup(pools, loglevel=loglevel)
+    group = WorkerGroup(pools, loglevel=loglevel, env=worker_environment(settings))
     group.start(handle_signals=True)
     note(
         "started "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lookalike.app.broker import Note, safe_url
+from lookalike.app.broker import Note, safe_url, worker_environment
 from lookalike.app.services import Services
 from lookalike.config.settings import Settings
 from lookalike.state.errors import Misconfigured
@@ -34,8 +34,7 @@ def start_flower(settings: Settings, port: int, address: str | None, note: Note)
     address = address or settings.flower_address
     auth = flower_login(settings, address)
     url = settings.broker_url.get_secret_value()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-    env["LOOKALIKE_BROKER_URL"] = url
+    env = {k: v for k, v in worker_environment(settings).items() if not k.startswith("FLOWER_")}
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
     note(f"Flower on http://{address}:{port}/ ({'basic auth' if auth else 'NO LOGIN'}) for {safe_url(url)}")

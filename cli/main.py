@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lookalike import __version__, render
+from lookalike import __version__
 from lookalike.app.broker import use_broker
 from lookalike.app.services import Services
+from lookalike.cli import render
 from lookalike.state.errors import Misconfigured, Rejected, StoreError, Unavailable
 from lookalike.state.search import QueryRejected, SearchRequest
 
@@ -510,7 +511,7 @@ def reconcile(
 
 
 def _add_model_commands() -> None:
-    from lookalike.models import model_app
+    from lookalike.cli.models import model_app
 
     app.add_typer(model_app, name="model")
 

@@ -17,7 +17,7 @@ model_app = typer.Typer(
 
 
 def _note(message: str) -> None:
-    from lookalike.main import note
+    from lookalike.cli.main import note
 
     note(message)
 

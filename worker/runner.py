@@ -100,8 +100,17 @@ def plan_pools(
 class WorkerGroup:
     """Child Celery workers, started together and stopped together."""
 
-    def __init__(self, pools: list[PoolSpec], *, loglevel: str = "WARNING", log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        pools: list[PoolSpec],
+        *,
+        loglevel: str = "WARNING",
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: the children's environment (default: this process's); it carries the broker they use."""
         self.pools = pools
+        self.env = env
         self.loglevel = loglevel
         self.log_path = log_path
         self.processes: list[tuple[PoolSpec, subprocess.Popen[bytes]]] = []
@@ -109,9 +118,9 @@ class WorkerGroup:
 
     def _spawn(self, spec: PoolSpec) -> subprocess.Popen[bytes]:
         if self.log_path is None:
-            return subprocess.Popen(spec.command(self.loglevel))
+            return subprocess.Popen(spec.command(self.loglevel), env=self.env)
         with self.log_path.open("ab") as log:
-            return subprocess.Popen(spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def start(self, handle_signals: bool = False) -> None:
         """Start every pool; with ``handle_signals``, SIGINT/SIGTERM from now on mean "stop them all" (set before
