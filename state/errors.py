@@ -84,8 +84,8 @@ class StoreError(RuntimeError):
     """The store refused an operation for a reason retrying will not fix."""
 
 
-class StoreUnavailable(StoreError, Unavailable):
-    """The store cannot be reached right now; retry later."""
+class StoreUnavailable(Unavailable, StoreError):
+    """The store cannot be reached right now; retry later (still a StoreError to code that catches those)."""
 
 
 class StoreLocked(StoreUnavailable):
