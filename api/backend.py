@@ -35,7 +35,8 @@ READINESS_CHECKS = ("broker", "store", "query_worker")
 
 @runtime_checkable
 class SearchBackend(Protocol):
-    """Answers validated search requests. Both methods block; the API calls them from a worker thread."""
+    """Answers search requests (validating them first). Both methods block; the API calls them from a worker
+    thread."""
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
         """The answer to ``request`` as data (``SearchResponse.to_data()``), best first; the backend validates
