@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import anyio.to_thread
@@ -33,18 +33,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import __version__
 from lookalike.api.backend import READINESS_CHECKS, SearchBackend
+from lookalike.api.docs import DOCS_HEADERS, DocsHeadersMiddleware
 from lookalike.api.errors import ERROR_STATUS, ApiError, api_error, error_response, reason_for_validation
 from lookalike.api.limits import BodyLimitMiddleware
 from lookalike.api.models import ErrorOut, HealthOut, ReadyOut
 from lookalike.api.observe import ApiMetrics, ObserveMiddleware, install_log_record_factory
 from lookalike.api.page import page_router
+from lookalike.api.readiness import ReadinessMonitor
 from lookalike.api.search import SearchRoutes
 from lookalike.config.settings import Settings, get_settings
 
 log = logging.getLogger("lookalike.api")
 
 API_KEY_HEADER = "X-API-Key"
-READINESS_TIMEOUT = 5.0
+# /readyz waits at most this long for the very first reading (later ones are always there, see api/readiness.py).
+FIRST_READING_WAIT = 2.0
 UNAVAILABLE_RETRY_AFTER = 5
 
 _API_KEY_SCHEME = APIKeyHeader(
@@ -75,6 +78,8 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     install_log_record_factory()
     metrics = ApiMetrics()
     keys = tuple(key.encode() for key in settings.api_key_values)
+    # /readyz answers from a reading taken in the background (see api/readiness.py).
+    readiness = ReadinessMonitor(backend.readiness, READINESS_CHECKS)
     app = FastAPIOffline(
         title="lookalike",
         version=__version__,
@@ -84,13 +89,17 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         redoc_url=None,
         static_url="/docs-static",
     )
+    # No redirect to the path with(out) a trailing slash: Starlette builds it from the Host header, which any
+    # client sets. /v1/search/ is a 404 like any other unknown path.
+    app.router.redirect_slashes = False
     _answer_errors(app)
     dependencies = [Depends(RequireKey(keys))] if keys else []
     app.include_router(SearchRoutes(backend, settings).router(dependencies, auth_errors=(401,) if keys else ()))
-    app.include_router(operations_router(backend, metrics))
+    app.include_router(operations_router(readiness, metrics))
     app.include_router(page_router())
     _add_middleware(app, settings, metrics)
     app.state.metrics = metrics
+    app.state.readiness = readiness
     app.state.backend = backend
     app.state.settings = settings
     return app
@@ -127,9 +136,10 @@ def _answer_errors(app: FastAPI) -> None:
         return error_response(request.scope, 500, "internal_error", "unexpected error; the log has the request id")
 
 
-def operations_router(backend: SearchBackend, metrics: ApiMetrics) -> APIRouter:
+def operations_router(readiness: ReadinessMonitor, metrics: ApiMetrics) -> APIRouter:
     """``/healthz`` (the process is up), ``/readyz`` (what the backend needs answers), ``/metrics``."""
     router = APIRouter()
+    readiness_thread = anyio.CapacityLimiter(1)
 
     @router.get("/healthz", response_model=HealthOut, summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -142,7 +152,10 @@ def operations_router(backend: SearchBackend, metrics: ApiMetrics) -> APIRouter:
         responses={503: {"model": ErrorOut, "description": "Something is missing; the detail names it."}},
     )
     async def readyz(request: Request) -> JSONResponse:
-        checks = await _readiness(backend)
+        checks, age = readiness.reading()
+        if age is None:  # the very first probe: wait for the first reading, on a thread of its own
+            await anyio.to_thread.run_sync(readiness.wait_first, FIRST_READING_WAIT, limiter=readiness_thread)
+            checks, age = readiness.reading()
         missing = [name for name, ok in checks.items() if not ok]
         if missing:
             return error_response(
@@ -163,21 +176,15 @@ def operations_router(backend: SearchBackend, metrics: ApiMetrics) -> APIRouter:
     return router
 
 
-async def _readiness(backend: SearchBackend) -> dict[str, bool]:
-    """The backend's readiness checks, bounded in time; a probe answers, it never fails with a 500."""
-    try:
-        with anyio.fail_after(READINESS_TIMEOUT):
-            checks: dict[str, Any] = await anyio.to_thread.run_sync(backend.readiness, abandon_on_cancel=True)
-        return {name: bool(checks.get(name, False)) for name in READINESS_CHECKS}
-    except Exception as exc:
-        log.warning("readiness check failed: %r", exc)
-        return dict.fromkeys(READINESS_CHECKS, False)
-
-
 def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> None:
     # Added innermost first: the body limit sits inside CORS (so a 413 still carries CORS headers), and the
     # request id / metrics / access log wrap everything.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        read_timeout=settings.api_read_timeout,
+        body_timeout=settings.api_body_timeout,
+    )
     origins = settings.cors_origin_list
     if origins:
         app.add_middleware(
@@ -188,4 +195,5 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> No
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(DocsHeadersMiddleware, headers=DOCS_HEADERS)
     app.add_middleware(ObserveMiddleware, metrics=metrics)

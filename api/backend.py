@@ -22,7 +22,8 @@ Anything else a backend raises is a bug, answered as a 500 with the request id s
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from lookalike.state.errors import BackendTimeout, BackendUnavailable, Unavailable
 from lookalike.state.search import SearchRequest
@@ -35,8 +36,8 @@ READINESS_CHECKS = ("broker", "store", "query_worker")
 
 @runtime_checkable
 class SearchBackend(Protocol):
-    """Answers search requests (validating them first). Both methods block; the API calls them from a worker
-    thread."""
+    """Answers search requests (validating them), admits them, and reduces uploads; ``search``, ``readiness`` and
+    ``reduce_upload`` block, and the API calls them from worker threads."""
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
         """The answer to ``request`` as data (``SearchResponse.to_data()``), best first; the backend validates
@@ -49,6 +50,16 @@ class SearchBackend(Protocol):
     def readiness(self) -> dict[str, bool]:
         """Which dependencies answer now: ``{"broker": ..., "store": ..., "query_worker": ...}``.
 
-        Called by /readyz (a load balancer polls it), so it must be cheap and bounded in time.
+        Called by /readyz's background reading (every second), so it must be cheap and bounded in time.
         """
+        ...
+
+    def admit(self) -> AbstractContextManager[None]:
+        """One search in flight for the duration of the block; raises
+        :class:`~lookalike.state.errors.Overloaded` at once when the bound is reached (a 503 ``overloaded``)."""
+        ...
+
+    def reduce_upload(self, file: BinaryIO) -> bytes:
+        """An uploaded photo, still in its spool file, as the model's input (the 224x224 transport JPEG); a
+        photo the decoder refuses is a QueryRejected with its reason. Blocks; called from a worker thread."""
         ...

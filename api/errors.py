@@ -16,12 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import Scope
 
 from lookalike.api.observe import REQUEST_ID_HEADER, request_id_var
-from lookalike.state.errors import BackendTimeout, Rejected, Unavailable
+from lookalike.state.errors import BackendTimeout, Overloaded, Rejected, Unavailable
 
 # What went wrong -> (status, reason token, detail when the error has none), for every error a route lets
 # through: the first of the error's classes found here decides. Anything else is a bug: a 500.
 ERROR_STATUS: dict[type[Exception], tuple[int, str | None, str]] = {
     BackendTimeout: (504, "timeout", "no query worker answered in time"),
+    Overloaded: (503, "overloaded", "too many searches in flight; retry shortly"),
     Unavailable: (503, "unavailable", "the search backend is unavailable"),
     Rejected: (422, None, "refused"),  # the reason is the refusal's own
 }

@@ -102,6 +102,7 @@ class SearchForm(Window, Narrowing):
     def request(self) -> SearchRequest:
         return SearchRequest(
             image=self.image,
+            prepared=True,  # the API reduced the upload to the model's input already (backend.reduce_upload)
             k=self.k,
             offset=self.offset,
             mode=self.mode,

@@ -8,11 +8,9 @@ backend validates the request; its refusals and outages reach the client through
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -26,6 +24,7 @@ from lookalike.api.backend import SearchBackend
 from lookalike.api.errors import ApiError, reason_for_validation
 from lookalike.api.models import ErrorOut, SearchForm, SearchJSON, SearchOut, SimilarQuery
 from lookalike.config.settings import Settings
+from lookalike.state.errors import Overloaded
 from lookalike.state.search import MAX_PRODUCT_ID_CHARS, SearchRequest
 
 log = logging.getLogger("lookalike.api")
@@ -33,6 +32,8 @@ log = logging.getLogger("lookalike.api")
 # How much longer than the backend's own wait (LOOKALIKE_QUERY_TIMEOUT) the API waits before answering 504 by
 # itself: the backend should always answer first; this only bounds a backend that hangs.
 DEADLINE_MARGIN = 2.0
+# How long a refused search's body is read and thrown away, so the client reads its 503 instead of a reset.
+DRAIN_SECONDS = 2.0
 
 ERROR_DESCRIPTIONS = {
     401: "No or a wrong X-API-Key (only when LOOKALIKE_API_KEYS is set).",
@@ -57,6 +58,9 @@ class SearchRoutes:
         self.backend = backend
         self.settings = settings
         self.deadline = settings.query_timeout + DEADLINE_MARGIN
+        # Searches wait for the backend on threads of their own (as many as it admits), never on anyio's shared
+        # limiter; /healthz uses no thread and /readyz answers from a reading taken in the background.
+        self.threads = anyio.CapacityLimiter(settings.effective_api_max_searches)
 
     def router(self, dependencies: list[Any], auth_errors: tuple[int, ...]) -> APIRouter:
         v1 = APIRouter(prefix="/v1", dependencies=dependencies)
@@ -98,7 +102,9 @@ class SearchRoutes:
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.deadline):
-                data = await anyio.to_thread.run_sync(self.backend.search, search, abandon_on_cancel=True)
+                data = await anyio.to_thread.run_sync(
+                    self.backend.search, search, abandon_on_cancel=True, limiter=self.threads
+                )
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"no answer within {self.deadline:g} s") from exc
         data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -108,13 +114,18 @@ class SearchRoutes:
         """A photo as multipart/form-data (``image`` plus the options as fields), or JSON with ``image_url``
         or ``text``. The answer lists products best first, one entry per product."""
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type == "application/json":
-            return await self.answer(await self._json_request(request))
-        if media_type == "multipart/form-data":
-            return await self.answer(await _form_request(request))
-        raise ApiError(
-            415, "unsupported_media_type", "send JSON (image_url or text) or multipart/form-data (image)"
-        )
+        if media_type not in ("application/json", "multipart/form-data"):
+            raise ApiError(
+                415, "unsupported_media_type", "send JSON (image_url or text) or multipart/form-data (image)"
+            )
+        try:
+            with self.backend.admit():  # before the body is read: a refused upload is never held in memory
+                if media_type == "application/json":
+                    return await self.answer(await _json_request(request))
+                return await self.answer(await self._form_request(request))
+        except Overloaded:
+            await _drain(request)
+            raise
 
     async def similar(
         self,
@@ -122,73 +133,58 @@ class SearchRoutes:
         query: Annotated[SimilarQuery, Query()],
     ) -> JSONResponse:
         """The products that look most like ``product_id`` (which itself is left out), best first."""
-        return await self.answer(query.request(product_id))
+        with self.backend.admit():
+            return await self.answer(query.request(product_id))
 
-    async def _json_request(self, request: Request) -> SearchRequest:
+    async def _form_request(self, request: Request) -> SearchRequest:
+        """A multipart search: the photo as its one file part, every option once, as text."""
         try:
-            body = SearchJSON.model_validate_json(await request.body())
+            form = await request.form(max_files=1, max_fields=len(SearchForm.model_fields))
+        except StarletteHTTPException as exc:
+            raise ApiError(422, "bad_multipart", str(exc.detail)) from exc
+        try:
+            fields: dict[str, Any] = {}
+            for name, value in form.multi_items():
+                if name in fields:
+                    raise ApiError(422, "bad_query", f"{name}: given more than once")
+                if isinstance(value, UploadFile):
+                    if name != "image":
+                        raise ApiError(422, "bad_query", f"{name}: only the image is a file")
+                    fields[name] = await self._reduced(value)
+                elif name == "image":
+                    raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
+                else:
+                    fields[name] = value
+        finally:
+            await form.close()
+        if "image" not in fields:
+            raise ApiError(422, "bad_query", "image: a multipart search needs the photo as its image part")
+        try:
+            return SearchForm.model_validate(fields).request()
         except ValidationError as exc:
             raise ApiError(422, *reason_for_validation(exc.errors())) from exc
-        if body.image_url is not None:
-            refused = _literal_address_refused(body.image_url, self.settings)
-            if refused:
-                raise ApiError(422, "forbidden_address", refused)
-        return body.request()
+
+    async def _reduced(self, upload: UploadFile) -> bytes:
+        """The uploaded photo as the model's input (the 224x224 transport JPEG), made by the backend here, a
+        few at a time, straight from its spool file: the full-size photo is in memory only while it is decoded,
+        and never crosses Redis (lookalike.worker.prepare). A refusal is the decoder's own reason."""
+        return await anyio.to_thread.run_sync(self.backend.reduce_upload, upload.file, limiter=self.threads)
 
 
-async def _form_request(request: Request) -> SearchRequest:
-    """A multipart search: the photo as its one file part, every option once, as text."""
+async def _json_request(request: Request) -> SearchRequest:
     try:
-        form = await request.form(max_files=1, max_fields=len(SearchForm.model_fields))
-    except StarletteHTTPException as exc:
-        raise ApiError(422, "bad_multipart", str(exc.detail)) from exc
-    try:
-        fields: dict[str, Any] = {}
-        for name, value in form.multi_items():
-            if name in fields:
-                raise ApiError(422, "bad_query", f"{name}: given more than once")
-            if isinstance(value, UploadFile):
-                if name != "image":
-                    raise ApiError(422, "bad_query", f"{name}: only the image is a file")
-                fields[name] = await value.read()
-            elif name == "image":
-                raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
-            else:
-                fields[name] = value
-    finally:
-        await form.close()
-    if "image" not in fields:
-        raise ApiError(422, "bad_query", "image: a multipart search needs the photo as its image part")
-    try:
-        return SearchForm.model_validate(fields).request()
+        body = SearchJSON.model_validate_json(await request.body())
     except ValidationError as exc:
         raise ApiError(422, *reason_for_validation(exc.errors())) from exc
+    return body.request()
 
 
-def _literal_address_refused(url: str, settings: Settings) -> str | None:
-    """Why an image URL whose host is an IP literal may not be fetched, or None.
-
-    Only literals are checked here (no DNS lookup from the API); names are checked, address by address, by the
-    worker's guarded download. It saves a round trip through the broker for the obvious cases
-    (``http://169.254.169.254/...``, ``http://127.0.0.1/...``).
-    """
-    from lookalike.worker.fetch import AddressPolicy, ForbiddenAddress
-
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return None
-    if not host:
-        return None
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    try:
-        AddressPolicy.from_networks(settings.allowed_networks).check(address)
-    except ForbiddenAddress as exc:
-        return exc.detail
-    return None
+async def _drain(request: Request) -> None:
+    """Read and drop what is left of a refused request's body (for a short while), so the client, still
+    sending, gets to read the 503 rather than a reset connection."""
+    with anyio.move_on_after(DRAIN_SECONDS):
+        async for _chunk in request.stream():
+            pass
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,14 @@ store, and some need the model. Where they run is one rule (:meth:`Gateway.route
 - otherwise (workers run, but none consumes a needed queue) a :class:`BackendUnavailable` that names the
   missing queue and the command that starts a worker for it.
 
-The CLI and the API both hold a :class:`Gateway` (the API's ``SearchBackend`` is one), so they route alike;
-whatever is decided later about routing (admission control, shoppers' queries, a model per collection) is
-decided here. This is also the only module that sends a task (by name, from :mod:`lookalike.state.tasks`): it
-never imports the tasks module, so a process that only sends work stays light.
+The CLI and the API both hold a :class:`Gateway` (the API's ``SearchBackend`` is one), so they route alike.
+Shoppers' queries are decided here too: a photo or an image URL is reduced to the model's input in this process
+before anything is sent (:mod:`lookalike.worker.prepare`: no multi-megabyte message crosses Redis, and a slow URL
+holds a thread here, never a worker); a query is one chain that expires when this process stops waiting
+(:func:`ask_workers`); and at most ``LOOKALIKE_API_MAX_SEARCHES`` searches are admitted at once
+(:meth:`Gateway.admit`, :mod:`lookalike.app.admission`). This is also the only module that sends a task (by
+name, from :mod:`lookalike.state.tasks`): it never imports the tasks module, so a process that only sends work
+stays light.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from lookalike.config.settings import Settings
 from lookalike.state.errors import BackendTimeout, BackendUnavailable, BrokerUnreachable, StoreError, Unavailable
@@ -38,13 +44,16 @@ from lookalike.state.tasks import (
     OPTIMIZE_TASK,
     RECONCILE_TASK,
     REINDEX_TASK,
+    SEARCH_ENCODED_TASK,
     SEARCH_TASK,
 )
 
 if TYPE_CHECKING:
     from celery import Celery
 
+    from lookalike.app.admission import Admission
     from lookalike.worker.pipeline import WorkerContext
+    from lookalike.worker.prepare import QueryPreparer
 
 log = logging.getLogger("lookalike.app")
 
@@ -55,7 +64,7 @@ Note = Callable[[str], None]
 QUEUE_ROLES = {
     QUERY_QUEUE: ("the store owner", "query,index"),
     INDEX_QUEUE: ("the store owner", "query,index"),
-    ENCODE_QUEUE: ("the embedding processes", "embed,encode"),
+    ENCODE_QUEUE: ("the shoppers' encode processes", "encode"),
 }
 
 
@@ -79,6 +88,28 @@ class Gateway:
         self._in_process_lock = threading.Lock()
         self._said_in_process = False
         self._consumed_cache: tuple[float, set[str] | None] = (0.0, None)
+
+    @cached_property
+    def preparer(self) -> QueryPreparer:
+        """Shoppers' photos and image URLs -> the model's input, in this process (their own URL policy)."""
+        from lookalike.worker.prepare import QueryPreparer
+
+        return QueryPreparer(self.settings)
+
+    @cached_property
+    def admission(self) -> Admission:
+        from lookalike.app.admission import Admission
+
+        return Admission(self.settings.effective_api_max_searches)
+
+    def admit(self) -> AbstractContextManager[None]:
+        """One search in flight while the block runs; :class:`~lookalike.state.errors.Overloaded` at once past
+        ``LOOKALIKE_API_MAX_SEARCHES``."""
+        return self.admission.admit()
+
+    def reduce_upload(self, file: BinaryIO) -> bytes:
+        """An uploaded photo, read from its spool file once a decode slot is free, as the transport JPEG."""
+        return self.preparer.reduce_upload(file)
 
     @cached_property
     def celery(self) -> Celery:
@@ -165,6 +196,7 @@ class Gateway:
         """
         request.validate(max_image_bytes=self.settings.query_max_bytes)
         timeout = timeout or self.settings.query_timeout
+        request = self.preparer.prepare(request)  # here, whoever answers: downloaded and reduced in this process
         needs = (QUERY_QUEUE, ENCODE_QUEUE) if request.needs_vector else (QUERY_QUEUE,)
         if not self.route(needs, "answering"):
             from lookalike.worker.pipeline import answer_query
@@ -268,21 +300,27 @@ def live_workers(app: Celery, timeout: float = 1.0, *, prefix: str | None = None
 def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[str, Any]:
     """A search through the workers, as data (``SearchResponse.to_data()`` or ``{"error", "detail"}``).
 
-    The query's vector is computed on the embedding processes (``lookalike.encode``: the download of an image
-    URL, the decode, the model), then the store owner searches with it (``lookalike.search``): it never downloads
-    and never runs the model, so a slow or hostile image URL, or a burst of shoppers, cannot stall indexing or
-    other queries. Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all.
+    A query that needs a vector is sent as one chain, ``lookalike.encode | lookalike.search_encoded``: the
+    shoppers' encode processes embed it and hand the vector to the store owner's search themselves, so this
+    process sends one message and waits on one result. The store owner never downloads and never runs the
+    model. An image must be prepared already (the transport JPEG, :meth:`QueryPreparer.prepare
+    <lookalike.worker.prepare.QueryPreparer.prepare>`): the encode processes never download nor take a
+    full-size photo. Every task carries ``expires`` at this process's deadline: a worker that reaches it later
+    drops it instead of working for nobody. Raises Celery's TimeoutError when no answer comes within ``timeout``
+    seconds in all.
     """
+    from celery import chain
+
     deadline = time.monotonic() + timeout
-    vector = None
+    expires = (datetime.now(UTC) + timedelta(seconds=timeout)).isoformat()
     if request.needs_vector:
-        encoded = app.send_task(ENCODE_TASK, args=[request.to_message()], argsrepr=request.describe()).get(
-            timeout=timeout
+        flow = chain(
+            app.signature(ENCODE_TASK, args=[request.to_message()], options={"expires": expires}),
+            app.signature(
+                SEARCH_ENCODED_TASK, args=[request.encoded_form().to_message()], options={"expires": expires}
+            ),
         )
-        if "error" in encoded:
-            return dict(encoded)
-        vector = encoded["vector"]
-        request = request.encoded_form()
-    remaining = max(0.1, deadline - time.monotonic())
-    answer = app.send_task(SEARCH_TASK, args=[request.to_message(), vector], argsrepr=request.describe())
-    return dict(answer.get(timeout=remaining))
+        answer = flow.apply_async(argsrepr=request.describe())
+    else:
+        answer = app.send_task(SEARCH_TASK, args=[request.to_message()], argsrepr=request.describe(), expires=expires)
+    return dict(answer.get(timeout=max(0.1, deadline - time.monotonic())))

@@ -69,6 +69,6 @@ def start_worker(
 
 def check_model(settings: Settings) -> None:
     """Fail before starting anything when the model cannot load (offline without a local directory...)."""
-    from lookalike.worker.embed import ModelSpec, get_embedder
+    from lookalike.worker.embed import Embedder
 
-    get_embedder(ModelSpec.from_settings(settings))
+    Embedder.for_settings(settings)

@@ -148,7 +148,8 @@ def worker(
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Start Celery workers: a thread pool for downloads, a process pool for embedding, and the store owner.
+    """Start Celery workers: a thread pool for downloads and a process pool for embedding (both niced, see
+    LOOKALIKE_INGEST_NICENESS), the shoppers' own query encoding processes, and the store owner (queries first).
 
     With no options it consumes every queue, so one command runs a complete system on one machine.
     Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
@@ -449,12 +450,15 @@ def serve(
     """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
     search page at /.
 
-    Queries go to the workers through the broker (embedding on the embedding processes, search on the store
-    owner); with no worker running at all, this process answers them itself and says so in its log.
+    Queries go to the workers through the broker (embedding on the shoppers' encode processes, search on the
+    store owner); with no worker running at all, this process answers them itself and says so in its log.
+    Request headers must arrive within LOOKALIKE_API_READ_TIMEOUT, bodies within LOOKALIKE_API_BODY_TIMEOUT, and
+    at most LOOKALIKE_API_MAX_CONNECTIONS are served at once; on the public internet, put a reverse proxy in front.
     """
     import uvicorn
 
     from lookalike.api import create_app, uvicorn_log_config
+    from lookalike.api.server import uvicorn_options
     from lookalike.app.gateway import Gateway
 
     settings = use_broker(note, share=True).settings
@@ -468,6 +472,7 @@ def serve(
         port=port,
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 

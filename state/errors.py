@@ -72,6 +72,14 @@ class BackendTimeout(Unavailable):
     503, to an HTTP client."""
 
 
+class Overloaded(Unavailable):
+    """More searches are in flight than this process admits (``LOOKALIKE_API_MAX_SEARCHES``): refused at once,
+    to be retried shortly (a 503 ``overloaded`` with ``Retry-After: 1``), rather than queued until it times out."""
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
 class BrokerUnreachable(Unavailable):
     """Nothing answers at the broker URL."""
 

@@ -95,6 +95,8 @@ class SearchRequest:
     facets: bool = False
     # The image was encoded already (by the encode task): its vector travels beside the request, the bytes don't.
     encoded: bool = False
+    # ``image`` is the model-sized transport JPEG already (lookalike.worker.prepare), made where the query arrived.
+    prepared: bool = False
 
     @property
     def needs_vector(self) -> bool:
@@ -108,7 +110,7 @@ class SearchRequest:
         """The request as the store owner gets it once its vector is computed: without the image or its URL."""
         if self.kind != "image":
             return self
-        return replace(self, image=None, image_url=None, encoded=True)
+        return replace(self, image=None, image_url=None, encoded=True, prepared=False)
 
     @property
     def kind(self) -> str:
@@ -140,6 +142,8 @@ class SearchRequest:
             )
         if self.image_url is not None and not self.image_url.startswith(("http://", "https://")):
             raise QueryRejected("bad_scheme", "an image URL must start with http:// or https://")
+        if self.prepared and self.image is None:
+            raise QueryRejected("bad_query", "a prepared query carries its image")
         if self.image is not None:
             if not self.image:
                 raise QueryRejected("empty", "the image is empty")
@@ -154,7 +158,8 @@ class SearchRequest:
     def describe(self) -> str:
         """What Flower and logs show: the kind and its size, never the image bytes or the words in full."""
         if self.image is not None:
-            return f"[search: image of {len(self.image)} bytes, k={self.k}]"
+            form = "prepared image" if self.prepared else "image"
+            return f"[search: {form} of {len(self.image)} bytes, k={self.k}]"
         if self.image_url is not None:
             return f"[search: {self.image_url[:200]}, k={self.k}]"
         if self.encoded:
@@ -178,6 +183,8 @@ class SearchRequest:
             message["facets"] = True
         if self.encoded:
             message["encoded"] = True
+        if self.prepared:
+            message["prepared"] = True
         return message
 
     @classmethod
@@ -187,7 +194,7 @@ class SearchRequest:
             raise QueryRejected("bad_query", "a search request is a JSON object")
         known = {
             "image_b64", "image_url", "text", "product_id", "k", "offset", "mode", "filters", "diverse", "facets",
-            "encoded",
+            "encoded", "prepared",
         }  # fmt: skip
         unknown = set(message) - known
         if unknown:
@@ -214,6 +221,7 @@ class SearchRequest:
                 diverse=bool(message.get("diverse", False)),
                 facets=bool(message.get("facets", False)),
                 encoded=bool(message.get("encoded", False)),
+                prepared=bool(message.get("prepared", False)),
             )
         except TypeError as exc:
             raise QueryRejected("bad_query", str(exc)) from exc

@@ -18,9 +18,11 @@ RECONCILE_TASK = "lookalike.reconcile"
 OPTIMIZE_TASK = "lookalike.optimize"
 AUDIT_TASK = "lookalike.audit"
 REINDEX_TASK = "lookalike.reindex"
-# A query: its vector on the embedding processes, then the search on the store owner.
+# A query: its vector on the shoppers' encode processes, then the search on the store owner. A query that needs
+# a vector is one chain, encode | search_encoded: the encode step hands its vector to the search itself.
 ENCODE_TASK = "lookalike.encode"
 SEARCH_TASK = "lookalike.search"
+SEARCH_ENCODED_TASK = "lookalike.search_encoded"
 
 TASK_QUEUES = {
     FETCH_TASK: FETCH_QUEUE,
@@ -31,5 +33,6 @@ TASK_QUEUES = {
     AUDIT_TASK: INDEX_QUEUE,
     REINDEX_TASK: INDEX_QUEUE,
     SEARCH_TASK: QUERY_QUEUE,
+    SEARCH_ENCODED_TASK: QUERY_QUEUE,
     ENCODE_TASK: ENCODE_QUEUE,
 }

@@ -17,17 +17,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import uvicorn
 from PIL import Image
 
 from lookalike.api.backend import READINESS_CHECKS
-from lookalike.config.settings import Settings
+from lookalike.app.admission import Admission
+from lookalike.config.settings import Settings, get_settings
 from lookalike.state.search import KEYWORD, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker.decode import ImageRejected, decode_image
+from lookalike.worker.prepare import QueryPreparer
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,18 @@ class FakeBackend:
     requests: list[SearchRequest] = field(default_factory=list)
     max_image_bytes: int = Settings.model_fields["query_max_bytes"].default
 
+    admission: Admission = field(default_factory=lambda: Admission(16))
+
     def readiness(self) -> dict[str, bool]:
         return dict(self.ready)
+
+    def admit(self) -> AbstractContextManager[None]:
+        """The real admission control, with the bound this fake is given."""
+        return self.admission.admit()
+
+    def reduce_upload(self, file: BinaryIO) -> bytes:
+        """The real reduction of an upload (the decoder, the transport JPEG), as the gateway does it."""
+        return QueryPreparer(get_settings()).reduce_upload(file)
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
         """Validates like the real backend (the gateway), then answers from the catalogue as data."""

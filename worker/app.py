@@ -111,6 +111,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # again within visibility_timeout * 1.1: 264 s with the defaults, inside five minutes.
         "unacked_restore_interval": max(1, settings.visibility_timeout // 10),
         "unacked_restore_throttle": 1,
+        # A worker consuming several queues pops them in the order it was given (BRPOP takes the first non-empty
+        # key), not round robin: the store owner consumes lookalike.query before lookalike.index, so a waiting
+        # query is taken before the next index batch (see lookalike.worker.runner).
+        "queue_order_strategy": "priority",
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
         "health_check_interval": 15,

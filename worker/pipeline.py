@@ -26,19 +26,26 @@ from lookalike.state.ledger import Outcome
 from lookalike.state.messages import EmbeddedPoint, Job, PreparedImage, encode_vector, point_id_for
 from lookalike.state.outcomes import FAILED, INDEXED, SUPERSEDED
 from lookalike.state.process import process_cache
-from lookalike.state.queues import INDEX_QUEUE, queue_depth
+from lookalike.state.queues import INDEX_QUEUE, QUERY_QUEUE, queue_depth
 from lookalike.state.registry import ProductState
 from lookalike.state.search import SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
-from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
+from lookalike.worker.embed import Embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
+from lookalike.worker.model import ModelSpec
+from lookalike.worker.prepare import QueryPreparer
 from lookalike.worker.query import encode_request, run_search, search_request
 from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_store
+from lookalike.worker.text import TextEmbedder
 
 OPTIMIZE_AFTER_POINTS = 20_000
+# An optimize of the embedded store holds the store owner until it ends (qdrant-edge keeps the GIL for the
+# whole call: measured, a Python thread got 2 ticks in a 20 s optimize of 20,000 points, so a background thread
+# answers nothing meanwhile), and takes minutes at 100,000 points. So it waits for LOOKALIKE_OPTIMIZE_QUIET
+# seconds without a shopper's query; meanwhile queries search the new points unindexed (12 ms p95 at 100,000).
 
 
 class WorkerContext(StateContext):
@@ -46,7 +53,7 @@ class WorkerContext(StateContext):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.model_spec = ModelSpec.from_settings(settings)
+        self.model_spec = Embedder.spec_from(settings)
         self.cache = EmbeddingCache(
             self.redis,
             settings.key_prefix,
@@ -69,6 +76,22 @@ class WorkerContext(StateContext):
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
+        # Monotonic time of the store owner's last search; a store owner that just started has not seen the
+        # shoppers yet, so its start counts as one (a pending optimize waits for a quiet moment after a restart).
+        self.last_query = time.monotonic()
+
+    def serve_queries(self) -> None:
+        """This process encodes shoppers' queries only: the models run with the query processes' ONNX threads."""
+        self.model_spec = Embedder.spec_from(self.settings, threads=self.settings.query_onnx_threads)
+        self.text_spec = TextEmbedder.spec_from(self.settings, threads=self.settings.query_onnx_threads)
+
+    @cached_property
+    def text_spec(self) -> ModelSpec:
+        return TextEmbedder.spec_from(self.settings)
+
+    def queries_are_quiet(self) -> bool:
+        """No shopper's query for LOOKALIKE_OPTIMIZE_QUIET seconds: a long store operation may run now."""
+        return time.monotonic() - self.last_query >= self.settings.optimize_quiet
 
     @cached_property
     def session(self) -> Any:
@@ -79,9 +102,14 @@ class WorkerContext(StateContext):
             pool_size=max(16, self.settings.fetch_concurrency),
         )
 
+    @cached_property
+    def query_preparer(self) -> QueryPreparer:
+        """Shoppers' photos and image URLs -> the model's input (its own address policy and deadline)."""
+        return QueryPreparer(self.settings)
+
     @property
     def embedder(self) -> Embedder:
-        return get_embedder(self.model_spec)
+        return Embedder.shared(self.model_spec)
 
     @property
     def store(self) -> VectorStore:
@@ -98,12 +126,15 @@ class WorkerContext(StateContext):
         return store
 
     def maybe_optimize(self, written: int) -> bool:
-        """Build the search index once enough points came in and no batch is waiting (store owner only).
+        """Build the search index once enough points came in, no batch or query is waiting and no shopper asked
+        anything lately (store owner only).
 
         Without it an embedded store fed only by events would search its new points by brute force.
         """
         self._unoptimized += written
-        if self._unoptimized < OPTIMIZE_AFTER_POINTS or queue_depth(self.redis, INDEX_QUEUE):
+        if self._unoptimized < OPTIMIZE_AFTER_POINTS or not self.queries_are_quiet():
+            return False
+        if queue_depth(self.redis, INDEX_QUEUE) or queue_depth(self.redis, QUERY_QUEUE):
             return False
         self.store.optimize()
         self._unoptimized = 0
@@ -308,12 +339,7 @@ def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
     the fetch guard refused).
     """
     return run_search(
-        request,
-        embedder=lambda: ctx.embedder,
-        store=ctx.store,
-        session=ctx.session,
-        limits=ctx.limits,
-        settings=ctx.settings,
+        request, embedder=lambda: ctx.embedder, store=ctx.store, preparer=ctx.query_preparer, settings=ctx.settings
     )
 
 
@@ -321,12 +347,16 @@ def encode_query(ctx: WorkerContext, request: SearchRequest) -> np.ndarray | Non
     """The query's half that costs CPU and touches the network, for the encode task on the embedding pool."""
     request.validate(max_image_bytes=ctx.settings.query_max_bytes)
     return encode_request(
-        request, embedder=lambda: ctx.embedder, session=ctx.session, limits=ctx.limits, settings=ctx.settings
+        request,
+        embedder=lambda: ctx.embedder,
+        settings=ctx.settings,
+        text_embedder=lambda: TextEmbedder.shared(ctx.text_spec),
     )
 
 
 def search_encoded(ctx: WorkerContext, request: SearchRequest, vector: np.ndarray | None) -> SearchResponse:
     """The query's half on the store owner: a search with the vector it is given, no download, no model."""
+    ctx.last_query = time.monotonic()
     return search_request(request, vector, store=ctx.store)
 
 

@@ -57,6 +57,7 @@ from lookalike.state.tasks import (
     OPTIMIZE_TASK,
     RECONCILE_TASK,
     REINDEX_TASK,
+    SEARCH_ENCODED_TASK,
     SEARCH_TASK,
 )
 from lookalike.worker import pipeline
@@ -300,15 +301,25 @@ def reindex() -> dict[str, Any]:
 
 @app.task(name=OPTIMIZE_TASK)
 def optimize() -> dict[str, Any]:
-    pipeline.current_context().store.optimize()
+    """Build the store's search index, once shoppers are quiet: an embedded store's optimize holds the store owner
+    for its whole length (minutes at 100,000 points), so while queries arrive it is sent again for later and the
+    queries search the new points unindexed meanwhile (``LOOKALIKE_OPTIMIZE_QUIET``; the wait stays well inside
+    the visibility timeout, so the message held meanwhile is not handed out twice)."""
+    ctx = pipeline.current_context()
+    if not ctx.queries_are_quiet():
+        wait = max(1.0, min(ctx.settings.optimize_quiet, ctx.settings.visibility_timeout / 2))
+        optimize.apply_async(countdown=wait)
+        log.info("optimize deferred by %gs: shoppers' queries arrived within %gs", wait, ctx.settings.optimize_quiet)
+        return {"optimized": False, "deferred": True}
+    ctx.store.optimize()
     return {"optimized": True}
 
 
 # ------------------------------------------------------------------------------------------------- query
-@app.task(name=ENCODE_TASK, ignore_result=False, acks_late=False)
+@app.task(name=ENCODE_TASK, acks_late=False)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
-    """A query's download, decode and embedding, on the embedding processes: ``{"vector": base64 or None}``,
-    or a refusal as data (``{"error": reason, "detail": ...}``)."""
+    """A query's embedding, on the shoppers' encode processes: ``{"vector": base64 or None}``, or a refusal as
+    data (``{"error": reason, "detail": ...}``). Sent chained to ``search_encoded``, which gets this result."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
@@ -332,6 +343,15 @@ def search(request: dict[str, Any], vector: str | None = None) -> dict[str, Any]
         return {"error": "store_error", "detail": str(exc)}
 
 
+@app.task(name=SEARCH_ENCODED_TASK, ignore_result=False, acks_late=False)
+def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The second link of a query's chain (``encode | search_encoded``): the encode step's result in, the
+    search's answer out, so the sender waits on one result. A refusal from the encode step passes through."""
+    if "error" in encoded:
+        return encoded
+    return search(request, encoded.get("vector"))
+
+
 # ----------------------------------------------------------------------------------------- process setup
 _consumes: set[str] = set()
 _node: list[str] = []
@@ -350,7 +370,10 @@ def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
 def _load_model_after_fork(**_: Any) -> None:
     # Prefork children: load the model here, after the fork, never in the parent.
     if EMBED_QUEUE in _consumes or ENCODE_QUEUE in _consumes:
-        pipeline.current_context().embedder  # noqa: B018
+        ctx = pipeline.current_context()
+        if EMBED_QUEUE not in _consumes:
+            ctx.serve_queries()  # the shoppers' own processes: every usable CPU for one query
+        ctx.embedder  # noqa: B018
 
 
 @signals.worker_ready.connect
@@ -379,4 +402,6 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search"]
+__all__ = [
+    "audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search", "search_encoded",
+]
