@@ -22,6 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # pyproject.toml maps these folders onto the `lookalike` package; README.md is its declared readme.
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY lookalike/ lookalike/
 COPY cli/ cli/
 COPY config/ config/
 COPY producer/ producer/

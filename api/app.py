@@ -1,15 +1,16 @@
 """The HTTP API and the page: FastAPI routes over a :class:`~lookalike.api.backend.SearchBackend`.
 
-``create_app(backend, settings)`` builds everything; ``lookalike serve`` only picks the backend and runs
-uvicorn. Routes:
+``create_app(backend, settings)`` puts the parts together; ``lookalike serve`` only picks the backend (the
+application's gateway) and runs uvicorn. Routes:
 
 - ``POST /v1/search``: a photo as multipart (``image`` plus form fields) or JSON (``image_url`` or
-  ``text``), answered with ``SearchResponse.to_data()`` plus ``took_ms``;
-- ``GET /v1/products/{product_id}/similar``: "more like this";
+  ``text``), answered with ``SearchResponse.to_data()`` plus ``took_ms``; and
+  ``GET /v1/products/{product_id}/similar``: "more like this" (both in :mod:`lookalike.api.search`);
 - ``GET /v1/duplicates``, ``POST /v1/duplicates/decisions``: duplicate listings (:mod:`lookalike.api.duplicates`);
-- ``GET /healthz`` (the process is up), ``GET /readyz`` (broker, store and a query worker answer);
-- ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``GET /docs`` (Swagger UI from files shipped in
-  fastapi-offline: no CDN, works offline), ``GET /`` (the page, from this package).
+- ``GET /healthz`` (the process is up), ``GET /readyz`` (broker, store and a query worker answer),
+  ``GET /metrics`` (Prometheus) (:func:`operations_router`);
+- ``GET /openapi.json``, ``GET /docs`` (Swagger UI from files shipped in fastapi-offline: no CDN, works
+  offline), ``GET /`` (the page, :mod:`lookalike.api.page`).
 
 Every error has one body (:mod:`lookalike.api.errors`); bad input is always a 4xx with a reason token.
 """
@@ -18,21 +19,17 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
-from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import __version__
@@ -41,39 +38,19 @@ from lookalike.api.docs import DOCS_HEADERS, DocsHeadersMiddleware
 from lookalike.api.duplicates import DuplicateDesk, duplicates_router
 from lookalike.api.errors import ERROR_STATUS, ApiError, api_error, error_response, reason_for_validation
 from lookalike.api.limits import BodyLimitMiddleware
-from lookalike.api.models import ErrorOut, HealthOut, ReadyOut, SearchForm, SearchJSON, SearchOut
+from lookalike.api.models import ErrorOut, HealthOut, ReadyOut
 from lookalike.api.observe import ApiMetrics, ObserveMiddleware, install_log_record_factory
+from lookalike.api.page import page_router
 from lookalike.api.readiness import ReadinessMonitor
+from lookalike.api.search import SearchRoutes
 from lookalike.config.settings import Settings, get_settings
-from lookalike.state.errors import Overloaded
-from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, SearchRequest
 
 log = logging.getLogger("lookalike.api")
 
 API_KEY_HEADER = "X-API-Key"
-# How much longer than the backend's own wait (LOOKALIKE_QUERY_TIMEOUT) the API waits before answering 504 by
-# itself: the backend should always answer first; this only bounds a backend that hangs.
-DEADLINE_MARGIN = 2.0
 # /readyz waits at most this long for the very first reading (later ones are always there, see api/readiness.py).
 FIRST_READING_WAIT = 2.0
-# How long a refused search's body is read and thrown away, so the client reads its 503 instead of a reset.
-DRAIN_SECONDS = 2.0
 UNAVAILABLE_RETRY_AFTER = 5
-
-# The page: a Content-Security-Policy that allows the page's own files and the catalogue's images only.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src http: https: data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
-STATIC_FILES = {
-    "cards.js": "text/javascript; charset=utf-8",
-    "page.js": "text/javascript; charset=utf-8",
-    "duplicates.js": "text/javascript; charset=utf-8",
-    "page.css": "text/css; charset=utf-8",
-}
-
 
 _API_KEY_SCHEME = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, description="One of LOOKALIKE_API_KEYS (when it is set)."
@@ -97,54 +74,6 @@ class RequireKey:
             raise ApiError(401, "bad_api_key", f"the {API_KEY_HEADER} header holds no valid API key")
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        401: "No or a wrong X-API-Key (only when LOOKALIKE_API_KEYS is set).",
-        404: "Unknown product id.",
-        413: "The request body is over LOOKALIKE_MAX_UPLOAD_BYTES.",
-        415: "Neither JSON nor multipart/form-data.",
-        422: "Missing, contradictory or invalid fields; not an image; a refused image URL.",
-        503: "The broker or the store does not answer (see Retry-After).",
-        504: "No answer in time.",
-    }
-    return {status: {"model": ErrorOut, "description": described[status]} for status in statuses}
-
-
-def _static(name: str) -> bytes:
-    return resources.files("lookalike.api").joinpath("static", name).read_bytes()
-
-
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema with its ``$defs`` written in place, to embed in a hand-written request body."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    result: dict[str, Any] = walk(schema)
-    return result
-
-
-def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
-    """A form schema without ``null`` alternatives: a multipart field cannot be null, only absent."""
-    for prop in schema.get("properties", {}).values():
-        branches = [branch for branch in prop.pop("anyOf", []) if branch.get("type") != "null"]
-        if len(branches) == 1:
-            prop.update(branches[0])
-        elif branches:
-            prop["anyOf"] = branches
-        if prop.get("default", ...) is None:
-            del prop["default"]
-    return schema
-
-
 def create_app(
     backend: SearchBackend, settings: Settings | None = None, duplicates: DuplicateDesk | None = None
 ) -> FastAPI:
@@ -154,26 +83,10 @@ def create_app(
     install_log_record_factory()
     metrics = ApiMetrics()
     keys = tuple(key.encode() for key in settings.api_key_values)
-    deadline = settings.query_timeout + DEADLINE_MARGIN
-    # Searches wait for the backend on threads of their own (as many as it admits), never on anyio's shared
-    # limiter; /healthz uses no thread and /readyz answers from a reading taken in the background.
-    search_threads = anyio.CapacityLimiter(settings.effective_api_max_searches)
-    # Conditions that stop indexing but not searching (the store's disk is full, a pool stopped, the broker is
-    # full): read with the readiness, named by /readyz for the operator without taking the API out of a load
-    # balancer.
-    latest_conditions: list[str] = []
-
-    def readiness_and_conditions() -> dict[str, bool]:
-        checks = backend.readiness()
-        conditions = getattr(backend, "conditions", None)
-        try:
-            latest_conditions[:] = list(conditions()) if conditions is not None else []
-        except Exception as exc:  # the conditions are a detail of the reading, never its failure
-            log.warning("reading the conditions failed: %r", exc)
-        return checks
-
-    readiness = ReadinessMonitor(readiness_and_conditions, READINESS_CHECKS)
-
+    # /readyz answers from a reading taken in the background (see api/readiness.py), with the conditions that
+    # stop indexing but not searching read beside it.
+    conditions = ConditionsReading(backend)
+    readiness = ReadinessMonitor(conditions.readiness, READINESS_CHECKS)
     app = FastAPIOffline(
         title="lookalike",
         version=__version__,
@@ -186,8 +99,25 @@ def create_app(
     # No redirect to the path with(out) a trailing slash: Starlette builds it from the Host header, which any
     # client sets. /v1/search/ is a 404 like any other unknown path.
     app.router.redirect_slashes = False
+    _answer_errors(app)
+    dependencies = [Depends(RequireKey(keys))] if keys else []
+    auth_errors = (401,) if keys else ()
+    app.include_router(SearchRoutes(backend, settings).router(dependencies, auth_errors=auth_errors))
+    desk = duplicates or DuplicateDesk(settings)
+    app.include_router(duplicates_router(desk, auth_errors=auth_errors), prefix="/v1", dependencies=dependencies)
+    app.include_router(operations_router(readiness, conditions, metrics))
+    app.include_router(page_router())
+    _add_middleware(app, settings, metrics)
+    app.state.metrics = metrics
+    app.state.readiness = readiness
+    app.state.backend = backend
+    app.state.settings = settings
+    return app
 
-    # ----------------------------------------------------------------------------------------- errors
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error, whatever raised it, answered with the one body (:mod:`lookalike.api.errors`)."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request.scope, exc.status, exc.reason, exc.detail, exc.headers)
@@ -215,154 +145,36 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(request.scope, 500, "internal_error", "unexpected error; the log has the request id")
 
-    # ----------------------------------------------------------------------------------------- auth
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(RequireKey(keys))] if keys else [])
-    auth_errors = (401,) if keys else ()
 
-    # ----------------------------------------------------------------------------------------- search
-    async def answer(search: SearchRequest) -> JSONResponse:
-        """The backend's answer (it validates the request; its refusals and outages are answered through
-        ERROR_STATUS), with the time it took."""
-        log.info("search %s", search.describe())
-        started = time.perf_counter()
+class ConditionsReading:
+    """The backend's readiness, and with each reading the conditions that stop indexing but not searching (the
+    store's disk is full, a pool stopped, the broker is full): /readyz names them for the operator without
+    taking the API out of a load balancer."""
+
+    def __init__(self, backend: SearchBackend) -> None:
+        self.backend = backend
+        self.latest: list[str] = []
+
+    def readiness(self) -> dict[str, bool]:
+        checks = self.backend.readiness()
+        conditions = getattr(self.backend, "conditions", None)
         try:
-            with anyio.fail_after(deadline):
-                data = await anyio.to_thread.run_sync(
-                    backend.search, search, abandon_on_cancel=True, limiter=search_threads
-                )
-        except TimeoutError as exc:
-            raise ApiError(504, "timeout", f"no answer within {deadline:g} s") from exc
-        data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        return JSONResponse(data)
+            self.latest = list(conditions()) if conditions is not None else []
+        except Exception as exc:  # the conditions are a detail of the reading, never its failure
+            log.warning("reading the conditions failed: %r", exc)
+        return checks
 
-    form_schema = _without_null(SearchForm.model_json_schema())
-    json_schema = _inline_refs(SearchJSON.model_json_schema())
 
-    @v1.post(
-        "/search",
-        summary="Search by photo (multipart), image URL or words (JSON)",
-        response_model=SearchOut,
-        responses=_errors(*auth_errors, 413, 415, 422, 503, 504),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {"schema": form_schema, "encoding": {"image": {"contentType": "image/*"}}},
-                    "application/json": {"schema": json_schema},
-                },
-            }
-        },
-    )
-    async def search(request: Request) -> JSONResponse:
-        """A photo as multipart/form-data (``image`` plus the options as fields), or JSON with ``image_url``
-        or ``text``. The answer lists products best first, one entry per product."""
-        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type not in ("application/json", "multipart/form-data"):
-            raise ApiError(
-                415, "unsupported_media_type", "send JSON (image_url or text) or multipart/form-data (image)"
-            )
-        try:
-            with backend.admit():  # before the body is read: a refused upload is never held in memory
-                if media_type == "application/json":
-                    return await answer(await _json_request(request))
-                return await answer(await _form_request(request))
-        except Overloaded:
-            await _drain(request)
-            raise
-
-    async def _drain(request: Request) -> None:
-        """Read and drop what is left of a refused request's body (for a short while), so the client, still
-        sending, gets to read the 503 rather than a reset connection."""
-        with anyio.move_on_after(DRAIN_SECONDS):
-            async for _chunk in request.stream():
-                pass
-
-    async def _json_request(request: Request) -> SearchRequest:
-        try:
-            body = SearchJSON.model_validate_json(await request.body())
-        except ValidationError as exc:
-            reason, detail = reason_for_validation(exc.errors())
-            raise ApiError(422, reason, detail) from exc
-        filters = Filters(**body.filters.model_dump()) if body.filters else Filters()
-        return SearchRequest(
-            image_url=body.image_url, text=body.text, k=body.k, offset=body.offset, mode=body.mode,
-            filters=filters, diverse=body.diverse, facets=body.facets,
-        )
-
-    async def _form_request(request: Request) -> SearchRequest:
-        try:
-            form = await request.form(max_files=1, max_fields=len(SearchForm.model_fields))
-        except StarletteHTTPException as exc:
-            raise ApiError(422, "bad_multipart", str(exc.detail)) from exc
-        try:
-            fields: dict[str, Any] = {}
-            for name, value in form.multi_items():
-                if name in fields:
-                    raise ApiError(422, "bad_query", f"{name}: given more than once")
-                if isinstance(value, UploadFile):
-                    if name != "image":
-                        raise ApiError(422, "bad_query", f"{name}: only the image is a file")
-                    fields[name] = await _reduced(value)
-                elif name == "image":
-                    raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
-                else:
-                    fields[name] = value
-        finally:
-            await form.close()
-        if "image" not in fields:
-            raise ApiError(422, "bad_query", "image: a multipart search needs the photo as its image part")
-        try:
-            body = SearchForm.model_validate(fields)
-        except ValidationError as exc:
-            reason, detail = reason_for_validation(exc.errors())
-            raise ApiError(422, reason, detail) from exc
-        return SearchRequest(
-            image=body.image, k=body.k, offset=body.offset, mode=body.mode, diverse=body.diverse,
-            facets=body.facets, prepared=True,
-            filters=Filters(body.category, body.min_price, body.max_price, body.min_score),
-        )
-
-    async def _reduced(upload: UploadFile) -> bytes:
-        """The uploaded photo as the model's input (the 224x224 transport JPEG), made by the backend here, a
-        few at a time, straight from its spool file: the full-size photo is in memory only while it is decoded,
-        and never crosses Redis (lookalike.worker.prepare). A refusal is the decoder's own reason."""
-        return await anyio.to_thread.run_sync(backend.reduce_upload, upload.file, limiter=search_threads)
-
-    @v1.get(
-        "/products/{product_id}/similar",
-        summary="More like this product",
-        response_model=SearchOut,
-        responses=_errors(*auth_errors, 404, 422, 503, 504),
-    )
-    async def similar(
-        product_id: Annotated[str, Path(min_length=1, max_length=200)],
-        k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-        category: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
-        min_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
-        max_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
-        min_score: Annotated[float | None, Query(ge=-1, le=1, allow_inf_nan=False)] = None,
-    ) -> JSONResponse:
-        """The products that look most like ``product_id`` (which itself is left out), best first."""
-        with backend.admit():
-            return await answer(
-                SearchRequest(
-                    product_id=product_id, k=k, offset=offset,
-                    filters=Filters(category, min_price, max_price, min_score),
-                )
-            )
-
-    v1.include_router(duplicates_router(duplicates or DuplicateDesk(settings), auth_errors=auth_errors))
-    app.include_router(v1)
-
-    # ----------------------------------------------------------------------------------------- operations
+def operations_router(readiness: ReadinessMonitor, conditions: ConditionsReading, metrics: ApiMetrics) -> APIRouter:
+    """``/healthz`` (the process is up), ``/readyz`` (what the backend needs answers), ``/metrics``."""
+    router = APIRouter()
     readiness_thread = anyio.CapacityLimiter(1)
 
-    @app.get("/healthz", response_model=HealthOut, summary="The process is up")
+    @router.get("/healthz", response_model=HealthOut, summary="The process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
+    @router.get(
         "/readyz",
         response_model=ReadyOut,
         summary="Broker, store and a query worker answer",
@@ -373,18 +185,18 @@ def create_app(
         if age is None:  # the very first probe: wait for the first reading, on a thread of its own
             await anyio.to_thread.run_sync(readiness.wait_first, FIRST_READING_WAIT, limiter=readiness_thread)
             checks, age = readiness.reading()
-        conditions = list(latest_conditions)
-        named = {"conditions": conditions} if conditions else {}
+        latest = list(conditions.latest)
+        named = {"conditions": latest} if latest else {}
         missing = [name for name, ok in checks.items() if not ok]
         if missing:
-            detail = f"not answering: {', '.join(missing)}" + "".join(f"; {line}" for line in conditions)
+            detail = f"not answering: {', '.join(missing)}" + "".join(f"; {line}" for line in latest)
             return error_response(
                 request.scope, 503, "not_ready", detail,
                 {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}, checks=checks, **named,
             )
         return JSONResponse({"status": "ready", "checks": checks, **named})
 
-    @app.get(
+    @router.get(
         "/metrics",
         response_class=PlainTextResponse,
         summary="Prometheus metrics of the API",
@@ -393,33 +205,10 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # ----------------------------------------------------------------------------------------- the page
-    page = _static("index.html")
+    return router
 
-    @app.get(
-        "/",
-        response_class=HTMLResponse,
-        summary="The search page",
-        responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
-    )
-    async def index() -> Response:
-        return Response(page, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
-    static = {name: _static(name) for name in STATIC_FILES}
-    icon = _static("favicon.ico")
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon() -> Response:
-        # Browsers ask for it whatever the page says: an answer, not a 404 in every log.
-        return Response(icon, media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static_file(name: str) -> Response:
-        if name not in static:
-            raise ApiError(404, "not_found", f"no file {name!r}")
-        return Response(static[name], media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
-
-    # ----------------------------------------------------------------------------------------- middleware
+def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> None:
     # Added innermost first: the body limit sits inside CORS (so a 413 still carries CORS headers), and the
     # request id / metrics / access log wrap everything.
     app.add_middleware(
@@ -440,8 +229,3 @@ def create_app(
         )
     app.add_middleware(DocsHeadersMiddleware, headers=DOCS_HEADERS)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
-    app.state.metrics = metrics
-    app.state.readiness = readiness
-    app.state.backend = backend
-    app.state.settings = settings
-    return app

@@ -36,7 +36,7 @@ READINESS_CHECKS = ("broker", "store", "query_worker")
 
 @runtime_checkable
 class SearchBackend(Protocol):
-    """Answers validated search requests, admits them, and reduces uploads; ``search``, ``readiness`` and
+    """Answers search requests (validating them), admits them, and reduces uploads; ``search``, ``readiness`` and
     ``reduce_upload`` block, and the API calls them from worker threads."""
 
     def search(self, request: SearchRequest) -> dict[str, Any]:

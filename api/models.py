@@ -1,8 +1,11 @@
-"""The HTTP bodies, as pydantic models: they validate what comes in and generate the OpenAPI schema.
+"""The HTTP bodies, as pydantic models: they parse what comes in and generate the OpenAPI schema.
 
-They mirror :mod:`lookalike.state.search` and never replace it: a body is turned into a ``SearchRequest``
-(which validates again, so a rule lives in one place) and the answer is ``SearchResponse.to_data()`` as is.
-The response models only describe that JSON for the schema (and for the contract tests that check it).
+They are the HTTP shape of :class:`~lookalike.state.search.SearchRequest`, not a second rule book: each field's
+limits are the query model's own constants (``MAX_K``, ``MAX_CATEGORY_CHARS``...), stated here so the schema
+shows them, and each body turns itself into a ``SearchRequest`` (``request()``), which the backend validates,
+once. The narrowing fields and the paging fields are written once (:class:`Narrowing`, :class:`Window`) and
+shared by the JSON body, the multipart form and the "similar" query string. The answer is the backend's data
+as is; the response models only describe that JSON for the schema (and for the contract tests that check it).
 """
 
 from __future__ import annotations
@@ -11,51 +14,79 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lookalike.state.search import MAX_K, MAX_OFFSET
+from lookalike.state.search import (
+    MAX_CATEGORY_CHARS,
+    MAX_K,
+    MAX_OFFSET,
+    MAX_TEXT_CHARS,
+    Filters,
+    Mode,
+    SearchRequest,
+)
 
-Mode = Literal["hybrid", "semantic", "keyword"]
+MAX_IMAGE_URL_CHARS = 2000  # an HTTP-side cap on the body; the URL's own rules are the query model's
 
 
-class FiltersIn(BaseModel):
+class Narrowing(BaseModel):
     """Narrowing for any query: a category (any level of "A | B | C"), a price range, a lowest score."""
 
-    # Strict: JSON's own types only (no "5" for 5, no false for 0), as the schema says.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    category: str | None = Field(None, min_length=1, max_length=500)
+    category: str | None = Field(None, min_length=1, max_length=MAX_CATEGORY_CHARS)
     min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
     min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
 
+    def filters(self) -> Filters:
+        return Filters(self.category, self.min_price, self.max_price, self.min_score)
 
-class SearchJSON(BaseModel):
+
+class Window(BaseModel):
+    """Which page of the results: ``k`` products after the best ``offset``."""
+
+    k: int = Field(5, ge=1, le=MAX_K, description="How many products to return.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="How many of the best to skip (paging).")
+
+
+class FiltersIn(Narrowing):
+    # Strict: JSON's own types only (no "5" for 5, no false for 0), as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SearchJSON(Window):
     """A JSON search: exactly one of ``image_url`` or ``text`` (a photo is sent as multipart instead)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    image_url: str | None = Field(None, min_length=1, max_length=2000, description="http(s) URL of a photo.")
-    text: str | None = Field(None, min_length=1, max_length=1000, description="Words describing the product.")
-    k: int = Field(5, ge=1, le=MAX_K, description="How many products to return.")
-    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="How many of the best to skip (paging).")
+    image_url: str | None = Field(
+        None, min_length=1, max_length=MAX_IMAGE_URL_CHARS, description="http(s) URL of a photo."
+    )
+    text: str | None = Field(
+        None, min_length=1, max_length=MAX_TEXT_CHARS, description="Words describing the product."
+    )
     mode: Mode = Field("hybrid", description="For words: both signals fused, CLIP text only, or keywords only.")
     filters: FiltersIn | None = None
     diverse: bool = Field(False, description="Spread the results over categories.")
     facets: bool = Field(False, description="Also return category counts for the same query and filters.")
 
+    def request(self) -> SearchRequest:
+        return SearchRequest(
+            image_url=self.image_url,
+            text=self.text,
+            k=self.k,
+            offset=self.offset,
+            mode=self.mode,
+            filters=self.filters.filters() if self.filters else Filters(),
+            diverse=self.diverse,
+            facets=self.facets,
+        )
 
-class SearchForm(BaseModel):
+
+class SearchForm(Window, Narrowing):
     """A multipart search: the photo in ``image`` and the same options as form fields."""
 
     model_config = ConfigDict(extra="forbid")
 
     image: bytes = Field(description="The photo (JPEG, PNG, GIF, WebP or BMP).", json_schema_extra={"format": "binary"})
-    k: int = Field(5, ge=1, le=MAX_K)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
     mode: Mode = "hybrid"
-    category: str | None = Field(None, min_length=1, max_length=500)
-    min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
     diverse: bool = False
     facets: bool = False
 
@@ -67,6 +98,25 @@ class SearchForm(BaseModel):
         if isinstance(value, str) and value.lower() not in ("true", "false"):
             raise ValueError("must be true or false")
         return value
+
+    def request(self) -> SearchRequest:
+        return SearchRequest(
+            image=self.image,
+            prepared=True,  # the API reduced the upload to the model's input already (backend.reduce_upload)
+            k=self.k,
+            offset=self.offset,
+            mode=self.mode,
+            filters=self.filters(),
+            diverse=self.diverse,
+            facets=self.facets,
+        )
+
+
+class SimilarQuery(Window, Narrowing):
+    """The query string of "more like this"."""
+
+    def request(self, product_id: str) -> SearchRequest:
+        return SearchRequest(product_id=product_id, k=self.k, offset=self.offset, filters=self.filters())
 
 
 class Hit(BaseModel):
@@ -88,7 +138,7 @@ class Hit(BaseModel):
 
 
 class SearchOut(BaseModel):
-    """``SearchResponse.to_data()`` plus the time the search took."""
+    """The backend's answer (``SearchResponse.to_data()``) plus the time the search took."""
 
     results: list[Hit] = Field(description="Best first, one entry per product.")
     no_close_match: bool = Field(

@@ -215,7 +215,7 @@ class Gateway:
 
     def readiness(self) -> dict[str, bool]:
         """Which parts answer now (for /readyz): the broker, the store owner, the embedding processes."""
-        from lookalike.worker.embedded import redis_answers
+        from lookalike.app.broker import redis_answers
 
         if not redis_answers(self.settings.broker_url.get_secret_value(), timeout=0.5):
             return {"broker": False, "store": False, "query_worker": False}

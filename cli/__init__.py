@@ -1,3 +1,2 @@
-"""lookalike: reverse image search for e-commerce catalogues."""
-
-__version__ = "0.1.0"
+"""The `lookalike` command: arguments in, a call into :mod:`lookalike.app`, output out (``main.py``, and
+``models.py`` for `lookalike model`); how results look in a terminal is ``render.py``."""

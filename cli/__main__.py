@@ -1,3 +1,3 @@
-from lookalike.main import main
+from lookalike.cli.main import main
 
 main()

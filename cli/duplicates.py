@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from lookalike.cli.usage import fail, note
+
 duplicates_app = typer.Typer(
     rich_markup_mode=None,
     invoke_without_command=True,
@@ -30,23 +32,23 @@ BEST_COLUMNS = ("a", "b", "a_image", "b_image", "threshold", "threshold_source")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    from lookalike.main import fail
-
     return fail(message, code)
 
 
 def _note(message: str) -> None:
-    from lookalike.main import note
-
     note(message)
 
 
-def _context() -> Any:
+def _services() -> Any:
+    """This command's broker, state and gateway (:class:`lookalike.app.services.Services`)."""
     from lookalike.app.broker import use_broker
-    from lookalike.commands import state_context
+    from lookalike.app.services import Services
 
-    use_broker(_note)
-    return state_context()
+    return Services.on(use_broker(_note).settings, _note)
+
+
+def _context() -> Any:
+    return _services().state
 
 
 @duplicates_app.callback()
@@ -101,7 +103,7 @@ def _write_csv(groups: list[dict[str, Any]], offset: int) -> None:
 def _print_groups(data: dict[str, Any]) -> None:
     from rich.console import Console
 
-    from lookalike import render
+    from lookalike.cli import render
 
     out = Console(soft_wrap=True)
     groups = data["groups"]
@@ -192,13 +194,12 @@ def scan(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lookalike.commands import gateway
-
-    state = _context()
+    services = _services()
+    state = services.state
     before = state.duplicates.scan_state()
     if before and not before.get("done") and not restart:
         _note(f"resuming the scan at {before.get('scanned')} of {before.get('total')} points (--restart to start over)")
-    route = gateway(state.settings, _note)
+    route = services.gateway
     started = time.monotonic()
     progress = Progress(
         TextColumn("scan"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

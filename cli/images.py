@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from lookalike.usage import PlainUsage, fail, note
+from lookalike.cli.usage import PlainUsage, fail, note
 
 images_app = typer.Typer(
     no_args_is_help=True,
@@ -63,7 +63,7 @@ def serve(
     """Serve the files under DIR read-only (GET and HEAD) on http://HOST:PORT/, so a catalogue whose image
     URLs point there (`lookalike images localize`, or your own photos) can be ingested on a machine with no
     internet. A port in use is a one-line error (exit 2)."""
-    from lookalike.commands import serve_directory
+    from lookalike.app.operations import serve_directory
 
     if not directory.is_dir():
         raise fail(f"{directory}: no such directory")

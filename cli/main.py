@@ -10,11 +10,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lookalike import __version__, render
+from lookalike import __version__
 from lookalike.app.broker import use_broker
+from lookalike.app.services import Services
+from lookalike.cli import render
+from lookalike.cli.usage import PlainUsage, err, fail, note
 from lookalike.state.errors import Misconfigured, Rejected, StoreError, Unavailable
 from lookalike.state.search import QueryRejected, SearchRequest
-from lookalike.usage import PlainUsage, err, fail, note
 
 app = typer.Typer(
     add_completion=False,
@@ -42,6 +44,11 @@ EXIT_CODES: dict[type[BaseException], int] = {
     Unavailable: 3,
     StoreError: 3,
 }
+
+
+def services(*, start: bool = True, share: bool = False) -> Services:
+    """This command's broker (resolved and checked) and what the application needs on it."""
+    return Services.on(use_broker(note, start=start, share=share).settings, note)
 
 
 def _version(value: bool) -> None:
@@ -112,12 +119,12 @@ def ingest(
     except CatalogError as exc:
         raise fail(str(exc)) from None
 
-    from lookalike.commands import IngestSession
+    from lookalike.app.ingest import Ingest
 
-    with IngestSession(wait=wait, quiet=as_json, note=note) as session:
-        summary = session.run(report, version=version, full=full, prune=prune)
+    with Ingest(wait=wait, note=note, progress=render.Bar) as session:
+        summary = session.run(report, version=version, full=full, prune=prune, quiet=as_json)
         if session.waiting:
-            summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, progress=not as_json)
+            summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, quiet=as_json)
     if as_json:
         print(json.dumps(summary.to_data(), indent=2))
     else:
@@ -151,11 +158,10 @@ def worker(
     With no options it consumes every queue, so one command runs a complete system on one machine.
     Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
     """
-    from lookalike.commands import start_worker
-
-    use_broker(note, share=True)
+    from lookalike.app.local import start_worker
 
     code = start_worker(
+        use_broker(note, share=True).settings,
         queues=queues, concurrency=concurrency, fetch_threads=fetch_threads, loglevel=loglevel, note=note
     )
     raise typer.Exit(code)
@@ -193,12 +199,11 @@ def _answer(request: SearchRequest, *, timeout: float | None, as_json: bool, fac
 
     The request is checked before the broker is even looked up, so a bad value is the command's only line (the
     gateway checks it again, with the same rules from state/search.py, for callers that skip this)."""
-    from lookalike.app.gateway import Gateway
     from lookalike.config.settings import get_settings
     from lookalike.state.search import CLOSE_MATCH
 
     request.validate(max_image_bytes=get_settings().query_max_bytes)
-    data = Gateway(use_broker(note).settings, note=note).search(request, timeout=timeout)
+    data = services().gateway.search(request, timeout=timeout)
     if data.get("note"):
         note(data["note"])
     if data["results"] and data["no_close_match"]:
@@ -300,10 +305,10 @@ def status(
     runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5,
 ) -> None:
     """Runs (progress, throughput, ETA), queue depths and ages, event counts, and the live workers."""
-    from lookalike.commands import collect_status
+    from lookalike.app.status import collect_status
 
-    use_broker(note)
-    data = collect_status(run, runs)
+    session = services()
+    data = collect_status(session.state, session.gateway, run, runs)
     if as_json:
         print(json.dumps(data, indent=2))
     else:
@@ -319,12 +324,11 @@ def failures(
     limit: Annotated[int | None, typer.Option(help="Show at most N.")] = None,
 ) -> None:
     """List the images that failed for good (product, URL, stage, reason, time), or re-enqueue them."""
-    from lookalike.commands import list_failures, retry_failures, waiting_without_workers
+    from lookalike.app.maintenance import list_failures, retry_failures, waiting_without_workers
 
-    use_broker(note)
-
+    session = services()
     if retry:
-        summary = retry_failures(reason, note=note)
+        summary = retry_failures(session, reason)
         if summary["requeued"] and not summary["workers"]:
             note(
                 f"no worker is running: the {summary['requeued']} images wait in the queue until you start "
@@ -342,12 +346,12 @@ def failures(
                 )
             )
         return
-    items = list_failures(reason, limit)
+    items = list_failures(session, reason, limit)
     if as_json:
         print(json.dumps(items, ensure_ascii=False))
         return
     if not items:
-        waiting = waiting_without_workers()
+        waiting = waiting_without_workers(session)
         queued = f" ({waiting} jobs wait in the fetch queue: no worker is running; start `lookalike worker`)"
         print("no failures recorded" + (queued if waiting else ""))
         return
@@ -367,10 +371,10 @@ def flower(
     It refuses to listen on a non-loopback address without a login unless LOOKALIKE_FLOWER_ALLOW_UNAUTHENTICATED
     is true. The login reaches Flower through its environment, never its command line.
     """
-    from lookalike.commands import start_flower
+    from lookalike.app.operations import start_flower
 
-    use_broker(note, start=False)  # Flower replaces this process: it can use a running embedded broker only
-    start_flower(port, address, note)
+    # Flower replaces this process: it can use a running embedded broker only.
+    start_flower(use_broker(note, start=False).settings, port, address, note)
 
 
 @command(short_help='Serve Prometheus metrics at /metrics.')
@@ -382,10 +386,9 @@ def metrics(
 
     Every worker writes to Redis, so one exporter reports the whole cluster. See README, "Operating".
     """
-    from lookalike.commands import serve_metrics_forever
+    from lookalike.app.operations import serve_metrics_forever
 
-    use_broker(note, share=True)
-    serve_metrics_forever(address, port, note)
+    serve_metrics_forever(services(share=True), address, port)
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -404,10 +407,9 @@ def listen(
     Each event is acknowledged only after its work is enqueued; a restarted listener re-reads its own
     unacknowledged events, and events a dead listener left pending are claimed after LOOKALIKE_EVENTS_CLAIM_IDLE.
     """
-    from lookalike.commands import run_listener
+    from lookalike.app.events import run_listener
 
-    use_broker(note, share=True)
-    run_listener(consumer, stop_when_idle, batch, note)
+    run_listener(services(share=True), consumer, stop_when_idle, batch)
 
 
 @command(short_help='Publish change events (JSON lines), or list rejected ones.')
@@ -425,12 +427,11 @@ def events(
     Lines that are not valid events are reported with their line number and reason and are not published;
     the exit code is then 1.
     """
-    from lookalike.commands import list_rejected_events, publish_events_file
+    from lookalike.app.events import list_rejected_events, publish_events_file
 
-    use_broker(note)
-
+    session = services()
     if rejected:
-        items = list_rejected_events()
+        items = list_rejected_events(session)
         if as_json:
             print(json.dumps(items, ensure_ascii=False))
         else:
@@ -442,7 +443,7 @@ def events(
     if file is None:
         raise fail("give a JSON lines file (or - for stdin), or --rejected")
     try:
-        summary = publish_events_file(file, note)
+        summary = publish_events_file(session, file)
     except OSError as exc:
         raise fail(f"{file}: {exc.strerror or exc}") from None
     if as_json:
@@ -465,12 +466,9 @@ def reindex(
     embedding), then switches to it once the copy is complete: queries never see a half-built index. An
     interrupted run loses nothing and can be run again; on a current index it does nothing.
     """
-    from lookalike.app.gateway import Gateway
-    from lookalike.commands import state_context, store_watchdog
+    from lookalike.app.maintenance import reindex as reindex_index
 
-    settings = use_broker(note).settings
-    watch = store_watchdog(state_context(), note, "this reindex").check
-    done = Gateway(settings, note=note).reindex(timeout=timeout, watch=watch)
+    done = reindex_index(services(), timeout=timeout)
     if as_json:
         print(json.dumps(done, indent=2))
     elif done["upgraded"]:
@@ -503,7 +501,7 @@ def serve(
     from lookalike.api import create_app, uvicorn_log_config
     from lookalike.api.server import uvicorn_options
     from lookalike.app.gateway import Gateway
-    from lookalike.commands import listening_socket
+    from lookalike.app.operations import listening_socket
     from lookalike.config.settings import get_settings
 
     settings = get_settings()
@@ -545,7 +543,7 @@ def reconcile(
     ways: points of products that are deleted or unknown are deleted, registered images with no point are
     enqueued. Prints what it did. Safe to run at any time and to run again.
     """
-    from lookalike.commands import reconcile_index
+    from lookalike.app.maintenance import reconcile_index
 
     report = None
     if catalog is not None:
@@ -555,8 +553,7 @@ def reconcile(
             report = read_catalog(catalog)
         except CatalogError as exc:
             raise fail(str(exc)) from None
-    use_broker(note)
-    done = reconcile_index(report, timeout=timeout, note=note)
+    done = reconcile_index(services(), report, timeout=timeout)
     if as_json:
         print(json.dumps(done, indent=2))
         return
@@ -571,9 +568,9 @@ def reconcile(
 
 
 def _add_model_commands() -> None:
-    from lookalike.duplicates import duplicates_app
-    from lookalike.images import images_app
-    from lookalike.models import model_app
+    from lookalike.cli.duplicates import duplicates_app
+    from lookalike.cli.images import images_app
+    from lookalike.cli.models import model_app
 
     app.add_typer(model_app, name="model", short_help="Make an int8 model, or compare two on your catalogue.")
     app.add_typer(images_app, name="images", short_help="Serve catalogue images from this machine (offline use).")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from lookalike.usage import PlainUsage, fail, note
+from lookalike.cli.usage import PlainUsage, fail, note
 
 model_app = typer.Typer(
     no_args_is_help=True,
@@ -32,27 +31,12 @@ def quantize(
     """Dynamic int8 quantization (onnxruntime) of the configured vision model (LOOKALIKE_MODEL_DIR) and text
     model (LOOKALIKE_TEXT_MODEL_DIR), written as directories that those settings load as they are. Prints the
     size and speed of both. Needs the `quantize` extra (pip install 'lookalike[quantize]')."""
+    from lookalike.app.models import quantize_models
     from lookalike.config.settings import get_settings
 
-    settings = get_settings()
-    sources = {"vision": settings.model_dir, "text": settings.text_model_dir}
-    if not any(sources.values()):
-        raise fail("set LOOKALIKE_MODEL_DIR (and LOOKALIKE_TEXT_MODEL_DIR) to the model directories to quantize")
-    try:
-        from lookalike.worker.quantize import QuantizeError, quantize_model_dir
-    except ImportError as exc:
-        raise fail(f"quantizing needs the quantize extra: pip install 'lookalike[quantize]' ({exc})") from None
-    reports: dict[str, Any] = {}
-    for kind, source in sources.items():
-        if source is None:
-            note(f"no {kind} model directory configured: skipped")
-            continue
-        try:
-            report = quantize_model_dir(Path(source), out / kind)
-        except QuantizeError as exc:
-            raise fail(str(exc)) from None
-        reports[kind] = report
-        if not as_json:
+    reports = quantize_models(get_settings(), out, note)
+    if not as_json:
+        for kind, report in reports.items():
             before, after = report.bytes_before / 2**20, report.bytes_after / 2**20
             print(
                 f"{kind:6s} {report.output}: {before:.1f} MiB -> {after:.1f} MiB ({report.size_ratio:.1f}x smaller);"
@@ -81,29 +65,12 @@ def compare(
 ) -> None:
     """Embed a sample of the indexed catalogue's images with both models and report the mean and 5th-percentile
     cosine between them and how many of each image's 10 nearest products under A model B also returns."""
-    from lookalike.commands import state_context, use_broker
-    from lookalike.worker import pipeline
-    from lookalike.worker.compare import compare_models, decode_sample
-    from lookalike.worker.decode import ImageRejected
-    from lookalike.worker.fetch import FetchError, fetch_image
+    from lookalike.app.broker import use_broker
+    from lookalike.app.models import compare_on_catalogue
+    from lookalike.app.services import Services
 
-    use_broker(note)
-    registry = state_context().registry
-    urls = sorted({url for _pid, state in registry.items() if not state.deleted for url in state.images})
-    if len(urls) < 2:
-        raise fail("the catalogue has fewer than 2 images: ingest it first")
-    chosen = random.Random(seed).sample(urls, min(sample, len(urls)))
-    ctx = pipeline.current_context()
-    images = []
-    skipped = 0
-    for url in chosen:
-        try:
-            images.append(decode_sample(fetch_image(url, ctx.session, ctx.limits).data, ctx.settings))
-        except (FetchError, ImageRejected):
-            skipped += 1
-    if len(images) < 2:
-        raise fail(f"fewer than 2 of the {len(chosen)} sampled images could be downloaded and decoded", 3)
-    report = compare_models(dir_a, dir_b, images, k=10, model_name=ctx.settings.model)
+    services = Services.on(use_broker(note).settings, note)
+    report, skipped = compare_on_catalogue(services, dir_a, dir_b, sample=sample, seed=seed)
     if as_json:
         print(json.dumps({**asdict(report), "overlaps": list(report.overlaps), "skipped": skipped}))
         return

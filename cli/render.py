@@ -196,3 +196,42 @@ def status(data: dict[str, Any], console: Console) -> None:
         markup=False,
         highlight=False,
     )
+
+
+class Bar:
+    """One rich progress bar on stderr, as the application's ingest drives it (see ``lookalike.app.ingest``)."""
+
+    def __init__(self, description: str, total: int, hidden: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=hidden,
+            transient=False,
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> Bar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def advance(self, count: int) -> None:
+        self._progress.advance(self._task, count)
+
+    def show(self, completed: int, description: str) -> None:
+        self._progress.update(self._task, completed=completed, description=description)

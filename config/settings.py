@@ -511,5 +511,5 @@ def get_settings() -> Settings:
 
 
 def reset_settings() -> None:
-    """Forget the cached settings (tests, and the CLI after it starts an embedded broker)."""
+    """Forget the cached settings (tests that change the environment)."""
     get_settings.cache_clear()

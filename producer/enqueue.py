@@ -1,7 +1,7 @@
 """Carrying out a sync plan: publish its jobs (with backpressure) and reconciles, then settle it.
 
 Publishing is injected (``Publisher``), so this module knows nothing of Celery; the CLI and the event listener
-pass the Celery-backed publisher from :mod:`lookalike.worker.client`.
+pass the Celery-backed publisher from the gateway (:mod:`lookalike.app.gateway`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import redis
 from lookalike.producer.enqueue import Backpressure, Publisher, carry_out
 from lookalike.producer.events import EVENT_FIELD, DeleteEvent, EventRejected, UpsertEvent, parse_event
 from lookalike.producer.sync import SyncPlan, plan_deletes, plan_upserts
+from lookalike.state import runs
 from lookalike.state.ledger import Ledger
 from lookalike.state.registry import ProductRegistry
 
@@ -110,7 +111,7 @@ class EventListener:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self.ledger.start_run("events", self.stream, run_id=EVENTS_RUN, status="enqueued")
+        runs.continuous(self.ledger, runs.Kind.EVENTS, self.stream, EVENTS_RUN)
 
     # ------------------------------------------------------------------------------------------ reading
     @staticmethod

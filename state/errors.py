@@ -1,8 +1,13 @@
-"""One rejection type for everything lookalike refuses: a download, an image, an event, a query.
+"""lookalike's errors, in two families, so every caller tells them apart by type, never by message text.
 
-A rejection carries a short stable ``reason`` token (counted in metrics, shown in ``failures``, returned by the
-API), a human ``detail``, and the ``stage`` that refused. Subclasses only narrow the stage or add what a caller
-needs to decide on a retry; they never re-declare the fields.
+:class:`Rejected`: one rejection type for everything lookalike refuses (a download, an image, an event, a
+query). A rejection carries a short stable ``reason`` token (counted in metrics, shown in ``failures``,
+returned by the API), a human ``detail``, and the ``stage`` that refused. Subclasses only narrow the stage or
+add what a caller needs to decide on a retry; they never re-declare the fields.
+
+:class:`Unavailable`: something lookalike depends on does not answer now (``detail``, ``retry_after``). Every
+outage is a subclass (the broker, the store, the model, the workers), so each adapter maps them all with one
+row of its one table: the CLI's exit codes (``cli/main.py``), the API's statuses (``api/errors.py``).
 """
 
 from __future__ import annotations
@@ -92,8 +97,8 @@ class StoreError(RuntimeError):
     """The store refused an operation for a reason retrying will not fix."""
 
 
-class StoreUnavailable(StoreError, Unavailable):
-    """The store cannot be reached right now; retry later."""
+class StoreUnavailable(Unavailable, StoreError):
+    """The store cannot be reached right now; retry later (still a StoreError to code that catches those)."""
 
 
 class StoreLocked(StoreUnavailable):

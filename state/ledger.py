@@ -234,11 +234,3 @@ class Ledger:
 def finished(run: dict[str, Any]) -> int:
     return int(sum(run.get(name, 0) for name in OUTCOMES))
 
-
-def is_complete(run: dict[str, Any]) -> bool:
-    """Every job has an outcome and every reconcile batch has run (once everything was published)."""
-    return (
-        run.get("status") == "enqueued"
-        and finished(run) >= int(run.get("enqueued", 0))
-        and int(run.get("reconciles_done", 0)) >= int(run.get("reconciles", 0))
-    )

@@ -13,14 +13,18 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from lookalike.state.errors import QUERY, Rejected
 
+# The limits of a request, written once: validate() checks them, the API's schema states them.
 MAX_K = 100
 MAX_OFFSET = 1000
-MODES = ("hybrid", "semantic", "keyword")
+MAX_TEXT_CHARS = 1000
+MAX_CATEGORY_CHARS = 500
+MAX_PRODUCT_ID_CHARS = 200
 Mode = Literal["hybrid", "semantic", "keyword"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 # Which signal found a result.
 IMAGE, TEXT, KEYWORD = "image", "text", "keyword"
 # A result's ``match`` (0-1, the same meaning in every mode, see ``lookalike.worker.relevance``) below this for
@@ -56,8 +60,10 @@ class Filters:
             raise QueryRejected("bad_filter", f"min_price {self.min_price:g} is above max_price {self.max_price:g}")
         if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
             raise QueryRejected("bad_filter", f"min_score must be between -1 and 1, not {self.min_score!r}")
-        if self.category is not None and (not self.category.strip() or len(self.category) > 500):
-            raise QueryRejected("bad_filter", "category must be a non-empty text of at most 500 characters")
+        if self.category is not None and (not self.category.strip() or len(self.category) > MAX_CATEGORY_CHARS):
+            raise QueryRejected(
+                "bad_filter", f"category must be a non-empty text of at most {MAX_CATEGORY_CHARS} characters"
+            )
         return self
 
     @property
@@ -131,10 +137,12 @@ class SearchRequest:
             raise QueryRejected("bad_offset", f"offset must be between 0 and {MAX_OFFSET}, not {self.offset!r}")
         if self.mode not in MODES:
             raise QueryRejected("bad_mode", f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.text is not None and (not self.text.strip() or len(self.text) > 1000):
-            raise QueryRejected("bad_text", "words must be a non-empty text of at most 1000 characters")
-        if self.product_id is not None and (not self.product_id.strip() or len(self.product_id) > 200):
-            raise QueryRejected("bad_product_id", "a product id is a non-empty text of at most 200 characters")
+        if self.text is not None and (not self.text.strip() or len(self.text) > MAX_TEXT_CHARS):
+            raise QueryRejected("bad_text", f"words must be a non-empty text of at most {MAX_TEXT_CHARS} characters")
+        if self.product_id is not None and (not self.product_id.strip() or len(self.product_id) > MAX_PRODUCT_ID_CHARS):
+            raise QueryRejected(
+                "bad_product_id", f"a product id is a non-empty text of at most {MAX_PRODUCT_ID_CHARS} characters"
+            )
         if self.image_url is not None and not self.image_url.startswith(("http://", "https://")):
             raise QueryRejected("bad_scheme", "an image URL must start with http:// or https://")
         if self.prepared and self.image is None:

@@ -49,6 +49,90 @@ def vit_macs_per_image(layers: int = LAYERS) -> float:
     return float(conv + layers * per_block + WIDTH * DIM)
 
 
+class _Graph:
+    """The ONNX graph being written: its nodes and its weights (drawn from ``rng``)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.rng = rng
+        self.initializers: list[Any] = []
+        self.nodes: list[Any] = []
+        self.heads_shape = self.const("heads_shape", np.array([0, TOKENS, HEADS, WIDTH // HEADS], dtype=np.int64))
+        self.tokens_shape = self.const("tokens_shape", np.array([0, TOKENS, WIDTH], dtype=np.int64))
+        self.scale = self.const("attention_scale", np.array((WIDTH // HEADS) ** -0.5, dtype=np.float32))
+        self.gelu_factor = self.const("quick_gelu_factor", np.array(1.702, dtype=np.float32))
+
+    def weight(self, name: str, shape: tuple[int, ...], std: float = 0.02) -> str:
+        values = (self.rng.standard_normal(shape) * std).astype(np.float32)
+        self.initializers.append(self.numpy_helper.from_array(values, name))
+        return name
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        scale = self.const(f"{prefix}.weight", np.ones(WIDTH, dtype=np.float32))
+        shift = self.const(f"{prefix}.bias", np.zeros(WIDTH, dtype=np.float32))
+        return self.node("LayerNormalization", [x, scale, shift], f"{prefix}.out", axis=-1, epsilon=1e-5)
+
+    def linear(self, x: str, prefix: str, fan_in: int, fan_out: int) -> str:
+        product = self.node("MatMul", [x, self.weight(f"{prefix}.weight", (fan_in, fan_out))], f"{prefix}.matmul")
+        bias = self.const(f"{prefix}.bias", np.zeros(fan_out, dtype=np.float32))
+        return self.node("Add", [product, bias], f"{prefix}.out")
+
+    def attention(self, x: str, prefix: str) -> str:
+        node = self.node
+
+        def heads(name: str) -> str:
+            projected = self.linear(x, f"{prefix}.{name}", WIDTH, WIDTH)
+            split = node("Reshape", [projected, self.heads_shape], f"{prefix}.{name}.4d")
+            return node("Transpose", [split], f"{prefix}.{name}.heads", perm=[0, 2, 1, 3])
+
+        q, k, v = heads("q_proj"), heads("k_proj"), heads("v_proj")
+        k_t = node("Transpose", [k], f"{prefix}.k_t", perm=[0, 1, 3, 2])
+        scores = node("Mul", [node("MatMul", [q, k_t], f"{prefix}.qk"), self.scale], f"{prefix}.scores")
+        weights = node("Softmax", [scores], f"{prefix}.softmax", axis=-1)
+        mixed = node(
+            "Transpose", [node("MatMul", [weights, v], f"{prefix}.mixed")], f"{prefix}.mixed.t", perm=[0, 2, 1, 3]
+        )
+        merged = node("Reshape", [mixed, self.tokens_shape], f"{prefix}.merged")
+        return self.linear(merged, f"{prefix}.out_proj", WIDTH, WIDTH)
+
+    def mlp(self, x: str, prefix: str) -> str:
+        hidden = self.linear(x, f"{prefix}.fc1", WIDTH, MLP)
+        scaled = self.node("Mul", [hidden, self.gelu_factor], f"{prefix}.scaled")
+        gate = self.node("Sigmoid", [scaled], f"{prefix}.gate")
+        return self.linear(self.node("Mul", [hidden, gate], f"{prefix}.quick_gelu"), f"{prefix}.fc2", MLP, WIDTH)
+
+    def embedded_tokens(self) -> str:
+        """Patches -> tokens: (N, 768, 7, 7) -> (N, 49, 768), class token in front, positions added."""
+        node, const = self.node, self.const
+        patches = node(
+            "Conv",
+            ["pixel_values", self.weight("patch_embedding", (WIDTH, 3, PATCH, PATCH))],
+            "patches",
+            kernel_shape=[PATCH, PATCH],
+            strides=[PATCH, PATCH],
+        )
+        patches_shape = const("patches_shape", np.array([0, WIDTH, TOKENS - 1], dtype=np.int64))
+        flat = node("Reshape", [patches, patches_shape], "flat")
+        tokens = node("Transpose", [flat], "patch_tokens", perm=[0, 2, 1])
+        batch = node("Shape", ["pixel_values"], "batch", start=0, end=1)
+        class_shape = node(
+            "Concat", [batch, const("one_by_width", np.array([1, WIDTH], dtype=np.int64))], "class_shape", axis=0
+        )
+        class_token = node("Expand", [self.weight("class_embedding", (1, 1, WIDTH)), class_shape], "class_tokens")
+        x = node("Concat", [class_token, tokens], "tokens", axis=1)
+        return node("Add", [x, self.weight("position_embedding", (TOKENS, WIDTH))], "embedded")
+
+
 def build_vit_model(directory: str | Path, *, layers: int = LAYERS, seed: int = 32) -> Path:
     """Write ``model.onnx`` and ``preprocessor_config.json`` into ``directory`` (created) and return it.
 
@@ -57,96 +141,32 @@ def build_vit_model(directory: str | Path, *, layers: int = LAYERS, seed: int = 
     ``layers`` below 12 gives a cheaper graph of the same kind, for tests.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    initializers: list[Any] = []
-    nodes: list[Any] = []
-
-    def weight(name: str, shape: tuple[int, ...], std: float = 0.02) -> str:
-        initializers.append(numpy_helper.from_array((rng.standard_normal(shape) * std).astype(np.float32), name))
-        return name
-
-    def const(name: str, value: np.ndarray) -> str:
-        initializers.append(numpy_helper.from_array(value, name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
-        return output
-
-    def layer_norm(x: str, prefix: str) -> str:
-        scale = const(f"{prefix}.weight", np.ones(WIDTH, dtype=np.float32))
-        shift = const(f"{prefix}.bias", np.zeros(WIDTH, dtype=np.float32))
-        return node("LayerNormalization", [x, scale, shift], f"{prefix}.out", axis=-1, epsilon=1e-5)
-
-    def linear(x: str, prefix: str, fan_in: int, fan_out: int) -> str:
-        product = node("MatMul", [x, weight(f"{prefix}.weight", (fan_in, fan_out))], f"{prefix}.matmul")
-        return node("Add", [product, const(f"{prefix}.bias", np.zeros(fan_out, dtype=np.float32))], f"{prefix}.out")
-
-    heads_shape = const("heads_shape", np.array([0, TOKENS, HEADS, WIDTH // HEADS], dtype=np.int64))
-    tokens_shape = const("tokens_shape", np.array([0, TOKENS, WIDTH], dtype=np.int64))
-    scale = const("attention_scale", np.array((WIDTH // HEADS) ** -0.5, dtype=np.float32))
-    gelu_factor = const("quick_gelu_factor", np.array(1.702, dtype=np.float32))
-
-    def attention(x: str, prefix: str) -> str:
-        def heads(name: str) -> str:
-            split = node("Reshape", [linear(x, f"{prefix}.{name}", WIDTH, WIDTH), heads_shape], f"{prefix}.{name}.4d")
-            return node("Transpose", [split], f"{prefix}.{name}.heads", perm=[0, 2, 1, 3])
-
-        q, k, v = heads("q_proj"), heads("k_proj"), heads("v_proj")
-        k_t = node("Transpose", [k], f"{prefix}.k_t", perm=[0, 1, 3, 2])
-        scores = node("Mul", [node("MatMul", [q, k_t], f"{prefix}.qk"), scale], f"{prefix}.scores")
-        weights = node("Softmax", [scores], f"{prefix}.softmax", axis=-1)
-        mixed = node(
-            "Transpose", [node("MatMul", [weights, v], f"{prefix}.mixed")], f"{prefix}.mixed.t", perm=[0, 2, 1, 3]
-        )
-        merged = node("Reshape", [mixed, tokens_shape], f"{prefix}.merged")
-        return linear(merged, f"{prefix}.out_proj", WIDTH, WIDTH)
-
-    def mlp(x: str, prefix: str) -> str:
-        hidden = linear(x, f"{prefix}.fc1", WIDTH, MLP)
-        gate = node("Sigmoid", [node("Mul", [hidden, gelu_factor], f"{prefix}.scaled")], f"{prefix}.gate")
-        return linear(node("Mul", [hidden, gate], f"{prefix}.quick_gelu"), f"{prefix}.fc2", MLP, WIDTH)
-
-    # Patches -> tokens: (N, 768, 7, 7) -> (N, 49, 768), class token in front, positions added.
-    patches = node(
-        "Conv",
-        ["pixel_values", weight("patch_embedding", (WIDTH, 3, PATCH, PATCH))],
-        "patches",
-        kernel_shape=[PATCH, PATCH],
-        strides=[PATCH, PATCH],
-    )
-    flat = node("Reshape", [patches, const("patches_shape", np.array([0, WIDTH, TOKENS - 1], dtype=np.int64))], "flat")
-    tokens = node("Transpose", [flat], "patch_tokens", perm=[0, 2, 1])
-    batch = node("Shape", ["pixel_values"], "batch", start=0, end=1)
-    class_shape = node(
-        "Concat", [batch, const("one_by_width", np.array([1, WIDTH], dtype=np.int64))], "class_shape", axis=0
-    )
-    class_token = node("Expand", [weight("class_embedding", (1, 1, WIDTH)), class_shape], "class_tokens")
-    x = node("Concat", [class_token, tokens], "tokens", axis=1)
-    x = node("Add", [x, weight("position_embedding", (TOKENS, WIDTH))], "embedded")
-    x = layer_norm(x, "pre_layrnorm")
+    graph = _Graph(np.random.default_rng(seed))
+    x = graph.layer_norm(graph.embedded_tokens(), "pre_layrnorm")
     for i in range(layers):
         prefix = f"layers.{i}"
-        x = node("Add", [x, attention(layer_norm(x, f"{prefix}.layer_norm1"), f"{prefix}.self_attn")], f"{prefix}.res1")
-        x = node("Add", [x, mlp(layer_norm(x, f"{prefix}.layer_norm2"), f"{prefix}.mlp")], f"{prefix}.res2")
-    first = node(
-        "Gather", [x, const("class_index", np.array(0, dtype=np.int64))], "pooled", axis=1
-    )  # (N, 768): the class token
-    pooled = layer_norm(first, "post_layernorm")
-    nodes.append(helper.make_node("MatMul", [pooled, weight("visual_projection", (WIDTH, DIM))], ["image_embeds"]))
+        attended = graph.attention(graph.layer_norm(x, f"{prefix}.layer_norm1"), f"{prefix}.self_attn")
+        x = graph.node("Add", [x, attended], f"{prefix}.res1")
+        fed = graph.mlp(graph.layer_norm(x, f"{prefix}.layer_norm2"), f"{prefix}.mlp")
+        x = graph.node("Add", [x, fed], f"{prefix}.res2")
+    class_index = graph.const("class_index", np.array(0, dtype=np.int64))
+    first = graph.node("Gather", [x, class_index], "pooled", axis=1)  # (N, 768): the class token
+    pooled = graph.layer_norm(first, "post_layernorm")
+    projection = graph.weight("visual_projection", (WIDTH, DIM))
+    graph.nodes.append(helper.make_node("MatMul", [pooled, projection], ["image_embeds"]))
 
-    graph = helper.make_graph(
-        nodes,
+    onnx_graph = helper.make_graph(
+        graph.nodes,
         "clip_vit_b32_vision_random",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, EDGE, EDGE])],
         [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["batch", DIM])],
-        initializer=initializers,
+        initializer=graph.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="lookalike-bench")
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="lookalike-bench")
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(directory / "model.onnx"))

@@ -27,7 +27,7 @@ TEST_DB = int(os.environ.get("LOOKALIKE_TEST_REDIS_DB", "13"))
 
 def _test_redis_url() -> str:
     """The local Redis on 6379 (own database number), or, on a machine without one, an embedded Valkey."""
-    from lookalike.worker.embedded import redis_answers
+    from lookalike.app.broker import redis_answers
 
     if redis_answers("redis://127.0.0.1:6379/0"):
         return f"redis://127.0.0.1:6379/{TEST_DB}"

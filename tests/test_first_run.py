@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from lookalike import render
+from lookalike.cli import render
 from lookalike.state.failures import Failure
 from lookalike.testing import images
 from lookalike.testing.catalogs import catalog_row, write_catalog
@@ -108,7 +108,7 @@ def test_every_command_finds_the_embedded_broker_a_running_worker_started(
     hooks.mkdir()
     # This machine runs a Redis at the default address: point "the default" at a port nobody listens on.
     (hooks / "sitecustomize.py").write_text(
-        "import lookalike.worker.embedded as embedded\nembedded.DEFAULT_BROKER_URL = 'redis://127.0.0.1:1/0'\n"
+        "import lookalike.app.broker as embedded\nembedded.DEFAULT_BROKER_URL = 'redis://127.0.0.1:1/0'\n"
     )
     environment = {k: v for k, v in {**os.environ, **env}.items() if k != "LOOKALIKE_BROKER_URL"}
     environment.update(

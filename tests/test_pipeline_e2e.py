@@ -325,7 +325,7 @@ def test_embedded_defaults_ingest_and_search_with_nothing_else_running(env, imag
     hooks.mkdir()
     # This machine does run a Redis at the default address: point "the default" at a port nobody listens on.
     (hooks / "sitecustomize.py").write_text(
-        "import lookalike.worker.embedded as embedded\nembedded.DEFAULT_BROKER_URL = 'redis://127.0.0.1:1/0'\n"
+        "import lookalike.app.broker as embedded\nembedded.DEFAULT_BROKER_URL = 'redis://127.0.0.1:1/0'\n"
     )
     environment = {k: v for k, v in env.items() if k != "LOOKALIKE_BROKER_URL"}
     environment.update(

@@ -199,8 +199,11 @@ class WorkerGroup:
         log_path: Path | None = None,
         store_path: Path | None = None,
         conditions: Conditions | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env``: the children's environment (default: this process's); it carries the broker they use."""
         self.pools = pools
+        self.env = env
         self.loglevel = loglevel
         self.log_path = log_path
         self.store_path = store_path  # the embedded store's directory, to explain a store pool's SIGBUS
@@ -214,7 +217,8 @@ class WorkerGroup:
         sink = self.log_path.open("ab") if self.log_path is not None else sys.stderr.buffer
         niced = _nicer(spec.niceness) if spec.niceness else None
         process = subprocess.Popen(
-            spec.command(self.loglevel), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=niced
+            spec.command(self.loglevel), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=niced,
+            env=self.env,
         )
         assert process.stdout is not None
         self.output[spec.name] = _LastLine(process.stdout, sink, own_sink=self.log_path is not None)

@@ -1,0 +1,3 @@
+from lookalike.cli.main import main
+
+main()
