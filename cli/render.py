@@ -122,6 +122,26 @@ def status(data: dict[str, Any], console: Console) -> None:
             markup=False,
             highlight=False,
         )
+    ownership = data.get("collection_model") or {}
+    if ownership:
+        recorded = ownership.get("recorded")
+        if recorded:
+            console.print(
+                f"collection {ownership['collection']}: vision model {recorded['vision']['fingerprint']}, "
+                f"text model {recorded['text']['fingerprint']}"
+                + (" (adopted: made before collections recorded their model)" if recorded.get("adopted") else ""),
+                markup=False,
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"collection {ownership['collection']}: no model recorded yet "
+                + (f"({ownership['error']})" if "error" in ownership else "(recorded when the store owner opens it)"),
+                markup=False,
+                highlight=False,
+            )
+        for line in ownership.get("mismatch", []):
+            console.print(f"MODEL MISMATCH: {line}", markup=False, highlight=False)
     events = data["events"]
     console.print(
         f"events: {events or 'none'}   failures recorded: {data['failures_recorded']}   "

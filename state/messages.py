@@ -109,6 +109,7 @@ class PreparedImage:
     vector: str | None = None  # base64 float32, from the embedding cache
     timings: dict[str, float] = field(default_factory=dict)
     sent_at: float = field(default_factory=time.time)
+    model: str = ""  # with a cached vector: fingerprint of the model that made it (the cache's key)
 
     @property
     def cached(self) -> bool:
@@ -126,6 +127,7 @@ class PreparedImage:
         }
         if self.vector is not None:
             message["vector"] = self.vector
+            message["model"] = self.model
         else:
             message["image"] = encode_bytes(self.image or b"")
         return message
@@ -141,6 +143,7 @@ class PreparedImage:
                 vector=None if vector is None else str(vector),
                 timings={str(k): float(v) for k, v in (message.get("timings") or {}).items()},
                 sent_at=float(message.get("sent_at") or time.time()),
+                model=str(message.get("model") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"malformed prepared image: {exc}") from exc
@@ -156,6 +159,7 @@ class EmbeddedPoint:
     cached: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     sent_at: float = field(default_factory=time.time)
+    model: str = ""  # fingerprint of the vision model that made the vector ("" from workers before the records)
 
     def waited(self, received: float) -> dict[str, float]:
         return _waited(self.timings, self.sent_at, received)
@@ -171,6 +175,7 @@ class EmbeddedPoint:
             "cached": self.cached,
             "timings": self.timings,
             "sent_at": self.sent_at,
+            "model": self.model,
         }
 
     @classmethod
@@ -183,6 +188,7 @@ class EmbeddedPoint:
                 cached=bool(message.get("cached")),
                 timings={str(k): float(v) for k, v in (message.get("timings") or {}).items()},
                 sent_at=float(message.get("sent_at") or time.time()),
+                model=str(message.get("model") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"malformed embedded point: {exc}") from exc

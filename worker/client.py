@@ -73,17 +73,17 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
     other queries. Raises Celery's TimeoutError when no answer comes within ``timeout`` seconds in all.
     """
     deadline = time.monotonic() + timeout
-    vector = None
+    vector = model = None
     if request.needs_vector:
         encoded = app.send_task(ENCODE_TASK, args=[request.to_message()], argsrepr=request.describe()).get(
             timeout=timeout
         )
         if "error" in encoded:
             return dict(encoded)
-        vector = encoded["vector"]
+        vector, model = encoded["vector"], encoded.get("model")
         request = request.encoded_form()
     remaining = max(0.1, deadline - time.monotonic())
-    answer = app.send_task(SEARCH_TASK, args=[request.to_message(), vector], argsrepr=request.describe())
+    answer = app.send_task(SEARCH_TASK, args=[request.to_message(), vector, model], argsrepr=request.describe())
     return dict(answer.get(timeout=remaining))
 
 

@@ -8,12 +8,15 @@ reconcile:    make a product's points match the registry (removed images, payloa
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,17 +31,34 @@ from lookalike.state.outcomes import FAILED, INDEXED, SUPERSEDED
 from lookalike.state.process import process_cache
 from lookalike.state.queues import INDEX_QUEUE, queue_depth
 from lookalike.state.registry import ProductState
-from lookalike.state.search import SearchRequest, SearchResponse
-from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
+from lookalike.state.search import QueryRejected, SearchRequest, SearchResponse
+from lookalike.worker.cache import EmbeddingCache, content_hash
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
 from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
+from lookalike.worker.fingerprint import TEXT_FILES, VISION_FILES, ModelId, model_id
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
-from lookalike.worker.query import encode_request, run_search, search_request
-from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_store
+from lookalike.worker.ownership import (
+    MISMATCH,
+    RECORD_MAX_AGE,
+    CollectionModel,
+    ModelMismatch,
+    adopt,
+    configured_models,
+    configured_text,
+    configured_vision,
+    forget_refusal,
+    read_record,
+    remember_refusal,
+    write_record,
+)
+from lookalike.worker.query import encode_request, search_request
+from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, live_collection, open_store
+from lookalike.worker.text import TextSpec, get_text_embedder
 
 OPTIMIZE_AFTER_POINTS = 20_000
+log = logging.getLogger(__name__)
 
 
 class WorkerContext(StateContext):
@@ -47,12 +67,6 @@ class WorkerContext(StateContext):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.model_spec = ModelSpec.from_settings(settings)
-        self.cache = EmbeddingCache(
-            self.redis,
-            settings.key_prefix,
-            model_fingerprint(settings.model, str(settings.model_dir) if settings.model_dir else None),
-            settings.embed_cache_ttl,
-        )
         self.log = OutcomeLogger(settings.log_format)
         self.limits = FetchLimits(
             connect_timeout=settings.fetch_connect_timeout,
@@ -69,6 +83,24 @@ class WorkerContext(StateContext):
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
+        self._owner: CollectionModel | None = None  # the live collection's record, as the store owner knows it
+        self._live: tuple[float, CollectionModel] | None = None  # the same, as a query encoder last read it
+        # A refusal may be on record (status shows it) since the last batch written: this process's first batch
+        # written, and the first after a refusal, clear it; the others cost no Redis call.
+        self._refused = True
+
+    @cached_property
+    def vision_id(self) -> ModelId:
+        """The configured vision model's fingerprint: what this process's vectors are stamped with."""
+        return configured_vision(self.settings)
+
+    @cached_property
+    def cache(self) -> EmbeddingCache:
+        """Embeddings keyed by the model's fingerprint: another model (or the same directory with other files)
+        never reads this one's vectors."""
+        return EmbeddingCache(
+            self.redis, self.settings.key_prefix, self.vision_id.fingerprint, self.settings.embed_cache_ttl
+        )
 
     @cached_property
     def session(self) -> Any:
@@ -97,6 +129,49 @@ class WorkerContext(StateContext):
             self._store_ready_dim = dim
         return store
 
+    def owning_model(self, *, fresh: bool = False) -> CollectionModel:
+        """The models the live collection belongs to (store owner). Read once and kept (the store owner is the
+        one that writes it); ``fresh`` reads it again. A collection without a record adopts the configured
+        models."""
+        if self._owner is None or fresh:
+            collection = self.store.collection
+            record = read_record(self.settings, collection)
+            if record is None:
+                try:
+                    points = self.store.count()
+                except StoreError:
+                    points = 0
+                record = adopt(self.settings, collection, points)
+            self._owner = record
+        return self._owner
+
+    def live_models(self) -> CollectionModel:
+        """The models queries must be embedded with (query encoders): the live collection's record, read again
+        when this copy is older than RECORD_MAX_AGE; the configured models while it has none."""
+        now = time.monotonic()
+        if self._live is None or now - self._live[0] > RECORD_MAX_AGE:
+            record = read_record(self.settings, live_collection(self.settings))
+            self._live = (now, record or configured_models(self.settings))
+        return self._live[1]
+
+    def check_vectors(self, offered: set[str], jobs: int) -> None:
+        """Raise :class:`ModelMismatch` when the batch's vectors come from another model than the live
+        collection's (read again before refusing: the record may have changed since it was read)."""
+        if not offered:
+            return  # unstamped: a message from a worker older than the model records
+        recorded = self.owning_model().vision
+        if offered != {recorded.fingerprint}:
+            recorded = self.owning_model(fresh=True).vision
+        stranger = sorted(offered - {recorded.fingerprint})
+        if stranger:
+            mismatch = ModelMismatch(self.store.collection, recorded.describe(), ", ".join(stranger))
+            remember_refusal(self.redis, self.settings, mismatch, jobs)
+            self._refused = True
+            raise mismatch
+        if self._refused:
+            forget_refusal(self.redis, self.settings)
+            self._refused = False
+
     def maybe_optimize(self, written: int) -> bool:
         """Build the search index once enough points came in and no batch is waiting (store owner only).
 
@@ -114,6 +189,7 @@ class WorkerContext(StateContext):
             self._store.close()
             self._store = None
             self._store_ready_dim = None
+        self._owner = None
 
 
 # Kept for the tests and benchmarks that name it.
@@ -173,7 +249,9 @@ def fetch_stage(ctx: WorkerContext, job: Job) -> PreparedImage:
     digest = content_hash(fetched.data)
     cached = ctx.cache.get(digest)
     if cached is not None:
-        return PreparedImage(job, digest, vector=encode_vector(cached), timings=timings)
+        return PreparedImage(
+            job, digest, vector=encode_vector(cached), timings=timings, model=ctx.vision_id.fingerprint
+        )
     with ctx.decode_slots:
         decode_started = time.perf_counter()
         image = decode_image(
@@ -218,6 +296,7 @@ def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[Embe
             vector=item.vector if item.vector is not None else vectors[id(item)],
             cached=item.cached,
             timings=item.waited(started),
+            model=item.model if item.cached else ctx.vision_id.fingerprint,
         )
         for item in items
         if item.vector is not None or id(item) in vectors
@@ -242,6 +321,13 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     """
     started = time.time()
     report = IndexReport()
+    try:
+        ctx.check_vectors({point.model for point in points if point.model}, len(points))
+    except ModelMismatch as exc:
+        log.error("refused a batch of %d point(s): %s", len(points), exc)
+        fail_jobs(ctx, [point.job for point in points], INDEX, MISMATCH, str(exc))
+        report.failed = len(points)
+        return report
     before = ctx.registry.get_many(point.job.product_id for point in points)
     records: list[PointRecord] = []
     outcomes: list[tuple[Job, Outcome]] = []
@@ -302,31 +388,80 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
 
 # ------------------------------------------------------------------------------------------------- query
 def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
-    """The query task's body, also run in-process by `lookalike search` when no worker is up.
+    """Both halves of a query in one process: `lookalike search` when no worker is up, and the benchmarks.
 
     Every refusal comes out as a :class:`QueryRejected` with a reason (bad input, undecodable image, a download
-    the fetch guard refused).
+    the fetch guard refused, a model the live collection does not belong to).
     """
-    return run_search(
+    vector, model = encode_query(ctx, request)
+    return search_encoded(ctx, request, vector, model)
+
+
+def _loadable(recorded: ModelId, configured: ModelId, spec: Any, files: tuple[str, ...], what: str) -> Any:
+    """``spec`` (the configured model) when the collection's model is the configured one; else the same spec
+    pointed at the model the collection records, if this machine holds exactly that model."""
+    if recorded.fingerprint == configured.fingerprint:
+        return spec
+    directory = Path(recorded.directory) if recorded.directory else None
+    if model_id(recorded.name, directory, files).fingerprint != recorded.fingerprint:
+        raise QueryRejected(
+            MISMATCH,
+            f"the live collection belongs to {what} model {recorded.describe()}, which this worker cannot load "
+            f"(its own is {configured.describe()}): queries are refused rather than compared across models",
+        )
+    return dataclasses.replace(spec, name=recorded.name, local_dir=directory)
+
+
+def encode_query(ctx: WorkerContext, request: SearchRequest) -> tuple[np.ndarray | None, str | None]:
+    """The query's half that costs CPU and touches the network, for the encode task on the embedding pool:
+    its vector, embedded with the model the live collection belongs to (whatever this worker's own model is),
+    and that model's fingerprint, which the store owner checks."""
+    request.validate(max_image_bytes=ctx.settings.query_max_bytes)
+    if not request.needs_vector:
+        return None, None
+    record = ctx.live_models()
+    if request.kind == "text":
+        text_spec = _loadable(
+            record.text, configured_text(ctx.settings), TextSpec.from_settings(ctx.settings), TEXT_FILES, "text"
+        )
+        vector = encode_request(
+            request,
+            embedder=lambda: ctx.embedder,
+            text_embedder=lambda: get_text_embedder(text_spec),
+            session=ctx.session,
+            limits=ctx.limits,
+            settings=ctx.settings,
+        )
+        return vector, record.text.fingerprint
+    vision_spec = _loadable(record.vision, ctx.vision_id, ctx.model_spec, VISION_FILES, "vision")
+    vector = encode_request(
         request,
-        embedder=lambda: ctx.embedder,
-        store=ctx.store,
+        embedder=lambda: get_embedder(vision_spec),
         session=ctx.session,
         limits=ctx.limits,
         settings=ctx.settings,
     )
+    return vector, record.vision.fingerprint
 
 
-def encode_query(ctx: WorkerContext, request: SearchRequest) -> np.ndarray | None:
-    """The query's half that costs CPU and touches the network, for the encode task on the embedding pool."""
-    request.validate(max_image_bytes=ctx.settings.query_max_bytes)
-    return encode_request(
-        request, embedder=lambda: ctx.embedder, session=ctx.session, limits=ctx.limits, settings=ctx.settings
-    )
+def search_encoded(
+    ctx: WorkerContext, request: SearchRequest, vector: np.ndarray | None, model: str | None = None
+) -> SearchResponse:
+    """The query's half on the store owner: a search with the vector it is given, no download, no model.
 
-
-def search_encoded(ctx: WorkerContext, request: SearchRequest, vector: np.ndarray | None) -> SearchResponse:
-    """The query's half on the store owner: a search with the vector it is given, no download, no model."""
+    A vector stamped with another model than the live collection's is refused (``model_mismatch``): its scores
+    against the collection's vectors would mean nothing."""
+    if vector is not None and model:
+        kind = "text" if request.kind == "text" else "vision"
+        recorded = getattr(ctx.owning_model(), kind)
+        if recorded.fingerprint != model:
+            recorded = getattr(ctx.owning_model(fresh=True), kind)
+        if recorded.fingerprint != model:
+            raise QueryRejected(
+                MISMATCH,
+                f"the query was embedded with {kind} model {model}, but the live collection belongs to "
+                f"{recorded.describe()}",
+            )
     return search_request(request, vector, store=ctx.store)
 
 
@@ -482,7 +617,7 @@ def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> 
     switch, which happens only once the copy holds every point. Upserts are idempotent, so an interrupted run
     (``interrupt_after`` pages, for the tests) is simply run again. Nothing to do on a current collection.
     """
-    from lookalike.worker.store import LEGACY, NAMED, live_collection, open_collection, switch_live
+    from lookalike.worker.store import LEGACY, NAMED, open_collection, switch_live
 
     source = ctx.store
     live = live_collection(ctx.settings)
@@ -526,6 +661,8 @@ def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> 
             raise StoreError("the copy is not in the current layout: not switching")
     finally:
         target.close()
+    # The copy holds the same vectors: it belongs to the same models.
+    write_record(ctx.settings, target_name, ctx.owning_model())
     # The switch: from here on, the live collection is the copy.
     ctx.close()
     switch_live(ctx.settings, target_name)

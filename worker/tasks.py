@@ -302,20 +302,22 @@ def encode(request: dict[str, Any]) -> dict[str, Any]:
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
-        vector = pipeline.encode_query(ctx, parsed)
+        vector, model = pipeline.encode_query(ctx, parsed)
     except QueryRejected as exc:
         return exc.as_data()
-    return {"vector": None if vector is None else encode_vector(vector)}
+    return {"vector": None if vector is None else encode_vector(vector), "model": model}
 
 
 @app.task(name="lookalike.search", ignore_result=False, acks_late=False)
-def search(request: dict[str, Any], vector: str | None = None) -> dict[str, Any]:
-    """A search request (and its vector from ``encode``) in, a response out, on the store owner: it never
-    downloads and never runs the model. A refusal comes back as data (``{"error": reason, "detail": ...}``)."""
+def search(request: dict[str, Any], vector: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """A search request (and its vector and model fingerprint from ``encode``) in, a response out, on the store
+    owner: it never downloads and never runs the model. A refusal comes back as data (``{"error": reason,
+    "detail": ...}``)."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
-        return pipeline.search_encoded(ctx, parsed, None if vector is None else decode_vector(vector)).to_data()
+        decoded = None if vector is None else decode_vector(vector)
+        return pipeline.search_encoded(ctx, parsed, decoded, model).to_data()
     except QueryRejected as exc:
         return exc.as_data()
     except StoreError as exc:
@@ -350,6 +352,7 @@ def _open_store(sender: Any = None, **_: Any) -> None:
     if INDEX_QUEUE in _consumes or QUERY_QUEUE in _consumes:
         ctx = pipeline.current_context()
         ctx.ready_store(model_dimension(ctx.settings.model))
+        ctx.owning_model()  # a collection without a model record adopts the configured models now, and says so
     # Only now, ready to consume, does the worker say it is alive (see lookalike.state.presence).
     ctx = pipeline.current_context()
     Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
