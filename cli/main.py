@@ -472,6 +472,35 @@ def reindex(
         print(f"nothing to do: {done['collection']} is already in the current layout ({done['points']} points)")
 
 
+# -------------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+def evaluate(
+    sample: Annotated[int, typer.Option(help="How many indexed images to sample (1-10000).")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed: the sample and every transform's strength.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Retrieval quality on your own catalogue, no labels needed: how often a changed copy of an indexed image
+    (cropped, scaled down, JPEG re-encoded, brighter or darker, rotated, letterboxed) finds its own product
+    (recall@1, recall@5, MRR, per change and overall), and how often a product's name or its first three words
+    find it in the top 5 (keyword, semantic, hybrid). Queries go where `lookalike search` sends them.
+
+    Exit codes: 0 done; 2 bad option or nothing indexed; 3 no broker, or no sampled image could be downloaded.
+    """
+    if not 1 <= sample <= 10_000:
+        raise fail("--sample must be between 1 and 10000")
+    from lookalike.evaluation import EvalFailed, run_eval
+
+    use_broker(note)
+    try:
+        report = run_eval(sample=sample, seed=seed, note=note)
+    except EvalFailed as exc:
+        raise fail(str(exc), exc.code) from None
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        render.evaluation(report, out)
+
+
 # ------------------------------------------------------------------------------------------------- serve
 @app.command()
 def serve(

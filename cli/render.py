@@ -149,3 +149,52 @@ def status(data: dict[str, Any], console: Console) -> None:
         markup=False,
         highlight=False,
     )
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def evaluation(report: dict[str, Any], console: Console) -> None:
+    """`lookalike eval`: one row per transform and overall, then recall@5 of the words per mode."""
+    images = report["images"]
+    rows = [
+        (name, data["queries"], _metric(data["recall@1"]), _metric(data["recall@5"]), _metric(data["mrr"]))
+        for name, data in images["per_transform"].items()
+    ]
+    overall = report["overall"]
+    rows.append(
+        (
+            "overall",
+            overall["queries"],
+            _metric(overall["recall@1"]),
+            _metric(overall["recall@5"]),
+            _metric(overall["mrr"]),
+        )
+    )
+    title = (
+        f"images: {images['queried']} sampled from {report['collection']} (seed {report['seed']}); "
+        "overall = the six changes, not the original"
+    )
+    console.print(table(("query image", "queries", "recall@1", "recall@5", "MRR"), rows, title=title))
+    words = report["words"]
+    word_rows = [
+        (kind, words["queries"][kind], *(_metric(modes[mode]) for mode in ("keyword", "semantic", "hybrid")))
+        for kind, modes in words["recall@5"].items()
+    ]
+    console.print(
+        table(
+            ("words", "queries", "keyword", "semantic", "hybrid"),
+            word_rows,
+            title=f"words: recall@5 of {words['products']} products' names",
+        )
+    )
+    errors = overall["errors"] + words["errors"]
+    notes = [f"{images['not_downloaded']} sampled image(s) could not be downloaded"] if images["not_downloaded"] else []
+    if errors:
+        notes.append(f"{errors} quer(ies) refused (counted as misses)")
+    models = report.get("models")
+    if models:
+        notes.append(f"models: vision {models['vision']}, text {models['text']}")
+    for line in notes:
+        console.print(Text(line))

@@ -1,0 +1,103 @@
+"""`lookalike eval`: pick the sample, download it, and send every query the way `lookalike search` sends it.
+
+The measuring itself is :mod:`lookalike.worker.evaluate`; this module only gathers its inputs: the sampled images
+(from the product registry, leaving out the images recorded as failed: they were never indexed), their bytes
+(downloaded through the same address guard as catalogue images), and a search function (the running workers, or
+this process when none runs, as `lookalike search` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lookalike.commands import state_context
+from lookalike.state.search import SearchRequest, SearchResponse
+
+Note = Callable[[str], None]
+
+
+class EvalFailed(RuntimeError):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _searcher(note: Note) -> tuple[Callable[[SearchRequest], SearchResponse], Callable[[], None]]:
+    """The search function and what closes it: through the workers when one consumes the query queue, else in
+    this process with one context (one model load, one store open) for every query."""
+    from lookalike.state.queues import QUERY_QUEUE
+    from lookalike.worker.app import app
+    from lookalike.worker.client import live_workers
+
+    if any(QUERY_QUEUE in queues for queues in live_workers(app).values()):
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        from lookalike.config.settings import get_settings
+        from lookalike.worker.client import ask_workers
+
+        timeout = get_settings().query_timeout
+
+        def through_workers(request: SearchRequest) -> SearchResponse:
+            try:
+                answer = ask_workers(app, request.validate(), timeout=timeout)
+            except CeleryTimeout:
+                raise EvalFailed(f"no worker answered a query within {timeout:g}s", 3) from None
+            if answer.get("error") == "store_error":
+                raise EvalFailed(str(answer.get("detail")), 3)
+            return SearchResponse.from_data(answer)  # a refusal raises QueryRejected: a miss
+
+        return through_workers, lambda: None
+    from lookalike.worker import pipeline
+
+    note("no worker answers queries: evaluating in this process")
+    ctx = pipeline.current_context()
+    return (lambda request: pipeline.answer_query(ctx, request.validate())), pipeline.reset_context
+
+
+def run_eval(*, sample: int, seed: int, note: Note) -> dict[str, Any]:
+    from lookalike.worker import pipeline
+    from lookalike.worker.decode import ImageRejected
+    from lookalike.worker.evaluate import Sampled, choose, evaluate
+    from lookalike.worker.fetch import FetchError, fetch_image
+    from lookalike.worker.ownership import read_record
+    from lookalike.worker.store import StoreError, live_collection
+
+    state = state_context()
+    failed = {failure.image_url for failure in state.failures.entries()}
+    triples = [
+        (product_id, str(product.payload.get("name") or ""), url)
+        for product_id, product in state.registry.items()
+        if not product.deleted
+        for url in product.images
+        if url not in failed
+    ]
+    if not triples:
+        raise EvalFailed("no indexed image to sample: ingest a catalogue first")
+    chosen = choose(triples, sample, seed)
+    ctx = pipeline.current_context()
+    samples: list[Sampled] = []
+    skipped = 0
+    for product_id, name, url in chosen:
+        try:
+            samples.append(Sampled(product_id, name, url, fetch_image(url, ctx.session, ctx.limits).data))
+        except (FetchError, ImageRejected):
+            skipped += 1
+    if not samples:
+        raise EvalFailed(f"none of the {len(chosen)} sampled images could be downloaded", 3)
+    search, close = _searcher(note)
+    try:
+        report = evaluate(samples, search, seed=seed, max_pixels=ctx.settings.max_image_pixels)
+    finally:
+        close()
+    collection = live_collection(ctx.settings)
+    try:
+        record = read_record(ctx.settings, collection)
+    except StoreError:
+        record = None
+    report["images"]["not_downloaded"] = skipped
+    report["collection"] = collection
+    report["models"] = (
+        None if record is None else {"vision": record.vision.fingerprint, "text": record.text.fingerprint}
+    )
+    return report
