@@ -55,7 +55,8 @@ def _searcher(note: Note) -> tuple[Callable[[SearchRequest], SearchResponse], Ca
     return (lambda request: pipeline.answer_query(ctx, request.validate())), pipeline.reset_context
 
 
-def run_eval(*, sample: int, seed: int, note: Note) -> dict[str, Any]:
+def run_eval(*, sample: int, seed: int, note: Note, collection: str | None = None) -> dict[str, Any]:
+    """The report of `lookalike eval` on the live collection, or on the named one (a reindex's shadow)."""
     from lookalike.worker import pipeline
     from lookalike.worker.decode import ImageRejected
     from lookalike.worker.evaluate import Sampled, choose, evaluate
@@ -87,10 +88,12 @@ def run_eval(*, sample: int, seed: int, note: Note) -> dict[str, Any]:
         raise EvalFailed(f"none of the {len(chosen)} sampled images could be downloaded", 3)
     search, close = _searcher(note)
     try:
-        report = evaluate(samples, search, seed=seed, max_pixels=ctx.settings.max_image_pixels)
+        report = evaluate(
+            samples, search, seed=seed, max_pixels=ctx.settings.max_image_pixels, collection=collection
+        )
     finally:
         close()
-    collection = live_collection(ctx.settings)
+    collection = collection or live_collection(ctx.settings)
     try:
         record = read_record(ctx.settings, collection)
     except StoreError:

@@ -198,3 +198,26 @@ def evaluation(report: dict[str, Any], console: Console) -> None:
         notes.append(f"models: vision {models['vision']}, text {models['text']}")
     for line in notes:
         console.print(Text(line))
+
+
+def reindex_lines(report: dict[str, Any]) -> list[str]:
+    """`lookalike reindex --model`: what was filled, both evaluations, the verdict and why."""
+    lines = [f"live      {report['live']}"]
+    if "shadow" in report:
+        filled = report.get("filled", {})
+        lines.append(
+            f"shadow    {report['shadow']}: {filled.get('points', 0)} points; {filled.get('indexed', 0)} indexed in "
+            f"{filled.get('rounds', 0)} round(s), {filled.get('failed', 0)} failed"
+        )
+    for name, data in (report.get("eval") or {}).items():
+        overall = data["overall"]
+        lines.append(
+            f"eval      {name:6s} recall@1 {overall['recall@1']:.3f}  recall@5 {overall['recall@5']:.3f}  "
+            f"MRR {overall['mrr']:.3f}  ({data['images']['queried']} images, seed {data['seed']})"
+        )
+    lines.append(("switched  " if report.get("switched") else "kept      ") + str(report.get("reason", "")))
+    if report.get("caught_up"):
+        lines.append(f"caught up {report['caught_up']} image(s) that reached only the old collection")
+    if report.get("dropped"):
+        lines.append(f"dropped   {', '.join(report['dropped'])}")
+    return lines

@@ -44,6 +44,9 @@ class Job:
     version: int
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.time)
+    # None: the live collection, with the worker's model. A named collection (`lookalike reindex --model` fills
+    # its shadow so): embedded with the model that collection records, written there.
+    collection: str | None = None
 
     @property
     def point_id(self) -> str:
@@ -62,6 +65,7 @@ class Job:
                 version=int(message["version"]),
                 job_id=str(message.get("job_id") or uuid.uuid4().hex),
                 enqueued_at=float(message.get("enqueued_at") or time.time()),
+                collection=None if message.get("collection") is None else str(message["collection"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"malformed job message: {exc}") from exc

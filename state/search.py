@@ -89,6 +89,9 @@ class SearchRequest:
     facets: bool = False
     # The image was encoded already (by the encode task): its vector travels beside the request, the bytes don't.
     encoded: bool = False
+    # A collection other than the live one (`lookalike reindex` evaluates its shadow collection beside the live
+    # one); set by lookalike's own commands only, never from HTTP.
+    collection: str | None = None
 
     @property
     def needs_vector(self) -> bool:
@@ -170,6 +173,8 @@ class SearchRequest:
             message["facets"] = True
         if self.encoded:
             message["encoded"] = True
+        if self.collection is not None:
+            message["collection"] = self.collection
         return message
 
     @classmethod
@@ -179,7 +184,7 @@ class SearchRequest:
             raise QueryRejected("bad_query", "a search request is a JSON object")
         known = {
             "image_b64", "image_url", "text", "product_id", "k", "offset", "mode", "filters", "diverse", "facets",
-            "encoded",
+            "encoded", "collection",
         }  # fmt: skip
         unknown = set(message) - known
         if unknown:
@@ -206,6 +211,7 @@ class SearchRequest:
                 diverse=bool(message.get("diverse", False)),
                 facets=bool(message.get("facets", False)),
                 encoded=bool(message.get("encoded", False)),
+                collection=_text(message, "collection"),
             )
         except TypeError as exc:
             raise QueryRejected("bad_query", str(exc)) from exc

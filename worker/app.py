@@ -33,6 +33,8 @@ TASK_ROUTES = {
     "lookalike.optimize": {"queue": INDEX_QUEUE},
     "lookalike.audit": {"queue": INDEX_QUEUE},
     "lookalike.reindex": {"queue": INDEX_QUEUE},
+    "lookalike.switch": {"queue": INDEX_QUEUE},
+    "lookalike.drop": {"queue": INDEX_QUEUE},
     "lookalike.search": {"queue": QUERY_QUEUE},
     "lookalike.encode": {"queue": ENCODE_QUEUE},
 }

@@ -24,6 +24,8 @@ SEARCH_TASK = "lookalike.search"
 AUDIT_TASK = "lookalike.audit"
 OPTIMIZE_TASK = "lookalike.optimize"
 REINDEX_TASK = "lookalike.reindex"
+SWITCH_TASK = "lookalike.switch"
+DROP_TASK = "lookalike.drop"
 
 
 class CeleryPublisher:
@@ -87,9 +89,19 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
     return dict(answer.get(timeout=remaining))
 
 
-def audit_store(app: Celery, *, timeout: float) -> dict[str, Any]:
-    """The store owner's audit for `lookalike reconcile`."""
-    return dict(app.send_task(AUDIT_TASK).get(timeout=timeout))
+def audit_store(app: Celery, *, timeout: float, collection: str | None = None) -> dict[str, Any]:
+    """The store owner's audit for `lookalike reconcile` (of the live collection, or the named one)."""
+    return dict(app.send_task(AUDIT_TASK, args=[collection]).get(timeout=timeout))
+
+
+def switch_store(app: Celery, collection: str, *, timeout: float) -> dict[str, Any]:
+    """Ask the store owner to make ``collection`` the live one."""
+    return dict(app.send_task(SWITCH_TASK, args=[collection]).get(timeout=timeout))
+
+
+def drop_collection(app: Celery, collection: str, *, timeout: float) -> dict[str, Any]:
+    """Ask the store owner to delete a collection that is not live."""
+    return dict(app.send_task(DROP_TASK, args=[collection]).get(timeout=timeout))
 
 
 def reindex_store(app: Celery, *, timeout: float) -> dict[str, Any]:

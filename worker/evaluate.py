@@ -145,9 +145,12 @@ def rank_of(product_id: str, response: SearchResponse) -> int:
 Search = Callable[[SearchRequest], SearchResponse]
 
 
-def evaluate(samples: Sequence[Sampled], search: Search, *, seed: int, max_pixels: int) -> dict[str, Any]:
-    """Run every query of the evaluation through ``search`` (the same route `lookalike search` takes) and
-    return the report as data. A query the search refuses counts as a miss and as an error."""
+def evaluate(
+    samples: Sequence[Sampled], search: Search, *, seed: int, max_pixels: int, collection: str | None = None
+) -> dict[str, Any]:
+    """Run every query of the evaluation through ``search`` (the same route `lookalike search` takes), against
+    the live collection or the named one, and return the report as data. A query the search refuses counts as
+    a miss and as an error."""
     from lookalike.state.search import QueryRejected
 
     images = {name: Tally() for name in (BASELINE, *TRANSFORMS)}
@@ -173,7 +176,7 @@ def evaluate(samples: Sequence[Sampled], search: Search, *, seed: int, max_pixel
             continue
         decoded += 1
         for name, data in transformed_copies(image, rng).items():
-            ask(SearchRequest(image=data, k=K), sample.product_id, images[name])
+            ask(SearchRequest(image=data, k=K, collection=collection), sample.product_id, images[name])
     named = {s.product_id: s.name for s in samples if s.name.strip()}
     for product_id, name in sorted(named.items()):
         queries = {"name": name[:1000], "short_name": short_name(name)}
@@ -181,7 +184,8 @@ def evaluate(samples: Sequence[Sampled], search: Search, *, seed: int, max_pixel
             if text is None:
                 continue
             for mode in MODES:
-                ask(SearchRequest(text=text, mode=mode, k=K), product_id, words[kind][mode])
+                request = SearchRequest(text=text, mode=mode, k=K, collection=collection)
+                ask(request, product_id, words[kind][mode])
     per_transform = {name: tally.to_data() for name, tally in images.items()}
     overall = Tally(ranks=[r for name in TRANSFORMS for r in images[name].ranks])
     overall.errors = sum(images[name].errors for name in TRANSFORMS)

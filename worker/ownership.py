@@ -47,6 +47,10 @@ class CollectionModel:
     text: ModelId
     adopted: bool = False  # recorded on an index that predates the record, with the models configured then
     recorded_at: float = 0.0
+    # Filled by `lookalike reindex --model` to replace another collection: its name and its vision model. Workers
+    # still configured with that model write with this one once it is live (they follow the reindex).
+    replaces: str | None = None
+    previous: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -54,6 +58,8 @@ class CollectionModel:
             "text": self.text.to_data(),
             "adopted": self.adopted,
             "recorded_at": self.recorded_at,
+            "replaces": self.replaces,
+            "previous": self.previous,
         }
 
     @classmethod
@@ -63,6 +69,8 @@ class CollectionModel:
             ModelId.from_data(data["text"]),
             bool(data.get("adopted", False)),
             float(data.get("recorded_at", 0.0)),
+            data.get("replaces"),
+            data.get("previous"),
         )
 
 
@@ -159,6 +167,62 @@ def adopt(settings: Settings, collection: str, points: int) -> CollectionModel:
             record.text.describe(),
         )
     return record
+
+
+class ModelBook:
+    """Which model a process embeds with for which collection (one per worker process).
+
+    Records are read again when this copy is older than :data:`RECORD_MAX_AGE`, so a switch reaches every process
+    within that time; the store owner checks every stamp against the record it holds anyway.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._records: dict[str, tuple[float, CollectionModel | None]] = {}
+
+    def record(self, collection: str) -> CollectionModel | None:
+        now = time.monotonic()
+        cached = self._records.get(collection)
+        if cached is None or now - cached[0] > RECORD_MAX_AGE:
+            cached = (now, read_record(self.settings, collection))
+            self._records[collection] = cached
+        return cached[1]
+
+    def for_collection(self, collection: str | None) -> CollectionModel:
+        """The models of ``collection`` (None: the live one; the configured models while it has no record)."""
+        from lookalike.worker.store import StoreError, live_collection
+
+        record = self.record(collection or live_collection(self.settings))
+        if record is None:
+            if collection is not None:
+                raise StoreError(f"collection {collection!r} has no model record")
+            return configured_models(self.settings)
+        return record
+
+    def for_writing(self, collection: str | None, configured: ModelId) -> ModelId:
+        """The vision model a job for ``collection`` is embedded with: a named collection's own; for the live
+        one the configured model, or the live one's when a reindex moved it off the configured model (the
+        worker follows it). Any other difference is left to the store owner, which refuses the vectors."""
+        record = self.for_collection(collection)
+        if collection is not None:
+            return record.vision
+        if record.vision.fingerprint != configured.fingerprint and record.previous == configured.fingerprint:
+            return record.vision
+        return configured
+
+
+def loadable(recorded: ModelId, configured: ModelId, spec: Any, files: tuple[str, ...]) -> Any | None:
+    """``spec`` (the configured model's) when ``recorded`` is the configured model; else the same spec pointed at
+    ``recorded``'s directory if this machine holds exactly that model there; else None."""
+    import dataclasses
+    from pathlib import Path
+
+    if recorded.fingerprint == configured.fingerprint:
+        return spec
+    directory = Path(recorded.directory) if recorded.directory else None
+    if model_id(recorded.name, directory, files).fingerprint != recorded.fingerprint:
+        return None
+    return dataclasses.replace(spec, name=recorded.name, local_dir=directory)
 
 
 # ------------------------------------------------------------------------------- refusals, for `status`

@@ -8,7 +8,6 @@ reconcile:    make a product's points match the registry (removed images, payloa
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -16,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,27 +32,27 @@ from lookalike.state.registry import ProductState
 from lookalike.state.search import QueryRejected, SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
-from lookalike.worker.embed import Embedder, ModelSpec, get_embedder
+from lookalike.worker.embed import Embedder, ModelSpec, ModelUnavailable, get_embedder
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
-from lookalike.worker.fingerprint import TEXT_FILES, VISION_FILES, ModelId, model_id
+from lookalike.worker.fingerprint import TEXT_FILES, VISION_FILES, ModelId
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
 from lookalike.worker.ownership import (
     MISMATCH,
-    RECORD_MAX_AGE,
     CollectionModel,
+    ModelBook,
     ModelMismatch,
     adopt,
-    configured_models,
     configured_text,
     configured_vision,
     forget_refusal,
+    loadable,
     read_record,
     remember_refusal,
     write_record,
 )
 from lookalike.worker.query import encode_request, search_request
-from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, live_collection, open_store
+from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_collection, open_store
 from lookalike.worker.text import TextSpec, get_text_embedder
 
 OPTIMIZE_AFTER_POINTS = 20_000
@@ -84,7 +82,8 @@ class WorkerContext(StateContext):
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
         self._owner: CollectionModel | None = None  # the live collection's record, as the store owner knows it
-        self._live: tuple[float, CollectionModel] | None = None  # the same, as a query encoder last read it
+        self._others: dict[str, VectorStore] = {}  # named collections (a reindex's shadow), store owner only
+        self._caches: dict[str, EmbeddingCache] = {}
         # A refusal may be on record (status shows it) since the last batch written: this process's first batch
         # written, and the first after a refusal, clear it; the others cost no Redis call.
         self._refused = True
@@ -94,13 +93,34 @@ class WorkerContext(StateContext):
         """The configured vision model's fingerprint: what this process's vectors are stamped with."""
         return configured_vision(self.settings)
 
-    @cached_property
+    @property
     def cache(self) -> EmbeddingCache:
+        """The configured model's embedding cache."""
+        return self.cache_for(self.vision_id.fingerprint)
+
+    def cache_for(self, fingerprint: str) -> EmbeddingCache:
         """Embeddings keyed by the model's fingerprint: another model (or the same directory with other files)
         never reads this one's vectors."""
-        return EmbeddingCache(
-            self.redis, self.settings.key_prefix, self.vision_id.fingerprint, self.settings.embed_cache_ttl
-        )
+        if fingerprint not in self._caches:
+            self._caches[fingerprint] = EmbeddingCache(
+                self.redis, self.settings.key_prefix, fingerprint, self.settings.embed_cache_ttl
+            )
+        return self._caches[fingerprint]
+
+    @cached_property
+    def models(self) -> ModelBook:
+        return ModelBook(self.settings)
+
+    def embedder_for(self, model: ModelId) -> Embedder:
+        """The embedder of ``model``: the configured one, or the model a collection records, loaded from its
+        directory when this machine holds exactly that model (else :class:`ModelUnavailable`)."""
+        spec = loadable(model, self.vision_id, self.model_spec, VISION_FILES)
+        if spec is None:
+            raise ModelUnavailable(
+                f"vision model {model.describe()} is not on this machine (this worker's own is "
+                f"{self.vision_id.describe()})"
+            )
+        return get_embedder(spec)
 
     @cached_property
     def session(self) -> Any:
@@ -121,18 +141,36 @@ class WorkerContext(StateContext):
             self._store = open_store(self.settings)
         return self._store
 
-    def ready_store(self, dim: int) -> VectorStore:
+    def store_for(self, collection: str | None) -> VectorStore:
+        """The live collection (None, or its name), or another one, opened once (store owner)."""
+        if collection is None or collection == self.store.collection:
+            return self.store
+        if collection not in self._others:
+            self._others[collection] = open_collection(self.settings, collection)
+        return self._others[collection]
+
+    def ready_store(self, dim: int, collection: str | None = None) -> VectorStore:
         """The store with its collection created (once per process)."""
+        if collection is not None:
+            store = self.store_for(collection)
+            if store.layout is None:
+                store.ensure_collection(dim)
+            return store
         store = self.store
         if self._store_ready_dim != dim:
             store.ensure_collection(dim)
             self._store_ready_dim = dim
         return store
 
-    def owning_model(self, *, fresh: bool = False) -> CollectionModel:
-        """The models the live collection belongs to (store owner). Read once and kept (the store owner is the
-        one that writes it); ``fresh`` reads it again. A collection without a record adopts the configured
-        models."""
+    def owning_model(self, collection: str | None = None, *, fresh: bool = False) -> CollectionModel:
+        """The models a collection belongs to (store owner): the live one's read once and kept (the store owner
+        is the one that writes it; ``fresh`` reads it again), and a live collection without a record adopts the
+        configured models. A named collection's is read as the model book reads it."""
+        if collection is not None:
+            record = read_record(self.settings, collection) if fresh else self.models.record(collection)
+            if record is None:
+                raise StoreError(f"collection {collection!r} has no model record")
+            return record
         if self._owner is None or fresh:
             collection = self.store.collection
             record = read_record(self.settings, collection)
@@ -145,26 +183,17 @@ class WorkerContext(StateContext):
             self._owner = record
         return self._owner
 
-    def live_models(self) -> CollectionModel:
-        """The models queries must be embedded with (query encoders): the live collection's record, read again
-        when this copy is older than RECORD_MAX_AGE; the configured models while it has none."""
-        now = time.monotonic()
-        if self._live is None or now - self._live[0] > RECORD_MAX_AGE:
-            record = read_record(self.settings, live_collection(self.settings))
-            self._live = (now, record or configured_models(self.settings))
-        return self._live[1]
-
-    def check_vectors(self, offered: set[str], jobs: int) -> None:
-        """Raise :class:`ModelMismatch` when the batch's vectors come from another model than the live
-        collection's (read again before refusing: the record may have changed since it was read)."""
+    def check_vectors(self, offered: set[str], jobs: int, collection: str | None = None) -> None:
+        """Raise :class:`ModelMismatch` when the batch's vectors come from another model than the collection's
+        (read again before refusing: the record may have changed since it was read)."""
         if not offered:
             return  # unstamped: a message from a worker older than the model records
-        recorded = self.owning_model().vision
+        recorded = self.owning_model(collection).vision
         if offered != {recorded.fingerprint}:
-            recorded = self.owning_model(fresh=True).vision
+            recorded = self.owning_model(collection, fresh=True).vision
         stranger = sorted(offered - {recorded.fingerprint})
         if stranger:
-            mismatch = ModelMismatch(self.store.collection, recorded.describe(), ", ".join(stranger))
+            mismatch = ModelMismatch(self.store_for(collection).collection, recorded.describe(), ", ".join(stranger))
             remember_refusal(self.redis, self.settings, mismatch, jobs)
             self._refused = True
             raise mismatch
@@ -189,7 +218,11 @@ class WorkerContext(StateContext):
             self._store.close()
             self._store = None
             self._store_ready_dim = None
+        for other in self._others.values():
+            other.close()
+        self._others.clear()
         self._owner = None
+        self.models = ModelBook(self.settings)
 
 
 # Kept for the tests and benchmarks that name it.
@@ -247,11 +280,10 @@ def fetch_stage(ctx: WorkerContext, job: Job) -> PreparedImage:
     fetched = fetch_image(job.image_url, ctx.session, ctx.limits)
     timings["download"] = fetched.seconds
     digest = content_hash(fetched.data)
-    cached = ctx.cache.get(digest)
+    model = ctx.models.for_writing(job.collection, ctx.vision_id).fingerprint
+    cached = ctx.cache_for(model).get(digest)
     if cached is not None:
-        return PreparedImage(
-            job, digest, vector=encode_vector(cached), timings=timings, model=ctx.vision_id.fingerprint
-        )
+        return PreparedImage(job, digest, vector=encode_vector(cached), timings=timings, model=model)
     with ctx.decode_slots:
         decode_started = time.perf_counter()
         image = decode_image(
@@ -281,14 +313,23 @@ def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[Embe
     for item, rejection in refused:
         fail_jobs(ctx, [item.job], rejection.stage, rejection.reason, rejection.detail)
     vectors: dict[int, str] = {}
-    if to_embed:
+    made_by: dict[int, str] = {}
+    # One model call per model: a batch holds one model's jobs, but a reindex's shadow jobs may share it.
+    groups: dict[ModelId, list[int]] = {}
+    for position, item in enumerate(to_embed):
+        groups.setdefault(ctx.models.for_writing(item.job.collection, ctx.vision_id), []).append(position)
+    for model, positions in groups.items():
+        group = [to_embed[p] for p in positions]
         embed_started = time.perf_counter()
-        embedded = ctx.embedder.embed(images)
+        embedded = ctx.embedder_for(model).embed([images[p] for p in positions])
         seconds = time.perf_counter() - embed_started
-        ctx.ledger.count_embedding(dict(Counter(item.job.run_id for item in to_embed)), seconds)
-        for item, vector in zip(to_embed, embedded, strict=True):
+        ctx.ledger.count_embedding(dict(Counter(item.job.run_id for item in group)), seconds)
+        for item, vector in zip(group, embedded, strict=True):
             vectors[id(item)] = encode_vector(vector)
-        ctx.cache.put_many({item.sha256: vector for item, vector in zip(to_embed, embedded, strict=True)})
+            made_by[id(item)] = model.fingerprint
+        ctx.cache_for(model.fingerprint).put_many(
+            {item.sha256: vector for item, vector in zip(group, embedded, strict=True)}
+        )
     return [
         EmbeddedPoint(
             job=item.job,
@@ -296,7 +337,7 @@ def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[Embe
             vector=item.vector if item.vector is not None else vectors[id(item)],
             cached=item.cached,
             timings=item.waited(started),
-            model=item.model if item.cached else ctx.vision_id.fingerprint,
+            model=item.model if item.cached else made_by[id(item)],
         )
         for item in items
         if item.vector is not None or id(item) in vectors
@@ -310,19 +351,29 @@ class IndexReport:
     superseded: int = 0
     failed: int = 0
     reconciled: int = 0
+    redo: list[Job] = field(default_factory=list)  # jobs to embed again with the collection's model
 
 
-def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexReport:
-    """Write the batch in one upsert, each point with its product's current payload.
+def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection: str | None = None) -> IndexReport:
+    """Write the batch in one upsert, each point with its product's current payload, into the live collection
+    (or the named one: a reindex's shadow).
 
     Points whose product was deleted, or whose image was removed, since the job was enqueued are dropped
     (``superseded``). If the registry changes while the upsert runs, the products concerned are reconciled
-    afterwards, so a concurrent delete or image removal cannot leave an orphan behind.
+    afterwards, so a concurrent delete or image removal cannot leave an orphan behind. Vectors of another model
+    than the collection's are refused, except those of the model a reindex just replaced (embedded in the
+    seconds around the switch): their jobs are handed back (``redo``) to be embedded again with the new one.
     """
     started = time.time()
     report = IndexReport()
+    previous = ctx.owning_model(collection).previous
+    if previous:
+        report.redo = [point.job for point in points if point.model == previous]
+        points = [point for point in points if point.model != previous]
+        if not points:
+            return report
     try:
-        ctx.check_vectors({point.model for point in points if point.model}, len(points))
+        ctx.check_vectors({point.model for point in points if point.model}, len(points), collection)
     except ModelMismatch as exc:
         log.error("refused a batch of %d point(s): %s", len(points), exc)
         fail_jobs(ctx, [point.job for point in points], INDEX, MISMATCH, str(exc))
@@ -357,7 +408,7 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
             report.indexed += 1
     upsert_seconds = 0.0
     if records:
-        store = ctx.ready_store(len(records[0].vector))
+        store = ctx.ready_store(len(records[0].vector), collection)
         upsert_started = time.perf_counter()
         store.upsert(records)
         upsert_seconds = time.perf_counter() - upsert_started
@@ -381,7 +432,7 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     if unknown:
         fail_jobs(ctx, unknown, INDEX, "unknown_product", "the product is not in the registry (was it ingested?)")
         report.failed = len(unknown)
-    if records:
+    if records and collection is None:
         ctx.maybe_optimize(len(records))  # after the outcomes are counted: it can take a while
     return report
 
@@ -397,33 +448,31 @@ def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
     return search_encoded(ctx, request, vector, model)
 
 
-def _loadable(recorded: ModelId, configured: ModelId, spec: Any, files: tuple[str, ...], what: str) -> Any:
-    """``spec`` (the configured model) when the collection's model is the configured one; else the same spec
-    pointed at the model the collection records, if this machine holds exactly that model."""
-    if recorded.fingerprint == configured.fingerprint:
-        return spec
-    directory = Path(recorded.directory) if recorded.directory else None
-    if model_id(recorded.name, directory, files).fingerprint != recorded.fingerprint:
-        raise QueryRejected(
-            MISMATCH,
-            f"the live collection belongs to {what} model {recorded.describe()}, which this worker cannot load "
-            f"(its own is {configured.describe()}): queries are refused rather than compared across models",
-        )
-    return dataclasses.replace(spec, name=recorded.name, local_dir=directory)
+def _unloadable(recorded: ModelId, configured: ModelId, what: str, collection: str | None) -> QueryRejected:
+    return QueryRejected(
+        MISMATCH,
+        f"{'the live collection' if collection is None else repr(collection)} belongs to {what} model "
+        f"{recorded.describe()}, which this worker cannot load (its own is {configured.describe()}): queries are "
+        "refused rather than compared across models",
+    )
 
 
 def encode_query(ctx: WorkerContext, request: SearchRequest) -> tuple[np.ndarray | None, str | None]:
     """The query's half that costs CPU and touches the network, for the encode task on the embedding pool:
-    its vector, embedded with the model the live collection belongs to (whatever this worker's own model is),
-    and that model's fingerprint, which the store owner checks."""
+    its vector, embedded with the model the live collection (or the one the request names) belongs to,
+    whatever this worker's own model is, and that model's fingerprint, which the store owner checks."""
     request.validate(max_image_bytes=ctx.settings.query_max_bytes)
     if not request.needs_vector:
         return None, None
-    record = ctx.live_models()
+    try:
+        record = ctx.models.for_collection(request.collection)
+    except StoreError as exc:
+        raise QueryRejected("unknown_collection", str(exc)) from exc
     if request.kind == "text":
-        text_spec = _loadable(
-            record.text, configured_text(ctx.settings), TextSpec.from_settings(ctx.settings), TEXT_FILES, "text"
-        )
+        configured = configured_text(ctx.settings)
+        text_spec = loadable(record.text, configured, TextSpec.from_settings(ctx.settings), TEXT_FILES)
+        if text_spec is None:
+            raise _unloadable(record.text, configured, "text", request.collection)
         vector = encode_request(
             request,
             embedder=lambda: ctx.embedder,
@@ -433,7 +482,9 @@ def encode_query(ctx: WorkerContext, request: SearchRequest) -> tuple[np.ndarray
             settings=ctx.settings,
         )
         return vector, record.text.fingerprint
-    vision_spec = _loadable(record.vision, ctx.vision_id, ctx.model_spec, VISION_FILES, "vision")
+    vision_spec = loadable(record.vision, ctx.vision_id, ctx.model_spec, VISION_FILES)
+    if vision_spec is None:
+        raise _unloadable(record.vision, ctx.vision_id, "vision", request.collection)
     vector = encode_request(
         request,
         embedder=lambda: get_embedder(vision_spec),
@@ -449,20 +500,30 @@ def search_encoded(
 ) -> SearchResponse:
     """The query's half on the store owner: a search with the vector it is given, no download, no model.
 
-    A vector stamped with another model than the live collection's is refused (``model_mismatch``): its scores
-    against the collection's vectors would mean nothing."""
+    A vector stamped with another model than the collection's is refused (``model_mismatch``): its scores
+    against the collection's vectors would mean nothing. One exception: a vector of the model of the collection
+    a reindex just replaced (encoded in the seconds before the switch reached the encoder) is searched in that
+    collection, which is kept until `lookalike reindex --drop-old`."""
+    collection = request.collection
     if vector is not None and model:
         kind = "text" if request.kind == "text" else "vision"
-        recorded = getattr(ctx.owning_model(), kind)
+        try:
+            record = ctx.owning_model(collection)
+            if getattr(record, kind).fingerprint != model:
+                record = ctx.owning_model(collection, fresh=True)
+        except StoreError as exc:
+            raise QueryRejected("unknown_collection", str(exc)) from exc
+        recorded = getattr(record, kind)
         if recorded.fingerprint != model:
-            recorded = getattr(ctx.owning_model(fresh=True), kind)
-        if recorded.fingerprint != model:
-            raise QueryRejected(
-                MISMATCH,
-                f"the query was embedded with {kind} model {model}, but the live collection belongs to "
-                f"{recorded.describe()}",
-            )
-    return search_request(request, vector, store=ctx.store)
+            replaced = ctx.models.record(record.replaces) if record.replaces else None
+            if replaced is None or getattr(replaced, kind).fingerprint != model:
+                raise QueryRejected(
+                    MISMATCH,
+                    f"the query was embedded with {kind} model {model}, but the collection belongs to "
+                    f"{recorded.describe()}",
+                )
+            collection = record.replaces
+    return search_request(request, vector, store=ctx.store_for(collection))
 
 
 # --------------------------------------------------------------------------------------------- reconcile
@@ -552,15 +613,16 @@ class AuditReport:
         }
 
 
-def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
-    """Make the store converge on the registry, whatever was lost (the queue, the registry or the store).
+def audit_stage(ctx: WorkerContext, *, page: int = 1000, collection: str | None = None) -> AuditReport:
+    """Make the store (the live collection, or the named one) converge on the registry, whatever was lost (the
+    queue, the registry or the store).
 
     Points whose product is not registered, is deleted, or no longer lists the point's image are deleted; points
     whose product fields differ from the registry's get them; the registered images that have no point are
     reported (the caller enqueues them). Reads the store once and the registry once, in pages.
     """
     report = AuditReport()
-    store = ctx.store
+    store = ctx.store_for(collection)
     present: set[str] = set()
     orphans: set[str] = set()
     outdated: dict[str, dict[str, Any]] = {}
@@ -609,6 +671,51 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
 REINDEX_PAGE = 1000
 
 
+def switch_stage(ctx: WorkerContext, collection: str) -> dict[str, Any]:
+    """Make ``collection`` the live one (store owner: no query runs meanwhile). Idempotent."""
+    from lookalike.worker.store import live_collection, switch_live
+
+    previous = live_collection(ctx.settings)
+    if previous != collection:
+        ctx.close()
+        switch_live(ctx.settings, collection)
+    return {"collection": collection, "previous": previous, "switched": previous != collection}
+
+
+def drop_stage(ctx: WorkerContext, collection: str) -> dict[str, Any]:
+    """Delete a collection that is not the live one, and its model record (store owner: it may hold it open)."""
+    import shutil
+
+    from lookalike.worker.ownership import delete_record
+    from lookalike.worker.store import live_collection
+
+    if collection == live_collection(ctx.settings):
+        raise StoreError(f"collection {collection!r} is the live one: not dropping it")
+    other = ctx._others.pop(collection, None)
+    if other is not None:
+        other.close()
+    settings = ctx.settings
+    if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=int(settings.qdrant_timeout) or 1)
+        try:
+            dropped = bool(client.collection_exists(collection) and client.delete_collection(collection))
+        finally:
+            client.close()
+    else:
+        directory = (
+            settings.qdrant_path / "local" / collection
+            if settings.embedded_store == "local"
+            else settings.qdrant_path / collection
+        )
+        dropped = directory.exists()
+        shutil.rmtree(directory, ignore_errors=True)
+    delete_record(settings, collection)
+    return {"collection": collection, "dropped": dropped}
+
+
 def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> dict[str, Any]:
     """Upgrade the live collection to the current layout: copy every point's stored vector into a new
     collection with its keyword vector and flags added, then switch the live collection to it.
@@ -617,7 +724,7 @@ def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> 
     switch, which happens only once the copy holds every point. Upserts are idempotent, so an interrupted run
     (``interrupt_after`` pages, for the tests) is simply run again. Nothing to do on a current collection.
     """
-    from lookalike.worker.store import LEGACY, NAMED, open_collection, switch_live
+    from lookalike.worker.store import LEGACY, NAMED, live_collection, switch_live
 
     source = ctx.store
     live = live_collection(ctx.settings)

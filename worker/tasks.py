@@ -234,8 +234,11 @@ def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
         jobs = [point.job for point in parsed]
         if too_many_deliveries(self, INDEX, jobs):
             return {"indexed": 0}
+        by_collection: dict[str | None, list[EmbeddedPoint]] = {}
+        for point in parsed:
+            by_collection.setdefault(point.job.collection, []).append(point)
         try:
-            report = pipeline.index_stage(ctx, parsed)
+            reports = [pipeline.index_stage(ctx, group, collection) for collection, group in by_collection.items()]
         except StoreUnavailable as exc:
             # The vectors ride along with the retry: a store outage never throws a batch away.
             retry_or_fail(
@@ -249,7 +252,16 @@ def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
                 backoff_max=ctx.settings.store_backoff_max,
             )
             return {"indexed": 0}
-    return report.__dict__
+        redo = [job for report in reports for job in report.redo]
+        for job in redo:  # embedded with the model a reindex just replaced: once more, with the new one
+            fetch.apply_async(args=[job.to_message()], argsrepr=job.describe())
+    return {
+        "indexed": sum(r.indexed for r in reports),
+        "superseded": sum(r.superseded for r in reports),
+        "failed": sum(r.failed for r in reports),
+        "reconciled": sum(r.reconciled for r in reports),
+        "redone": len(redo),
+    }
 
 
 @app.task(name="lookalike.reconcile", bind=True)
@@ -277,9 +289,22 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
 
 
 @app.task(name="lookalike.audit", ignore_result=False, acks_late=False)
-def audit() -> dict[str, Any]:
-    """The store side of `lookalike reconcile`: delete orphan points, report registered images with none."""
-    return pipeline.audit_stage(pipeline.current_context()).to_data()
+def audit(collection: str | None = None) -> dict[str, Any]:
+    """The store side of `lookalike reconcile` (and of a reindex's catch-up, on its shadow collection): delete
+    orphan points, report registered images with none."""
+    return pipeline.audit_stage(pipeline.current_context(), collection=collection).to_data()
+
+
+@app.task(name="lookalike.switch", ignore_result=False, acks_late=False)
+def switch(collection: str) -> dict[str, Any]:
+    """Make ``collection`` the live one (`lookalike reindex --model`), on the store owner, between two queries."""
+    return pipeline.switch_stage(pipeline.current_context(), collection)
+
+
+@app.task(name="lookalike.drop", ignore_result=False, acks_late=False)
+def drop(collection: str) -> dict[str, Any]:
+    """Delete a collection that is not live (`lookalike reindex --drop-old`), on the store owner."""
+    return pipeline.drop_stage(pipeline.current_context(), collection)
 
 
 @app.task(name="lookalike.reindex", ignore_result=False)
@@ -372,4 +397,6 @@ def _close_store(**_: Any) -> None:
     pipeline.reset_context()
 
 
-__all__ = ["audit", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search"]
+__all__ = [
+    "audit", "drop", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search", "switch",
+]  # fmt: skip
