@@ -179,6 +179,17 @@ class ModelBook:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._records: dict[str, tuple[float, CollectionModel | None]] = {}
+        self._live: tuple[float, str] | None = None
+        self._configured: CollectionModel | None = None
+
+    def live_name(self) -> str:
+        """The live collection's name, read again (a file on an embedded store) at most every RECORD_MAX_AGE."""
+        from lookalike.worker.store import live_collection
+
+        now = time.monotonic()
+        if self._live is None or now - self._live[0] > RECORD_MAX_AGE:
+            self._live = (now, live_collection(self.settings))
+        return self._live[1]
 
     def record(self, collection: str) -> CollectionModel | None:
         now = time.monotonic()
@@ -190,13 +201,15 @@ class ModelBook:
 
     def for_collection(self, collection: str | None) -> CollectionModel:
         """The models of ``collection`` (None: the live one; the configured models while it has no record)."""
-        from lookalike.worker.store import StoreError, live_collection
+        from lookalike.worker.store import StoreError
 
-        record = self.record(collection or live_collection(self.settings))
+        record = self.record(collection or self.live_name())
         if record is None:
             if collection is not None:
                 raise StoreError(f"collection {collection!r} has no model record")
-            return configured_models(self.settings)
+            if self._configured is None:
+                self._configured = configured_models(self.settings)
+            return self._configured
         return record
 
     def for_writing(self, collection: str | None, configured: ModelId) -> ModelId:
