@@ -109,7 +109,7 @@ def reindex_model(
     :class:`ReindexFailed` for bad input (2), an incomplete shadow or a refused switch (1)."""
     from lookalike.evaluation import run_eval
     from lookalike.worker.app import app
-    from lookalike.worker.client import switch_store
+    from lookalike.worker.client import optimize_store, switch_store
     from lookalike.worker.fingerprint import GRAPH, TEXT_FILES, VISION_FILES, model_id
     from lookalike.worker.ownership import CollectionModel, configured_models, read_record, write_record
     from lookalike.worker.store import live_collection
@@ -180,6 +180,7 @@ def reindex_model(
             report.update(switched=True, reason=f"{verdict}: within --max-drop {max_drop:g}, switched")
             caught = _catch_up(session, shadow, timeout=timeout, progress=progress)
             report["caught_up"] = caught["indexed"]
+            optimize_store(app)  # the new live collection's search index, built now rather than at 20,000 writes
             live = shadow
         if drop_old:
             report["dropped"] = _drop_old(settings, live, timeout=timeout)

@@ -237,3 +237,12 @@ def test_killed_mid_way_then_run_again_it_ends_complete_with_the_events_of_meanw
         prepared = decode_image(body, max_pixels=settings.max_image_pixels, formats=settings.allowed_image_formats)
         expected = embedder.embed([decode_transport(encode_for_transport(prepared))])[0]
         assert np.allclose(np.asarray(points[product]), expected / np.linalg.norm(expected), atol=1e-4), product
+
+
+def test_a_directory_without_a_model_is_one_line_and_exit_2(cli, env, tmp_path):
+    result = cli("reindex", "--model", str(tmp_path / "nothing"))
+    assert result.code == 2
+    expected = f"error: {tmp_path / 'nothing'} has no model.onnx: not a model directory"
+    assert result.stderr.strip().splitlines() == [expected]
+    assert cli("reindex", "--model", str(tmp_path), "--max-drop", "2").code == 2
+    assert cli("reindex", "--text-model", str(tmp_path)).code == 2
