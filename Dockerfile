@@ -27,6 +27,7 @@ COPY config/ config/
 COPY producer/ producer/
 COPY state/ state/
 COPY api/ api/
+COPY app/ app/
 COPY worker/ worker/
 COPY testing/ testing/
 RUN pip install . \

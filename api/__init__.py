@@ -1,7 +1,7 @@
 """The HTTP API and the search page, over a search backend (``create_app(backend, settings)``).
 
-``lookalike serve`` wires the real backend (a query worker through the broker) and runs uvicorn; tests wire a
-fake one. Nothing in this package embeds, opens the store or talks to Celery.
+``lookalike serve`` wires the real backend (the application's gateway: a query worker through the broker)
+and runs uvicorn; tests wire a fake one. Nothing in this package embeds, opens the store or talks to Celery.
 """
 
 from lookalike.api.app import create_app

@@ -16,12 +16,10 @@ Every error has one body (:mod:`lookalike.api.errors`); bad input is always a 4x
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import time
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -37,13 +35,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import __version__
-from lookalike.api.backend import READINESS_CHECKS, BackendTimeout, BackendUnavailable, SearchBackend
-from lookalike.api.errors import error_response, reason_for_validation, status_for
+from lookalike.api.backend import READINESS_CHECKS, SearchBackend
+from lookalike.api.docs import DOCS_HEADERS, DocsHeadersMiddleware
+from lookalike.api.errors import ERROR_STATUS, ApiError, api_error, error_response, reason_for_validation
 from lookalike.api.limits import BodyLimitMiddleware
 from lookalike.api.models import ErrorOut, HealthOut, ReadyOut, SearchForm, SearchJSON, SearchOut
 from lookalike.api.observe import ApiMetrics, ObserveMiddleware, install_log_record_factory
+from lookalike.api.readiness import ReadinessMonitor
 from lookalike.config.settings import Settings, get_settings
-from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, QueryRejected, SearchRequest
+from lookalike.state.errors import Overloaded
+from lookalike.state.search import MAX_K, MAX_OFFSET, Filters, SearchRequest
 
 log = logging.getLogger("lookalike.api")
 
@@ -51,7 +52,10 @@ API_KEY_HEADER = "X-API-Key"
 # How much longer than the backend's own wait (LOOKALIKE_QUERY_TIMEOUT) the API waits before answering 504 by
 # itself: the backend should always answer first; this only bounds a backend that hangs.
 DEADLINE_MARGIN = 2.0
-READINESS_TIMEOUT = 5.0
+# /readyz waits at most this long for the very first reading (later ones are always there, see api/readiness.py).
+FIRST_READING_WAIT = 2.0
+# How long a refused search's body is read and thrown away, so the client reads its 503 instead of a reset.
+DRAIN_SECONDS = 2.0
 UNAVAILABLE_RETRY_AFTER = 5
 
 # The page: a Content-Security-Policy that allows the page's own files and the catalogue's images only.
@@ -62,17 +66,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 STATIC_FILES = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
-
-
-class ApiError(Exception):
-    """An answer other than 2xx, raised anywhere in a route and turned into the one error body."""
-
-    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason, detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.headers = headers or {}
 
 
 _API_KEY_SCHEME = APIKeyHeader(
@@ -114,32 +107,6 @@ def _static(name: str) -> bytes:
     return resources.files("lookalike.api").joinpath("static", name).read_bytes()
 
 
-def _literal_address_refused(url: str, settings: Settings) -> str | None:
-    """Why an image URL whose host is an IP literal may not be fetched, or None.
-
-    Only literals are checked here (no DNS lookup from the API); names are checked, address by address, by the
-    worker's guarded download. It saves a round trip through the broker for the obvious cases
-    (``http://169.254.169.254/...``, ``http://127.0.0.1/...``).
-    """
-    from lookalike.worker.fetch import AddressPolicy, ForbiddenAddress
-
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return None
-    if not host:
-        return None
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    try:
-        AddressPolicy.from_networks(settings.allowed_networks).check(address)
-    except ForbiddenAddress as exc:
-        return exc.detail
-    return None
-
-
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """A pydantic JSON schema with its ``$defs`` written in place, to embed in a hand-written request body."""
     defs = schema.pop("$defs", {})
@@ -178,6 +145,10 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     metrics = ApiMetrics()
     keys = tuple(key.encode() for key in settings.api_key_values)
     deadline = settings.query_timeout + DEADLINE_MARGIN
+    # Searches wait for the backend on threads of their own (as many as it admits), never on anyio's shared
+    # limiter; /healthz uses no thread and /readyz answers from a reading taken in the background.
+    search_threads = anyio.CapacityLimiter(settings.effective_api_max_searches)
+    readiness = ReadinessMonitor(backend.readiness, READINESS_CHECKS)
 
     app = FastAPIOffline(
         title="lookalike",
@@ -188,6 +159,9 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         redoc_url=None,
         static_url="/docs-static",
     )
+    # No redirect to the path with(out) a trailing slash: Starlette builds it from the Host header, which any
+    # client sets. /v1/search/ is a 404 like any other unknown path.
+    app.router.redirect_slashes = False
 
     # ----------------------------------------------------------------------------------------- errors
     @app.exception_handler(ApiError)
@@ -204,6 +178,14 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return error_response(request.scope, exc.status_code, reason, str(exc.detail), dict(exc.headers or {}))
 
+    async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+        mapped = api_error(exc)
+        assert mapped is not None  # registered for the table's types only
+        return error_response(request.scope, mapped.status, mapped.reason, mapped.detail, mapped.headers)
+
+    for known in ERROR_STATUS:
+        app.add_exception_handler(known, _known_error)
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -215,27 +197,17 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
 
     # ----------------------------------------------------------------------------------------- search
     async def answer(search: SearchRequest) -> JSONResponse:
-        try:
-            search.validate(max_image_bytes=settings.query_max_bytes)
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
+        """The backend's answer (it validates the request; its refusals and outages are answered through
+        ERROR_STATUS), with the time it took."""
         log.info("search %s", search.describe())
         started = time.perf_counter()
         try:
             with anyio.fail_after(deadline):
-                response = await anyio.to_thread.run_sync(backend.search, search, abandon_on_cancel=True)
-        except QueryRejected as exc:
-            raise ApiError(status_for(exc), exc.reason, exc.detail) from exc
-        except BackendUnavailable as exc:
-            raise ApiError(
-                503, "unavailable", exc.detail or "the search backend is unavailable",
-                {"Retry-After": str(exc.retry_after)},
-            ) from exc
-        except BackendTimeout as exc:
-            raise ApiError(504, "timeout", exc.detail or "no query worker answered in time") from exc
+                data = await anyio.to_thread.run_sync(
+                    backend.search, search, abandon_on_cancel=True, limiter=search_threads
+                )
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"no answer within {deadline:g} s") from exc
-        data = response.to_data()
         data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return JSONResponse(data)
 
@@ -261,13 +233,25 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         """A photo as multipart/form-data (``image`` plus the options as fields), or JSON with ``image_url``
         or ``text``. The answer lists products best first, one entry per product."""
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type == "application/json":
-            return await answer(await _json_request(request))
-        if media_type == "multipart/form-data":
-            return await answer(await _form_request(request))
-        raise ApiError(
-            415, "unsupported_media_type", "send JSON (image_url or text) or multipart/form-data (image)"
-        )
+        if media_type not in ("application/json", "multipart/form-data"):
+            raise ApiError(
+                415, "unsupported_media_type", "send JSON (image_url or text) or multipart/form-data (image)"
+            )
+        try:
+            with backend.admit():  # before the body is read: a refused upload is never held in memory
+                if media_type == "application/json":
+                    return await answer(await _json_request(request))
+                return await answer(await _form_request(request))
+        except Overloaded:
+            await _drain(request)
+            raise
+
+    async def _drain(request: Request) -> None:
+        """Read and drop what is left of a refused request's body (for a short while), so the client, still
+        sending, gets to read the 503 rather than a reset connection."""
+        with anyio.move_on_after(DRAIN_SECONDS):
+            async for _chunk in request.stream():
+                pass
 
     async def _json_request(request: Request) -> SearchRequest:
         try:
@@ -275,10 +259,6 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         except ValidationError as exc:
             reason, detail = reason_for_validation(exc.errors())
             raise ApiError(422, reason, detail) from exc
-        if body.image_url is not None:
-            refused = _literal_address_refused(body.image_url, settings)
-            if refused:
-                raise ApiError(422, "forbidden_address", refused)
         filters = Filters(**body.filters.model_dump()) if body.filters else Filters()
         return SearchRequest(
             image_url=body.image_url, text=body.text, k=body.k, offset=body.offset, mode=body.mode,
@@ -298,7 +278,7 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
                 if isinstance(value, UploadFile):
                     if name != "image":
                         raise ApiError(422, "bad_query", f"{name}: only the image is a file")
-                    fields[name] = await value.read()
+                    fields[name] = await _reduced(value)
                 elif name == "image":
                     raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
                 else:
@@ -314,9 +294,15 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
             raise ApiError(422, reason, detail) from exc
         return SearchRequest(
             image=body.image, k=body.k, offset=body.offset, mode=body.mode, diverse=body.diverse,
-            facets=body.facets,
+            facets=body.facets, prepared=True,
             filters=Filters(body.category, body.min_price, body.max_price, body.min_score),
         )
+
+    async def _reduced(upload: UploadFile) -> bytes:
+        """The uploaded photo as the model's input (the 224x224 transport JPEG), made by the backend here, a
+        few at a time, straight from its spool file: the full-size photo is in memory only while it is decoded,
+        and never crosses Redis (lookalike.worker.prepare). A refusal is the decoder's own reason."""
+        return await anyio.to_thread.run_sync(backend.reduce_upload, upload.file, limiter=search_threads)
 
     @v1.get(
         "/products/{product_id}/similar",
@@ -334,16 +320,19 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         min_score: Annotated[float | None, Query(ge=-1, le=1, allow_inf_nan=False)] = None,
     ) -> JSONResponse:
         """The products that look most like ``product_id`` (which itself is left out), best first."""
-        return await answer(
-            SearchRequest(
-                product_id=product_id, k=k, offset=offset,
-                filters=Filters(category, min_price, max_price, min_score),
+        with backend.admit():
+            return await answer(
+                SearchRequest(
+                    product_id=product_id, k=k, offset=offset,
+                    filters=Filters(category, min_price, max_price, min_score),
+                )
             )
-        )
 
     app.include_router(v1)
 
     # ----------------------------------------------------------------------------------------- operations
+    readiness_thread = anyio.CapacityLimiter(1)
+
     @app.get("/healthz", response_model=HealthOut, summary="The process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -355,13 +344,10 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
         responses={503: {"model": ErrorOut, "description": "Something is missing; the detail names it."}},
     )
     async def readyz(request: Request) -> JSONResponse:
-        try:
-            with anyio.fail_after(READINESS_TIMEOUT):
-                checks = await anyio.to_thread.run_sync(backend.readiness, abandon_on_cancel=True)
-            checks = {name: bool(checks.get(name, False)) for name in READINESS_CHECKS}
-        except Exception as exc:  # a readiness probe answers; it never fails with a 500
-            log.warning("readiness check failed: %r", exc)
-            checks = dict.fromkeys(READINESS_CHECKS, False)
+        checks, age = readiness.reading()
+        if age is None:  # the very first probe: wait for the first reading, on a thread of its own
+            await anyio.to_thread.run_sync(readiness.wait_first, FIRST_READING_WAIT, limiter=readiness_thread)
+            checks, age = readiness.reading()
         missing = [name for name, ok in checks.items() if not ok]
         if missing:
             return error_response(
@@ -402,7 +388,12 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
     # ----------------------------------------------------------------------------------------- middleware
     # Added innermost first: the body limit sits inside CORS (so a 413 still carries CORS headers), and the
     # request id / metrics / access log wrap everything.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        read_timeout=settings.api_read_timeout,
+        body_timeout=settings.api_body_timeout,
+    )
     origins = settings.cors_origin_list
     if origins:
         app.add_middleware(
@@ -413,8 +404,10 @@ def create_app(backend: SearchBackend, settings: Settings | None = None) -> Fast
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(DocsHeadersMiddleware, headers=DOCS_HEADERS)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     app.state.metrics = metrics
+    app.state.readiness = readiness
     app.state.backend = backend
     app.state.settings = settings
     return app

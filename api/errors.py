@@ -16,13 +16,45 @@ from fastapi.responses import JSONResponse
 from starlette.types import Scope
 
 from lookalike.api.observe import REQUEST_ID_HEADER, request_id_var
-from lookalike.state.search import QueryRejected
+from lookalike.state.errors import BackendTimeout, Overloaded, Rejected, Unavailable
 
-# A refusal's reason -> status; every other QueryRejected reason is a 422.
+# What went wrong -> (status, reason token, detail when the error has none), for every error a route lets
+# through: the first of the error's classes found here decides. Anything else is a bug: a 500.
+ERROR_STATUS: dict[type[Exception], tuple[int, str | None, str]] = {
+    BackendTimeout: (504, "timeout", "no query worker answered in time"),
+    Overloaded: (503, "overloaded", "too many searches in flight; retry shortly"),
+    Unavailable: (503, "unavailable", "the search backend is unavailable"),
+    Rejected: (422, None, "refused"),  # the reason is the refusal's own
+}
+# A refusal's reason -> status; every other refusal is a 422.
 REASON_STATUS = {
     "unknown_product": 404,
     "too_large": 413,
 }
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, raised anywhere in a route and turned into the one error body."""
+
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason, detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def api_error(exc: Exception) -> ApiError | None:
+    """``exc`` as the answer :data:`ERROR_STATUS` gives it (None: not in the table)."""
+    found = next((ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS), None)
+    if found is None:
+        return None
+    status, reason, fallback = found
+    if isinstance(exc, Rejected):
+        return ApiError(REASON_STATUS.get(exc.reason, status), exc.reason, exc.detail)
+    detail = getattr(exc, "detail", "") or fallback
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) and status == 503 else None
+    return ApiError(status, reason or "error", detail, headers)
 
 # The field a validation error names -> the reason SearchRequest.validate would give for it.
 FIELD_REASON = {
@@ -52,10 +84,6 @@ def error_response(
     request_id = request_id_of(scope)
     body = {"error": reason, "detail": detail, "request_id": request_id, **extra}
     return JSONResponse(body, status_code=status, headers={REQUEST_ID_HEADER: request_id, **(headers or {})})
-
-
-def status_for(rejection: QueryRejected) -> int:
-    return REASON_STATUS.get(rejection.reason, 422)
 
 
 def reason_for_validation(errors: Sequence[Any]) -> tuple[str, str]:

@@ -57,7 +57,8 @@ def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": {"format": LOG_FORMAT}},
+        # One record, one line: control characters escaped (lookalike.worker.logs.OneLineFormatter).
+        "formatters": {"default": {"()": "lookalike.worker.logs.OneLineFormatter", "format": LOG_FORMAT}},
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
@@ -130,6 +131,8 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # A request answered by nobody because its client left (lookalike.api.limits) counts as 499.
+            status = scope["state"].get("answered_status", status)
             seconds = time.perf_counter() - started
             route = route_template(scope)
             labels = (route, scope["method"], str(status))

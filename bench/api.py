@@ -2,6 +2,7 @@
 store of 100,000 points, beside the same query answered in-process.
 
     python bench/api.py [--points 100000] [--seconds 30] [--clients 1,8,32] [--vit]
+    python bench/api.py --while-ingesting | --attack | --optimize [--vit]   (bench/shoppers.py: shoppers under load)
 
 Runs what a deployment runs: `lookalike worker` (embedding processes that encode queries, the store owner that
 searches) and `lookalike serve`, on this machine; the clients are threads with one keep-alive connection each.
@@ -143,8 +144,8 @@ def in_process(queries: int) -> dict[str, float]:
 
 
 def wait_ready(env: dict[str, str], port: int, timeout: float = 180) -> None:
+    from lookalike.app.gateway import live_workers
     from lookalike.worker.app import create_app
-    from lookalike.worker.client import live_workers
 
     app = create_app()
     deadline = time.monotonic() + timeout
@@ -169,9 +170,20 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--vit", action="store_true", help="CLIP ViT-B/32's vision graph at real cost")
     parser.add_argument("--redis-db", type=int, default=14)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--while-ingesting", action="store_true", help="one shopper: idle vs while a catalogue ingests")
+    mode.add_argument("--attack", action="store_true", help="trickling image URLs and a burst of 10 MB uploads")
+    mode.add_argument("--optimize", action="store_true", help="queries while an optimize is asked for at --points")
+    parser.add_argument("--images", type=int, default=1200, help="--while-ingesting: images per catalogue")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-api-bench-"))
-    extra = {"LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant"), "LOOKALIKE_QUERY_TIMEOUT": "60"}
+    extra = {"LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant")}
+    if args.while_ingesting or args.attack or args.optimize:
+        # The images (and the attack's slow "public" hosts) are on a local server.
+        extra["LOOKALIKE_FETCH_ALLOW_NETWORKS"] = "127.0.0.0/8"
+        extra["LOOKALIKE_QUERY_ALLOW_NETWORKS"] = "127.0.0.0/8"
+    else:
+        extra["LOOKALIKE_QUERY_TIMEOUT"] = "60"  # the shoppers' modes measure the defaults
     if args.vit:
         from lookalike.testing.vit_model import build_vit_model
 
@@ -191,6 +203,9 @@ def main() -> None:
     redis.Redis.from_url(env["LOOKALIKE_BROKER_URL"]).flushdb()
 
     sys.path.insert(0, str(ROOT))
+    if args.while_ingesting or args.attack or args.optimize:
+        shoppers_under_load(args, env, scratch, "ViT-B/32 graph (random weights)" if args.vit else model_kind)
+        return
     from search import build
 
     from lookalike.worker.store import EdgeStore
@@ -246,6 +261,24 @@ def main() -> None:
     name = "api-vit.json" if args.vit else "api.json"
     (ROOT / "results" / name).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def shoppers_under_load(args: argparse.Namespace, env: dict[str, str], scratch: Path, model: str) -> None:
+    import shoppers
+
+    if args.while_ingesting:
+        name = "shoppers-while-ingesting"
+        report = shoppers.while_ingesting(env, scratch, images=args.images, seconds=args.seconds, model=model)
+    elif args.attack:
+        name = "shoppers-attack"
+        from lookalike.config.settings import get_settings, reset_settings
+
+        reset_settings()
+        report = shoppers.attack(env, scratch, model=model, query_timeout=get_settings().query_timeout)
+    else:
+        name = "shoppers-optimize"
+        report = shoppers.during_optimize(env, scratch, points=args.points, seconds=args.seconds, model=model)
+    shoppers.write_report(f"{name}{'-vit' if args.vit else ''}.json", report)
 
 
 if __name__ == "__main__":

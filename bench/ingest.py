@@ -106,7 +106,8 @@ def serve(paths: list[Path], latency_ms: float) -> Any:
 def _ceiling_worker(args: tuple[list[str], int, str, str | None, int]) -> tuple[int, float]:
     files, batch, model, model_dir, threads = args
     from lookalike.worker.decode import MODEL_INPUT_EDGE, decode_image
-    from lookalike.worker.embed import Embedder, ModelSpec
+    from lookalike.worker.embed import Embedder
+    from lookalike.worker.model import ModelSpec
 
     embedder = Embedder(ModelSpec(model, Path(model_dir) if model_dir else None, None, threads))
     embedder.embed(
@@ -126,7 +127,8 @@ def _ceiling_worker(args: tuple[list[str], int, str, str | None, int]) -> tuple[
 
 def _ceiling_fastembed_worker(args: tuple[list[str], int, str, str | None, int]) -> tuple[int, float]:
     files, batch, model, model_dir, threads = args
-    from lookalike.worker.embed import Embedder, ModelSpec
+    from lookalike.worker.embed import Embedder
+    from lookalike.worker.model import ModelSpec
 
     embedder = Embedder(ModelSpec(model, Path(model_dir) if model_dir else None, None, threads))
     list(embedder._model.embed(files[:1], batch_size=1))
@@ -204,7 +206,15 @@ class RssSampler(threading.Thread):
             for child in self.root.children(recursive=True):
                 try:
                     cmd = " ".join(child.cmdline())
-                    role = "fetch" if "lookalike.fetch" in cmd else "store" if "lookalike.index" in cmd else "embed"
+                    role = (
+                        "fetch"
+                        if "lookalike.fetch" in cmd
+                        else "store"
+                        if "lookalike.index" in cmd
+                        else "encode"
+                        if "lookalike.encode" in cmd
+                        else "embed"
+                    )
                     parent_is_embed = "lookalike.embed" in cmd
                     name = f"{role}:{child.pid}" if not parent_is_embed else f"embed-main:{child.pid}"
                     sizes[name] = child.memory_info().rss
@@ -312,8 +322,8 @@ def _wait_ready(env: dict[str, str], timeout: float = 90) -> None:
     from lookalike.config.settings import reset_settings
 
     reset_settings()
+    from lookalike.app.gateway import live_workers
     from lookalike.worker.app import ALL_QUEUES, app
-    from lookalike.worker.client import live_workers
 
     app.conf.broker_url = env["LOOKALIKE_BROKER_URL"]
     app.conf.result_backend = env["LOOKALIKE_BROKER_URL"]

@@ -139,8 +139,8 @@ def bench_size(count: int, queries: int, scratch: Path, env: dict[str, str]) -> 
 
 
 def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> dict[str, float]:
+    from lookalike.app.gateway import ask_workers, live_workers
     from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers, live_workers
 
     lookalike = str(Path(sys.executable).with_name("lookalike"))
     worker = subprocess.Popen(
@@ -155,6 +155,10 @@ def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> di
         while not any("lookalike.query" in q for q in live_workers(app, 0.5).values()):
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("query worker did not start")
+        from lookalike.app.gateway import Gateway
+        from lookalike.config.settings import get_settings
+
+        source = Gateway(get_settings()).preparer.prepare(source)  # as the gateway sends it: the transport JPEG
         ask_workers(app, source, timeout=60)  # warm
         samples = []
         for _ in range(queries):

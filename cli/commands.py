@@ -5,62 +5,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lookalike.app.broker import require_broker, safe_url
+from lookalike.app.gateway import Gateway
 from lookalike.config.settings import Settings, get_settings
 from lookalike.producer.catalog import CatalogReport
 from lookalike.state.context import StateContext, current_state
-from lookalike.state.search import Filters, QueryRejected, SearchRequest, SearchResponse
-from lookalike.worker.embedded import Runtime, redis_answers, resolve_broker
+from lookalike.state.errors import BackendUnavailable, Misconfigured, ModelUnavailable
+from lookalike.worker.embedded import Runtime, resolve_broker
 
 Note = Callable[[str], None]
 
 
-NO_BROKER_EXIT = 3
-
-
-class BrokerUnreachable(Exception):
-    """Nothing answers at the broker URL: every command says so in one line and exits with NO_BROKER_EXIT."""
-
-
-def use_broker(note: Note, *, start: bool = True, share: bool = False) -> Runtime:
-    """This command's broker, resolved the way every command resolves it (see ``resolve_broker``), and checked.
-
-    An embedded broker this command started stops when the command ends; ``share`` (long-running commands)
-    lets other commands use it meanwhile."""
-    import atexit
-
-    runtime = resolve_broker(start=start, share=share)
-    atexit.register(runtime.close)
-    for message in runtime.notes:
-        note(message)
-    require_broker(runtime.settings)
-    return runtime
+def gateway(settings: Settings, note: Note) -> Gateway:
+    """This command's gateway to the workers (or to this process, when none runs)."""
+    return Gateway(settings, note=note)
 
 
 def state_context() -> StateContext:
     """This command's light context (settings, Redis, ledger, registry, failures): no model, no store."""
     return current_state()
-
-
-def require_broker(settings: Settings) -> str:
-    """The broker URL, once something answers there; else a one-line error saying where it looked."""
-    from lookalike.worker.embedded import broker_problem
-
-    url: str = settings.broker_url.get_secret_value()
-    problem = broker_problem(url)
-    if problem is not None:
-        # A refused connection needs no explanation; a TLS failure or a stranger on the port does.
-        why = "" if "refused" in problem.lower() else f" ({problem})"
-        raise BrokerUnreachable(
-            f"no broker answers at {_safe_url(url)}{why}: start Redis (or `docker-compose up -d redis`), "
-            "or set LOOKALIKE_BROKER_URL (unset, lookalike runs an embedded one)"
-        )
-    return url
 
 
 def _now_version() -> int:
@@ -126,14 +94,14 @@ class IngestSession:
         for message in self.runtime.notes:
             self.note(message)
         require_broker(self.runtime.settings)
-        from lookalike.worker.app import ALL_QUEUES, app
-        from lookalike.worker.client import CeleryPublisher, live_workers
+        from lookalike.state.queues import ALL_QUEUES
 
         self.ctx = state_context()
-        self.publisher = CeleryPublisher(app, self.ctx.redis)
+        self.gateway = gateway(self.ctx.settings, self.note)
+        self.publisher = self.gateway.publisher(self.ctx.redis)
         # With an embedded broker, queued jobs would die with this command: it always waits.
         self.waiting = self.want_wait or self.runtime.broker_is_embedded
-        workers = live_workers(app)
+        workers = self.gateway.live_workers()
         if self.waiting and not workers:
             _check_model(self.ctx.settings)
             self.group = start_local_workers(self.ctx.settings, self.note)
@@ -222,8 +190,6 @@ class IngestSession:
 
     def wait_until_done(self, run_id: str, total: int, *, progress: bool) -> WaitResult:
         from lookalike.state.ledger import finished, is_complete
-        from lookalike.worker.app import app
-        from lookalike.worker.client import optimize_store
 
         ledger = self.ctx.ledger
         started = time.monotonic()
@@ -240,12 +206,12 @@ class IngestSession:
                     break
                 if self.group is not None and self.group.dead():
                     spec, code = self.group.dead()[0]
-                    raise RuntimeError(f"the local {spec.name} worker exited with code {code}")
+                    raise BackendUnavailable(f"the local {spec.name} worker exited with code {code}")
                 time.sleep(0.25)
         seconds = time.monotonic() - started
         if finished(ledger.run(run_id) or {}) and self.ctx.settings.uses_embedded_store:
             # Build the search index over the new points now, while nobody waits on a query.
-            optimize_store(app)
+            self.gateway.optimize()
         run = ledger.run(run_id) or {}
         ledger.set_meta(run_id, finished_at=time.time())
         return WaitResult(
@@ -301,128 +267,34 @@ def start_worker(
     if settings.uses_embedded_store and chosen & {INDEX_QUEUE, QUERY_QUEUE}:
         try:
             open_store(settings, lock_wait=0).close()
-        except StoreLocked:
-            if queues:
-                raise
+        except StoreLocked as exc:
+            if queues:  # the store queues were asked for by name: the user has to choose others
+                raise Misconfigured(str(exc)) from exc
             note(
                 f"the embedded store {settings.qdrant_path} is owned by another worker: this one runs fetch and "
                 "embed only (use a Qdrant server to run several store workers)"
             )
             chosen -= {INDEX_QUEUE, QUERY_QUEUE}
-    _check_model(settings)
+    try:
+        _check_model(settings)
+    except ModelUnavailable as exc:  # a worker without its model: LOOKALIKE_MODEL_DIR (or the network) to fix
+        raise Misconfigured(str(exc)) from exc
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
     group = WorkerGroup(pools, loglevel=loglevel)
     group.start(handle_signals=True)
     note(
         "started "
         + ", ".join(f"{p.name} pool ({p.pool} x{p.concurrency}) on {','.join(p.queues)}" for p in pools)
-        + f" against {_safe_url(url)}; Ctrl-C stops them"
+        + f" against {safe_url(url)}; Ctrl-C stops them"
     )
     return group.supervise()
 
 
 def _check_model(settings: Settings) -> None:
     """Fail before starting anything when the model cannot load (offline without a local directory...)."""
-    from lookalike.worker.embed import ModelSpec, get_embedder
+    from lookalike.worker.embed import Embedder
 
-    get_embedder(ModelSpec.from_settings(settings))
-
-
-def _safe_url(url: str) -> str:
-    """A broker URL fit for printing: no password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-# ------------------------------------------------------------------------------------------------ search
-class QueryFailed(Exception):
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def image_request(image: str, *, k: int, offset: int, filters: Filters, max_bytes: int) -> SearchRequest:
-    """A search request for an image path or an http(s) URL (the file is read here, by the user's command:
-    a worker never reads a path a caller chose)."""
-    if image.startswith(("http://", "https://")):
-        return SearchRequest(image_url=image, k=k, offset=offset, filters=filters)
-    path = Path(image)
-    if not path.is_file():
-        raise QueryFailed(f"{image}: no such file (give an image path or an http(s) URL)")
-    if path.stat().st_size > max_bytes:
-        raise QueryFailed(f"{image}: larger than {max_bytes} bytes (LOOKALIKE_QUERY_MAX_BYTES)")
-    return SearchRequest(image=path.read_bytes(), k=k, offset=offset, filters=filters)
-
-
-def run_query(request: SearchRequest, *, timeout: float | None, note: Note) -> SearchResponse:
-    """Send the request to a query worker through the broker; with no worker at all, answer in this process."""
-    settings = get_settings()
-    try:
-        request.validate(max_image_bytes=settings.query_max_bytes)
-    except QueryRejected as exc:
-        raise QueryFailed(f"query refused: {exc}") from None
-    timeout = timeout or settings.query_timeout
-    url = settings.broker_url.get_secret_value()
-    if redis_answers(url):
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
-        from lookalike.state.queues import ENCODE_QUEUE, QUERY_QUEUE
-        from lookalike.worker.app import app
-        from lookalike.worker.client import ask_workers, live_workers
-
-        workers = live_workers(app)
-        consumed = {queue for queues in workers.values() for queue in queues}
-        if QUERY_QUEUE in consumed:
-            if request.needs_vector and ENCODE_QUEUE not in consumed:
-                raise QueryFailed(
-                    "no running worker encodes queries (the lookalike.encode queue); start one with "
-                    "`lookalike worker --queues embed,encode`",
-                    3,
-                )
-            try:
-                answer = ask_workers(app, request, timeout=timeout)
-                if answer.get("error") == "store_error":
-                    raise QueryFailed(str(answer.get("detail")), 3)
-                return SearchResponse.from_data(answer)
-            except CeleryTimeout:
-                raise QueryFailed(
-                    f"no worker answered the query within {timeout:g}s; is the worker on the query queue busy or "
-                    "stuck? (start one with `lookalike worker --queues query,index`)",
-                    3,
-                ) from None
-            except QueryRejected as exc:
-                raise QueryFailed(f"query refused: {exc}") from None
-        if workers:
-            raise QueryFailed(
-                "workers are running but none consumes the query queue; start one with "
-                "`lookalike worker --queues query,index`",
-                3,
-            )
-    elif settings.broker_url_is_set:
-        raise QueryFailed(f"no broker answers at {_safe_url(url)} (LOOKALIKE_BROKER_URL)", 3)
-    note("no worker is running: answering in this process")
-    return answer_in_process(request)
-
-
-def answer_in_process(request: SearchRequest) -> SearchResponse:
-    from lookalike.worker import pipeline
-    from lookalike.worker.embed import ModelUnavailable
-    from lookalike.worker.store import StoreError
-
-    ctx = pipeline.current_context()
-    try:
-        return pipeline.answer_query(ctx, request)
-    except QueryRejected as exc:
-        raise QueryFailed(f"query refused: {exc}") from None
-    except (StoreError, ModelUnavailable) as exc:
-        raise QueryFailed(str(exc), 3) from None
-    finally:
-        pipeline.reset_context()
+    Embedder.for_settings(settings)
 
 
 # ------------------------------------------------------------------------------------------------ status
@@ -459,8 +331,6 @@ def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
 
 def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
     from lookalike.state.queues import ALL_QUEUES, oldest_age, queue_depth
-    from lookalike.worker.app import app
-    from lookalike.worker.client import live_workers
 
     ctx = state_context()
     settings = ctx.settings
@@ -481,7 +351,7 @@ def collect_status(run_id: str | None, runs: int) -> dict[str, Any]:
             queue: {"depth": queue_depth(ctx.redis, queue), "oldest_age_seconds": _round(oldest_age(ctx.redis, queue))}
             for queue in ALL_QUEUES
         },
-        "workers": live_workers(app),
+        "workers": Gateway(settings).live_workers(),
         "events": {name.split(":", 1)[1]: value for name, value in stats.items() if name.startswith("events:")},
         "failures_recorded": ctx.failures.count(),
         "products_registered": ctx.registry.count(),
@@ -566,9 +436,9 @@ def start_flower(port: int, address: str | None, note: Note) -> None:
     address = address or settings.flower_address
     auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
     if auth and ":" not in auth:
-        raise RuntimeError("LOOKALIKE_FLOWER_BASIC_AUTH must be user:password")
+        raise Misconfigured("LOOKALIKE_FLOWER_BASIC_AUTH must be user:password")
     if not auth and address not in LOOPBACK and not settings.flower_allow_unauthenticated:
-        raise RuntimeError(
+        raise Misconfigured(
             f"refusing to serve Flower on {address} without a login: set LOOKALIKE_FLOWER_BASIC_AUTH=user:password "
             "(or LOOKALIKE_FLOWER_ALLOW_UNAUTHENTICATED=true if something in front of it authenticates)"
         )
@@ -576,7 +446,7 @@ def start_flower(port: int, address: str | None, note: Note) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
-    note(f"Flower on http://{address}:{port}/ ({'basic auth' if auth else 'NO LOGIN'}) for {_safe_url(url)}")
+    note(f"Flower on http://{address}:{port}/ ({'basic auth' if auth else 'NO LOGIN'}) for {safe_url(url)}")
     argv = [
         sys.executable,
         "-m",
@@ -601,7 +471,10 @@ def serve_metrics_forever(address: str, port: int, note: Note) -> None:
 
     ctx = state_context()
     require_broker(ctx.settings)
-    server = serve_metrics(ctx, ALL_QUEUES, address, port)
+    try:
+        server = serve_metrics(ctx, ALL_QUEUES, address, port)
+    except OSError as exc:  # the port is taken, the address is not this machine's...
+        raise Misconfigured(str(exc)) from exc
     note(f"Prometheus metrics on http://{address}:{port}/metrics")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -618,8 +491,6 @@ def run_listener(consumer: str | None, stop_when_idle: float | None, batch: int,
 
     from lookalike.producer.enqueue import Backpressure
     from lookalike.producer.listener import EventListener
-    from lookalike.worker.app import app
-    from lookalike.worker.client import CeleryPublisher
 
     ctx = state_context()
     settings = ctx.settings
@@ -631,7 +502,7 @@ def run_listener(consumer: str | None, stop_when_idle: float | None, batch: int,
         consumer=consumer or socket.gethostname(),
         registry=ctx.registry,
         ledger=ctx.ledger,
-        publisher=CeleryPublisher(app, ctx.redis),
+        publisher=gateway(settings, note).publisher(ctx.redis),
         backpressure=Backpressure(settings.fetch_high_water),
         rejected_key=settings.key("events", "rejected"),
         claim_idle=settings.events_claim_idle,
@@ -694,8 +565,6 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
     """Re-enqueue failed images whose product still wants them, as a new run."""
     from lookalike.producer.enqueue import Backpressure, carry_out
     from lookalike.producer.sync import plan_retries
-    from lookalike.worker.app import app
-    from lookalike.worker.client import CeleryPublisher
 
     ctx = state_context()
     taken = ctx.failures.take(reason)
@@ -703,7 +572,7 @@ def retry_failures(reason: str | None, note: Note) -> dict[str, Any]:
     plan, dropped = plan_retries(ctx.registry, taken, run_id)
     carry_out(
         plan,
-        CeleryPublisher(app, ctx.redis),
+        gateway(ctx.settings, note).publisher(ctx.redis),
         ctx.registry,
         Backpressure(ctx.settings.fetch_high_water),
         run_id=run_id,
@@ -721,9 +590,6 @@ def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note
     audited in this process."""
     from lookalike.producer.enqueue import Backpressure, carry_out
     from lookalike.producer.sync import plan_catalog, plan_missing
-    from lookalike.state.queues import INDEX_QUEUE
-    from lookalike.worker.app import app
-    from lookalike.worker.client import CeleryPublisher, live_workers
 
     ctx = state_context()
     run_id = ctx.ledger.start_run("reconcile", catalog.source if catalog else "store", status="enqueuing")
@@ -733,27 +599,16 @@ def reconcile_index(catalog: CatalogReport | None, *, timeout: float, note: Note
         plan, pruned = plan_catalog(ctx.registry, catalog.products, _now_version(), run_id, prune=True)
         ctx.registry.settle(plan.settle)
         report["catalog"] = {"products": len(catalog.products), "pruned": pruned, **dict(plan.outcomes)}
-    workers = live_workers(app)
-    if any(INDEX_QUEUE in queues for queues in workers.values()):
-        from lookalike.worker.client import audit_store
-
-        audited = audit_store(app, timeout=timeout)
-    else:
-        from lookalike.worker import pipeline
-
-        note("no store worker is running: auditing the store in this process")
-        try:
-            audited = pipeline.audit_stage(pipeline.current_context()).to_data()
-        finally:
-            pipeline.reset_context()
+    to_workers = gateway(ctx.settings, note)
+    audited = to_workers.audit(timeout=timeout)
     missing = plan_missing(ctx.registry, [(str(p), str(u)) for p, u in audited["missing"]], run_id)
-    publisher = CeleryPublisher(app, ctx.redis)
+    publisher = to_workers.publisher(ctx.redis)
     backpressure = Backpressure(ctx.settings.fetch_high_water)
     carry_out(missing, publisher, ctx.registry, backpressure, run_id=run_id, ledger=ctx.ledger)
     ctx.ledger.set_meta(run_id, status="enqueued")
     if not missing.jobs:
         ctx.ledger.set_meta(run_id, finished_at=time.time())
-    elif not workers:
+    elif not to_workers.live_workers():
         note(f"{len(missing.jobs)} images wait in the queue until you start `lookalike worker`")
     report.update(
         {

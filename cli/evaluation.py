@@ -23,36 +23,21 @@ class EvalFailed(RuntimeError):
         self.code = code
 
 
-def _searcher(note: Note) -> tuple[Callable[[SearchRequest], SearchResponse], Callable[[], None]]:
-    """The search function and what closes it: through the workers when one consumes the query queue, else in
-    this process with one context (one model load, one store open) for every query."""
-    from lookalike.state.queues import QUERY_QUEUE
-    from lookalike.worker.app import app
-    from lookalike.worker.client import live_workers
+def _searcher(settings: Any, note: Note) -> Callable[[SearchRequest], SearchResponse]:
+    """Every query through the gateway, as `lookalike search` sends it (the workers, or this process when none
+    runs): an outage ends the evaluation, a refused query is a miss."""
+    from lookalike.app.gateway import Gateway
+    from lookalike.state.errors import Unavailable
 
-    if any(QUERY_QUEUE in queues for queues in live_workers(app).values()):
-        from celery.exceptions import TimeoutError as CeleryTimeout
+    gateway = Gateway(settings, note=note, workers_max_age=5.0)
 
-        from lookalike.config.settings import get_settings
-        from lookalike.worker.client import ask_workers
+    def search(request: SearchRequest) -> SearchResponse:
+        try:
+            return SearchResponse.from_data(gateway.search(request))
+        except Unavailable as exc:
+            raise EvalFailed(str(exc), 3) from None
 
-        timeout = get_settings().query_timeout
-
-        def through_workers(request: SearchRequest) -> SearchResponse:
-            try:
-                answer = ask_workers(app, request.validate(), timeout=timeout)
-            except CeleryTimeout:
-                raise EvalFailed(f"no worker answered a query within {timeout:g}s", 3) from None
-            if answer.get("error") == "store_error":
-                raise EvalFailed(str(answer.get("detail")), 3)
-            return SearchResponse.from_data(answer)  # a refusal raises QueryRejected: a miss
-
-        return through_workers, lambda: None
-    from lookalike.worker import pipeline
-
-    note("no worker answers queries: evaluating in this process")
-    ctx = pipeline.current_context()
-    return (lambda request: pipeline.answer_query(ctx, request.validate())), pipeline.reset_context
+    return search
 
 
 def run_eval(*, sample: int, seed: int, note: Note, collection: str | None = None) -> dict[str, Any]:
@@ -86,13 +71,13 @@ def run_eval(*, sample: int, seed: int, note: Note, collection: str | None = Non
             skipped += 1
     if not samples:
         raise EvalFailed(f"none of the {len(chosen)} sampled images could be downloaded", 3)
-    search, close = _searcher(note)
-    try:
-        report = evaluate(
-            samples, search, seed=seed, max_pixels=ctx.settings.max_image_pixels, collection=collection
-        )
-    finally:
-        close()
+    report = evaluate(
+        samples,
+        _searcher(ctx.settings, note),
+        seed=seed,
+        max_pixels=ctx.settings.max_image_pixels,
+        collection=collection,
+    )
     collection = collection or live_collection(ctx.settings)
     try:
         record = read_record(ctx.settings, collection)

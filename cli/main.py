@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 
 from lookalike import __version__, render
-from lookalike.commands import NO_BROKER_EXIT, BrokerUnreachable, use_broker
+from lookalike.app.broker import use_broker
+from lookalike.state.errors import Misconfigured, Rejected, StoreError, Unavailable
+from lookalike.state.search import QueryRejected, SearchRequest
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +25,18 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+# What a failure means to the shell, for every command: the first of an error's classes (most specific first)
+# found here decides. 2: the input or a setting has to change; 3: something lookalike needs does not answer
+# (no broker, no model, no worker, the store). Anything else is a bug, and shows its traceback.
+EXIT_CODES: dict[type[BaseException], int] = {
+    Misconfigured: 2,
+    Rejected: 2,
+    ValueError: 2,
+    LookupError: 2,
+    Unavailable: 3,
+    StoreError: 3,
+}
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -95,15 +109,11 @@ def ingest(
         raise fail(str(exc)) from None
 
     from lookalike.commands import IngestSession
-    from lookalike.worker.embed import ModelUnavailable
 
-    try:
-        with IngestSession(wait=wait, quiet=as_json, note=note) as session:
-            summary = session.run(report, version=version, full=full, prune=prune)
-            if session.waiting:
-                summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, progress=not as_json)
-    except (ModelUnavailable, RuntimeError) as exc:
-        raise fail(str(exc), 3) from None
+    with IngestSession(wait=wait, quiet=as_json, note=note) as session:
+        summary = session.run(report, version=version, full=full, prune=prune)
+        if session.waiting:
+            summary.result = session.wait_until_done(summary.run_id, summary.images_enqueued, progress=not as_json)
     if as_json:
         print(json.dumps(summary.to_data(), indent=2))
     else:
@@ -131,7 +141,8 @@ def worker(
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Start Celery workers: a thread pool for downloads, a process pool for embedding, and the store owner.
+    """Start Celery workers: a thread pool for downloads and a process pool for embedding (both niced, see
+    LOOKALIKE_INGEST_NICENESS), the shoppers' own query encoding processes, and the store owner (queries first).
 
     With no options it consumes every queue, so one command runs a complete system on one machine.
     Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
@@ -140,12 +151,9 @@ def worker(
 
     use_broker(note, share=True)
 
-    try:
-        code = start_worker(
-            queues=queues, concurrency=concurrency, fetch_threads=fetch_threads, loglevel=loglevel, note=note
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise fail(str(exc)) from None
+    code = start_worker(
+        queues=queues, concurrency=concurrency, fetch_threads=fetch_threads, loglevel=loglevel, note=note
+    )
     raise typer.Exit(code)
 
 
@@ -169,14 +177,11 @@ TimeoutOption = Annotated[
 ]
 
 
-def _answer(request: Any, *, timeout: float | None, as_json: bool, facets: bool) -> None:
-    from lookalike.commands import QueryFailed, run_query
+def _answer(request: SearchRequest, *, timeout: float | None, as_json: bool, facets: bool) -> None:
+    """Send the request through the gateway (a worker, or this process when none runs) and print the answer."""
+    from lookalike.app.gateway import Gateway
 
-    try:
-        response = run_query(request, timeout=timeout, note=note)
-    except QueryFailed as exc:
-        raise fail(str(exc), exc.code) from None
-    data = response.to_data()
+    data = Gateway(use_broker(note).settings, note=note).search(request, timeout=timeout)
     if as_json:
         print(json.dumps(data if facets else data["results"], ensure_ascii=False))
         return
@@ -186,6 +191,19 @@ def _answer(request: Any, *, timeout: float | None, as_json: bool, facets: bool)
         render.search_results(data["results"], out)
     if facets and data.get("facets"):
         render.facets(data["facets"], out)
+
+
+def _image_request(image: str, *, max_bytes: int, **fields: Any) -> SearchRequest:
+    """A search request for an image path or an http(s) URL (the file is read here, by the user's command:
+    a worker never reads a path a caller chose)."""
+    if image.startswith(("http://", "https://")):
+        return SearchRequest(image_url=image, **fields)
+    path = Path(image)
+    if not path.is_file():
+        raise fail(f"{image}: no such file (give an image path or an http(s) URL)")
+    if path.stat().st_size > max_bytes:
+        raise fail(f"{image}: larger than {max_bytes} bytes (LOOKALIKE_QUERY_MAX_BYTES)")
+    return SearchRequest(image=path.read_bytes(), **fields)
 
 
 @app.command()
@@ -211,35 +229,18 @@ def search(
 ) -> None:
     """Find the catalogue products that look like IMAGE, or match --text words: one entry per product (its
     best image), best first. Filters narrow every kind of query; a bad value is a one-line error naming it."""
-    from lookalike.commands import QueryFailed, image_request
     from lookalike.config.settings import get_settings
-    from lookalike.state.search import Filters, SearchRequest
+    from lookalike.state.search import Filters
 
     if (image is None) == (text is None):
         raise fail("give an IMAGE (a path or an http(s) URL) or --text WORDS, not both")
     filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
+    fields: dict[str, Any] = {"k": k, "offset": offset, "filters": filters, "diverse": diverse, "facets": facets}
     if text is None:
         assert image is not None
-        try:
-            request = image_request(
-                image, k=k, offset=offset, filters=filters, max_bytes=get_settings().query_max_bytes
-            )
-        except QueryFailed as exc:
-            raise fail(str(exc), exc.code) from None
-        from dataclasses import replace
-
-        request = replace(request, diverse=diverse, facets=facets)
+        request = _image_request(image, max_bytes=get_settings().query_max_bytes, **fields)
     else:
-        request = SearchRequest(
-            text=text,
-            mode=mode,
-            k=k,
-            offset=offset,
-            filters=filters,
-            diverse=diverse,
-            facets=facets,
-        )
-    use_broker(note)
+        request = SearchRequest(text=text, mode=mode, **fields)  # the mode is checked with the rest, once
     _answer(request, timeout=timeout, as_json=as_json, facets=facets)
 
 
@@ -258,11 +259,10 @@ def similar(
 ) -> None:
     """More like this: the products that look most like PRODUCT_ID, from its own stored vectors (no download,
     no embedding), without the product itself. An unknown id is an error (exit 2)."""
-    from lookalike.state.search import Filters, SearchRequest
+    from lookalike.state.search import Filters
 
     filters = Filters(category=category, min_price=min_price, max_price=max_price, min_score=min_score)
     request = SearchRequest(product_id=product_id, k=k, offset=offset, filters=filters, diverse=diverse)
-    use_broker(note)
     _answer(request, timeout=timeout, as_json=as_json, facets=False)
 
 
@@ -277,11 +277,7 @@ def status(
     from lookalike.commands import collect_status
 
     use_broker(note)
-
-    try:
-        data = collect_status(run, runs)
-    except (LookupError, RuntimeError) as exc:
-        raise fail(str(exc)) from None
+    data = collect_status(run, runs)
     if as_json:
         print(json.dumps(data, indent=2))
     else:
@@ -341,11 +337,7 @@ def flower(
     from lookalike.commands import start_flower
 
     use_broker(note, start=False)  # Flower replaces this process: it can use a running embedded broker only
-
-    try:
-        start_flower(port, address, note)
-    except RuntimeError as exc:
-        raise fail(str(exc)) from None
+    start_flower(port, address, note)
 
 
 @app.command()
@@ -360,11 +352,7 @@ def metrics(
     from lookalike.commands import serve_metrics_forever
 
     use_broker(note, share=True)
-
-    try:
-        serve_metrics_forever(address, port, note)
-    except (RuntimeError, OSError) as exc:
-        raise fail(str(exc)) from None
+    serve_metrics_forever(address, port, note)
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -386,11 +374,7 @@ def listen(
     from lookalike.commands import run_listener
 
     use_broker(note, share=True)
-
-    try:
-        run_listener(consumer, stop_when_idle, batch, note)
-    except RuntimeError as exc:
-        raise fail(str(exc)) from None
+    run_listener(consumer, stop_when_idle, batch, note)
 
 
 @app.command()
@@ -481,24 +465,9 @@ def reindex(
         dropped = drop_old_collection(timeout=timeout, note=note)
         print(json.dumps({"dropped": dropped}) if as_json else f"dropped: {', '.join(dropped) or 'nothing'}")
         return
-    from lookalike.state.queues import INDEX_QUEUE
-    from lookalike.worker.app import app as celery_app
-    from lookalike.worker.client import live_workers, reindex_store
+    from lookalike.app.gateway import Gateway
 
-    use_broker(note)
-    if any(INDEX_QUEUE in queues for queues in live_workers(celery_app).values()):
-        done = reindex_store(celery_app, timeout=timeout)
-    else:
-        from lookalike.worker import pipeline
-        from lookalike.worker.store import StoreError
-
-        note("no store worker is running: reindexing in this process")
-        try:
-            done = pipeline.reindex_stage(pipeline.current_context())
-        except StoreError as exc:
-            raise fail(str(exc), 3) from None
-        finally:
-            pipeline.reset_context()
+    done = Gateway(use_broker(note).settings, note=note).reindex(timeout=timeout)
     if as_json:
         print(json.dumps(done, indent=2))
     elif done["upgraded"]:
@@ -590,26 +559,29 @@ def serve(
     """The HTTP API (POST /v1/search, GET /v1/products/ID/similar, /healthz, /readyz, /metrics, /docs) and the
     search page at /.
 
-    Queries go to the workers through the broker (embedding on the embedding processes, search on the store
-    owner); with no worker running at all, this process answers them itself and says so in its log.
+    Queries go to the workers through the broker (embedding on the shoppers' encode processes, search on the
+    store owner); with no worker running at all, this process answers them itself and says so in its log.
+    Request headers must arrive within LOOKALIKE_API_READ_TIMEOUT, bodies within LOOKALIKE_API_BODY_TIMEOUT, and
+    at most LOOKALIKE_API_MAX_CONNECTIONS are served at once; on the public internet, put a reverse proxy in front.
     """
     import uvicorn
 
     from lookalike.api import create_app, uvicorn_log_config
-    from lookalike.api.workers import WorkerBackend
-    from lookalike.config.settings import get_settings
+    from lookalike.api.server import uvicorn_options
+    from lookalike.app.gateway import Gateway
 
-    use_broker(note, share=True)
-    settings = get_settings()
+    settings = use_broker(note, share=True).settings
     host = host or settings.api_address
     port = port or settings.api_port
     note(f"serving the API and the page on http://{host}:{port}/")
     uvicorn.run(
-        create_app(WorkerBackend(settings), settings),
+        # The gateway logs once that it answers in this process; a reading of the live workers serves a second.
+        create_app(Gateway(settings, workers_max_age=1.0), settings),
         host=host,
         port=port,
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 
@@ -663,34 +635,30 @@ _add_model_commands()
 
 
 def main() -> None:
-    import kombu.exceptions
-    import redis
+    """Run the command; a failure with a meaning (see EXIT_CODES) is one line on stderr and its exit code."""
+    from lookalike.app.broker import as_lookalike_error
 
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except BrokerUnreachable as exc:
-        _broker_failed(str(exc), NO_BROKER_EXIT)
-    except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
-        blame = "the database number" if "DB index" in str(exc) else "the password"  # Redis has 0-15 by default
-        _broker_failed(
-            f"the broker refused the connection ({_first_line(exc)}); check {blame} in LOOKALIKE_BROKER_URL", 2
-        )
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as exc:
-        _broker_failed(f"cannot reach the broker ({_first_line(exc)}); check LOOKALIKE_BROKER_URL", NO_BROKER_EXIT)
+    except Exception as exc:
+        known = as_lookalike_error(exc) or exc
+        code = exit_code(known)
+        if code is None:
+            raise
+        err.print(f"error: {error_line(known)}", markup=False, highlight=False)
+        sys.exit(code)
 
 
-def _first_line(exc: BaseException) -> str:
-    from lookalike.commands import _safe_url
-
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return " ".join(_safe_url(word) if "://" in word else word for word in text.split())
+def exit_code(exc: BaseException) -> int | None:
+    return next((EXIT_CODES[cls] for cls in type(exc).__mro__ if cls in EXIT_CODES), None)
 
 
-def _broker_failed(message: str, code: int) -> None:
-    err.print(f"error: {message}", markup=False, highlight=False)
-    sys.exit(code)
+def error_line(exc: BaseException) -> str:
+    if isinstance(exc, QueryRejected):
+        return f"query refused: {exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -54,14 +54,11 @@ def _catch_up(session: IngestSession, collection: str, *, timeout: float, progre
     round, until nothing is missing or a round indexes nothing. Returns what it did and what is still missing."""
     from lookalike.producer.enqueue import Backpressure, carry_out
     from lookalike.producer.sync import plan_missing
-    from lookalike.worker.app import app
-    from lookalike.worker.client import audit_store
-
     ctx = session.ctx
     done: dict[str, Any] = {"rounds": 0, "enqueued": 0, "indexed": 0, "failed": 0, "orphans_deleted": 0}
     missing: list[tuple[str, str]] = []
     for _ in range(MAX_ROUNDS):
-        audited = audit_store(app, timeout=timeout, collection=collection)
+        audited = session.gateway.audit(timeout=timeout, collection=collection)
         done["orphans_deleted"] += audited["orphan_points_deleted"]
         missing = [(str(p), str(u)) for p, u in audited["missing"]]
         done["points"] = audited["points_seen"] - audited["orphan_points_deleted"]
@@ -108,8 +105,6 @@ def reindex_model(
     """The whole operation; returns the report (``switched``, ``reason``, both evaluations...). Raises
     :class:`ReindexFailed` for bad input (2), an incomplete shadow or a refused switch (1)."""
     from lookalike.evaluation import run_eval
-    from lookalike.worker.app import app
-    from lookalike.worker.client import optimize_store, switch_store
     from lookalike.worker.fingerprint import GRAPH, TEXT_FILES, VISION_FILES, model_id
     from lookalike.worker.ownership import CollectionModel, configured_models, read_record, write_record
     from lookalike.worker.store import live_collection
@@ -161,9 +156,7 @@ def reindex_model(
             lacking = set(filled["missing"])
             if lacking:
                 # Images the live collection lacks too (failed for good) are not the shadow's to hold back.
-                from lookalike.worker.client import audit_store
-
-                lacking -= {(str(p), str(u)) for p, u in audit_store(app, timeout=timeout)["missing"]}
+                lacking -= {(str(p), str(u)) for p, u in session.gateway.audit(timeout=timeout)["missing"]}
             if lacking:
                 report.update(switched=False, reason=f"the shadow lacks {len(lacking)} image(s) the live one has")
                 raise _refused(report)
@@ -176,14 +169,14 @@ def reindex_model(
             if old - new > max_drop:
                 report.update(switched=False, reason=f"{verdict}: more than --max-drop {max_drop:g}, not switching")
                 raise _refused(report)
-            switch_store(app, shadow, timeout=timeout)
+            session.gateway.switch(shadow, timeout=timeout)
             report.update(switched=True, reason=f"{verdict}: within --max-drop {max_drop:g}, switched")
             caught = _catch_up(session, shadow, timeout=timeout, progress=progress)
             report["caught_up"] = caught["indexed"]
-            optimize_store(app)  # the new live collection's search index, built now rather than at 20,000 writes
+            session.gateway.optimize()  # the new live collection's search index, built now rather than at 20,000 writes
             live = shadow
         if drop_old:
-            report["dropped"] = _drop_old(settings, live, timeout=timeout)
+            report["dropped"] = _drop_old(session, live, timeout=timeout)
     return report
 
 
@@ -191,16 +184,15 @@ def _refused(report: dict[str, Any]) -> ReindexFailed:
     return ReindexFailed(str(report["reason"]), 1, report)
 
 
-def _drop_old(settings: Any, live: str, *, timeout: float) -> list[str]:
+def _drop_old(session: IngestSession, live: str, *, timeout: float) -> list[str]:
     """Delete the collection the live one replaced (the record keeps which), and say which."""
-    from lookalike.worker.app import app
-    from lookalike.worker.client import drop_collection
     from lookalike.worker.ownership import read_record, write_record
 
+    settings = session.ctx.settings
     record = read_record(settings, live)
     if record is None or not record.replaces or record.replaces == live:
         return []
-    drop_collection(app, record.replaces, timeout=timeout)
+    session.gateway.drop(record.replaces, timeout=timeout)
     write_record(settings, live, dataclasses.replace(record, replaces=None))
     return [record.replaces]
 
@@ -209,6 +201,5 @@ def drop_old(*, timeout: float, note: Note) -> list[str]:
     """`lookalike reindex --drop-old` alone."""
     from lookalike.worker.store import live_collection
 
-    settings = state_context().settings
-    with IngestSession(wait=True, quiet=True, note=note):
-        return _drop_old(settings, live_collection(settings), timeout=timeout)
+    with IngestSession(wait=True, quiet=True, note=note) as session:
+        return _drop_old(session, live_collection(session.ctx.settings), timeout=timeout)

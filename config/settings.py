@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookalike.config.cpus import usable_cpus
@@ -68,6 +68,11 @@ def settings_error_line(exc: ValidationError) -> str:
         text = str(cause) if error["type"] == "value_error" and cause is not None else error["msg"]
         problems.append(f"{name} {text}" if name == "LOOKALIKE_BROKER_URL" else f"{name}: {text}")
     return "; ".join(problems) or "the settings could not be loaded"
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated CIDRs (checked when the settings load) as networks."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
 
 
 class Settings(BaseSettings):
@@ -172,6 +177,19 @@ class Settings(BaseSettings):
     embed_high_water: int = Field(
         64, ge=2, description="Fetch workers pause while more batches than this wait in the embed queue."
     )
+    query_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Query encoding processes per worker (shoppers' images and words): their own processes, "
+        "never running catalogue batches, each with the usable CPUs as ONNX threads.",
+    )
+    ingest_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness added to the catalogue's download/decode and embedding processes, so shoppers' "
+        "queries (not niced) take the CPU first; ingestion keeps every idle cycle.",
+    )
 
     # --- fetching ----------------------------------------------------------------------------------------
     fetch_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a download connection.")
@@ -189,6 +207,17 @@ class Settings(BaseSettings):
         "link-local or reserved (default: none).",
     )
     fetch_user_agent: str = Field("lookalike/0.1", description="User-Agent header of downloads.")
+    query_allow_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs that a shopper's image URL may reach although they are loopback, "
+        "private, link-local or reserved (default: none; independent of LOOKALIKE_FETCH_ALLOW_NETWORKS).",
+    )
+    query_fetch_deadline: float = Field(
+        5.0,
+        gt=0,
+        description="Overall seconds for the download of a shopper's image URL (shorter than "
+        "LOOKALIKE_QUERY_TIMEOUT, so a slow URL is answered fetch_failed in time).",
+    )
 
     # --- images ------------------------------------------------------------------------------------------
     max_image_pixels: int = Field(
@@ -208,6 +237,12 @@ class Settings(BaseSettings):
 
     # --- queries -----------------------------------------------------------------------------------------
     query_timeout: float = Field(15.0, gt=0, description="Seconds `lookalike search` waits for a worker.")
+    optimize_quiet: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds without a shopper's query before the embedded store's store owner builds its search "
+        "index (an optimize holds it for minutes at 100,000 points; until then new points are searched unindexed).",
+    )
     query_result_ttl: int = Field(300, ge=10, description="Seconds a query result is kept in Redis.")
 
     # --- HTTP API and page -----------------------------------------------------------------------------
@@ -225,6 +260,28 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body the HTTP API reads (a photo plus its form fields), checked while it "
         "streams in.",
+    )
+
+    api_max_searches: int = Field(
+        0,
+        ge=0,
+        description="Searches the HTTP API admits in flight at once; past it, 503 overloaded with Retry-After at "
+        "once (0 = 32 per query encoding process, LOOKALIKE_QUERY_CONCURRENCY: one to two seconds of their work).",
+    )
+    api_read_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds the HTTP API waits for a request's headers to arrive whole, and for each next piece "
+        "of its body; then the connection is closed (headers) or answered 408 body_timeout.",
+    )
+    api_body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request body may take to arrive whole (408 body_timeout after that)."
+    )
+    api_max_connections: int = Field(
+        512,
+        ge=8,
+        description="Open connections plus requests in progress the HTTP API serves at once; past it, new "
+        "requests get 503 (uvicorn's limit_concurrency). Kept under the open-files limit.",
     )
 
     # --- events, failures, operations ----------------------------------------------------------------
@@ -275,6 +332,18 @@ class Settings(BaseSettings):
             raise ValueError("name at least one provider, e.g. CPUExecutionProvider")
         return value
 
+    @field_validator("query_timeout")
+    @classmethod
+    def _query_outlasts_its_download(cls, value: float, info: ValidationInfo) -> float:
+        """A shopper's URL is answered (fetch_failed) before the shopper's query times out."""
+        deadline = info.data.get("query_fetch_deadline")
+        if deadline is not None and deadline >= value:
+            raise ValueError(
+                f"must be longer than LOOKALIKE_QUERY_FETCH_DEADLINE ({deadline:g} s), so that a slow image URL is "
+                "answered before the query times out"
+            )
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _broker_url_usable(cls, value: SecretStr) -> SecretStr:
@@ -283,12 +352,10 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("fetch_allow_networks")
+    @field_validator("fetch_allow_networks", "query_allow_networks")
     @classmethod
     def _networks_parse(cls, value: str) -> str:
-        for part in value.split(","):
-            if part.strip():
-                ipaddress.ip_network(part.strip(), strict=False)
+        _networks(value)  # raises on a part that is not a CIDR
         return value
 
     # --- derived ---------------------------------------------------------------------------------------
@@ -302,11 +369,13 @@ class Settings(BaseSettings):
 
     @property
     def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [
-            ipaddress.ip_network(part.strip(), strict=False)
-            for part in self.fetch_allow_networks.split(",")
-            if part.strip()
-        ]
+        """Where a catalogue download may connect beyond public addresses (LOOKALIKE_FETCH_ALLOW_NETWORKS)."""
+        return _networks(self.fetch_allow_networks)
+
+    @property
+    def query_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """Where a shopper's image URL may connect beyond public addresses (LOOKALIKE_QUERY_ALLOW_NETWORKS)."""
+        return _networks(self.query_allow_networks)
 
     @property
     def api_key_values(self) -> tuple[str, ...]:
@@ -335,6 +404,18 @@ class Settings(BaseSettings):
         if self.onnx_threads:
             return self.onnx_threads
         return max(1, usable_cpus() // self.effective_embed_concurrency)
+
+    @property
+    def effective_api_max_searches(self) -> int:
+        return self.api_max_searches or 32 * self.query_concurrency
+
+    @property
+    def query_onnx_threads(self) -> int:
+        """ONNX threads per query encoding process: the usable CPUs shared among those processes only (the
+        catalogue's embedding processes are niced, so a query gets the cores when it needs them)."""
+        if self.onnx_threads:
+            return self.onnx_threads
+        return max(1, usable_cpus() // self.query_concurrency)
 
     @property
     def onnx_provider_names(self) -> tuple[str, ...]:

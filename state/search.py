@@ -89,6 +89,8 @@ class SearchRequest:
     facets: bool = False
     # The image was encoded already (by the encode task): its vector travels beside the request, the bytes don't.
     encoded: bool = False
+    # ``image`` is the model-sized transport JPEG already (lookalike.worker.prepare), made where the query arrived.
+    prepared: bool = False
     # A collection other than the live one (`lookalike reindex` evaluates its shadow collection beside the live
     # one); set by lookalike's own commands only, never from HTTP.
     collection: str | None = None
@@ -105,7 +107,7 @@ class SearchRequest:
         """The request as the store owner gets it once its vector is computed: without the image or its URL."""
         if self.kind != "image":
             return self
-        return replace(self, image=None, image_url=None, encoded=True)
+        return replace(self, image=None, image_url=None, encoded=True, prepared=False)
 
     @property
     def kind(self) -> str:
@@ -135,6 +137,8 @@ class SearchRequest:
             raise QueryRejected("bad_product_id", "a product id is a non-empty text of at most 200 characters")
         if self.image_url is not None and not self.image_url.startswith(("http://", "https://")):
             raise QueryRejected("bad_scheme", "an image URL must start with http:// or https://")
+        if self.prepared and self.image is None:
+            raise QueryRejected("bad_query", "a prepared query carries its image")
         if self.image is not None:
             if not self.image:
                 raise QueryRejected("empty", "the image is empty")
@@ -149,7 +153,8 @@ class SearchRequest:
     def describe(self) -> str:
         """What Flower and logs show: the kind and its size, never the image bytes or the words in full."""
         if self.image is not None:
-            return f"[search: image of {len(self.image)} bytes, k={self.k}]"
+            form = "prepared image" if self.prepared else "image"
+            return f"[search: {form} of {len(self.image)} bytes, k={self.k}]"
         if self.image_url is not None:
             return f"[search: {self.image_url[:200]}, k={self.k}]"
         if self.encoded:
@@ -173,6 +178,8 @@ class SearchRequest:
             message["facets"] = True
         if self.encoded:
             message["encoded"] = True
+        if self.prepared:
+            message["prepared"] = True
         if self.collection is not None:
             message["collection"] = self.collection
         return message
@@ -184,7 +191,7 @@ class SearchRequest:
             raise QueryRejected("bad_query", "a search request is a JSON object")
         known = {
             "image_b64", "image_url", "text", "product_id", "k", "offset", "mode", "filters", "diverse", "facets",
-            "encoded", "collection",
+            "encoded", "prepared", "collection",
         }  # fmt: skip
         unknown = set(message) - known
         if unknown:
@@ -211,6 +218,7 @@ class SearchRequest:
                 diverse=bool(message.get("diverse", False)),
                 facets=bool(message.get("facets", False)),
                 encoded=bool(message.get("encoded", False)),
+                prepared=bool(message.get("prepared", False)),
                 collection=_text(message, "collection"),
             )
         except TypeError as exc:

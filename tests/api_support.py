@@ -17,15 +17,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import uvicorn
 from PIL import Image
 
 from lookalike.api.backend import READINESS_CHECKS
+from lookalike.app.admission import Admission
+from lookalike.config.settings import Settings, get_settings
 from lookalike.state.search import KEYWORD, QueryRejected, SearchHit, SearchRequest, SearchResponse
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker.decode import ImageRejected, decode_image
+from lookalike.worker.prepare import QueryPreparer
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,24 @@ class FakeBackend:
     ready: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(READINESS_CHECKS, True))
     delay: float = 0.0
     requests: list[SearchRequest] = field(default_factory=list)
+    max_image_bytes: int = Settings.model_fields["query_max_bytes"].default
+
+    admission: Admission = field(default_factory=lambda: Admission(16))
 
     def readiness(self) -> dict[str, bool]:
         return dict(self.ready)
 
-    def search(self, request: SearchRequest) -> SearchResponse:
+    def admit(self) -> AbstractContextManager[None]:
+        """The real admission control, with the bound this fake is given."""
+        return self.admission.admit()
+
+    def reduce_upload(self, file: BinaryIO) -> bytes:
+        """The real reduction of an upload (the decoder, the transport JPEG), as the gateway does it."""
+        return QueryPreparer(get_settings()).reduce_upload(file)
+
+    def search(self, request: SearchRequest) -> dict[str, Any]:
+        """Validates like the real backend (the gateway), then answers from the catalogue as data."""
+        request.validate(max_image_bytes=self.max_image_bytes)
         self.requests.append(request)
         if self.delay:
             time.sleep(self.delay)
@@ -110,7 +128,8 @@ class FakeBackend:
         if request.facets:
             facets = dict(Counter(product.category.split(" | ")[0] for product, _, _ in kept))
         window = kept[request.offset : request.offset + request.k]
-        return SearchResponse(tuple(self._hit(product, score, matched) for product, score, matched in window), facets)
+        hits = tuple(self._hit(product, score, matched) for product, score, matched in window)
+        return SearchResponse(hits, facets).to_data()
 
     # ------------------------------------------------------------------------------------------ helpers
     def image_url(self, product: Product) -> str:

@@ -53,6 +53,8 @@ BASE_ENV = {
     "LOOKALIKE_TEXT_MODEL_DIR": str(_session_dir / "text-model"),
     "LOOKALIKE_QDRANT_PATH": str(_session_dir / "qdrant-default"),
     "LOOKALIKE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
+    "LOOKALIKE_QUERY_ALLOW_NETWORKS": "127.0.0.0/8",
+    "LOOKALIKE_QUERY_FETCH_DEADLINE": "2",
     "LOOKALIKE_FETCH_RETRIES": "2",
     "LOOKALIKE_FETCH_BACKOFF_MAX": "1",
     "LOOKALIKE_FETCH_CONNECT_TIMEOUT": "2",
@@ -200,8 +202,8 @@ class WorkerProcess:
         )
 
     def wait_ready(self, queues: int = 4, timeout: float = 60) -> None:
+        from lookalike.app.gateway import live_workers
         from lookalike.worker.app import create_app
-        from lookalike.worker.client import live_workers
 
         app = create_app(get_settings())  # the broker the test points at now
 
@@ -233,7 +235,7 @@ class WorkerProcess:
 def start_worker(env: dict[str, str]) -> Iterator[Any]:
     started: list[WorkerProcess] = []
 
-    def start(*args: str, ready_queues: int = 4, extra: dict[str, str] | None = None) -> WorkerProcess:
+    def start(*args: str, ready_queues: int = 5, extra: dict[str, str] | None = None) -> WorkerProcess:
         worker = WorkerProcess({**env, **(extra or {})}, *args)
         started.append(worker)
         if ready_queues:

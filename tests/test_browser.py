@@ -84,7 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The real pipeline: real workers, the installed `lookalike ingest`, the API over the real backend."""
     import redis
 
-    from lookalike.api.workers import WorkerBackend
+    from lookalike.app.gateway import Gateway
     from lookalike.config.settings import get_settings, reset_settings
     from lookalike.state.context import reset_state
     from lookalike.testing import images
@@ -121,7 +121,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ingested = run_cli(["ingest", str(catalog), "--wait"], env)
             assert ingested.code == 0, ingested.stderr
             settings = get_settings()
-            with serving(create_app(WorkerBackend(settings), settings)) as base_url:
+            with serving(create_app(Gateway(settings), settings)) as base_url:
                 yield Site(
                     base_url=base_url,
                     photo=images.resized_copy(images.product_bytes(13 * 53), 0.8, fmt="JPEG", quality=80),

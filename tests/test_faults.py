@@ -228,16 +228,19 @@ def test_store_down_for_30_seconds_loses_nothing_and_embeds_nothing_twice(
         "LOOKALIKE_STORE_BACKOFF_MAX": "15",  # with full jitter, 12 retries then outlast 30 s for sure
         "LOOKALIKE_EMBED_CACHE_TTL": "0",
     }
-    down_until.write_text(str(time.time() + 30))
+    # Down until the checks below have seen the outage (a loaded machine may take longer than 30 s to start
+    # the worker and the ingest), then until 30 s after the start at the least.
+    down_until.write_text(str(time.time() + 3600))
     started = time.monotonic()
     worker = start_worker(extra=extra)
     ingested = cli("ingest", str(catalog), "--json", extra=extra)
     assert ingested.code == 0, ingested.stderr
     run_id = ingested.json()["run_id"]
 
-    time.sleep(10)
+    wait_until(lambda: run_progress(run_id).get("embed_calls", 0) > 0, 120, "embedding goes on while the store is down")
+    time.sleep(5)  # batches reach the store and find it down
     assert run_progress(run_id).get("indexed", 0) == 0, "the store was supposed to be down"
-    assert run_progress(run_id).get("embed_calls", 0) > 0, "embedding goes on while the store is down"
+    down_until.write_text(str(time.time() + max(0.0, 30 - (time.monotonic() - started))))
     wait_for_run(run_id, timeout=240)
     assert time.monotonic() - started >= 30
     assert worker.stop() == 0

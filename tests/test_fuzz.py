@@ -362,10 +362,12 @@ def test_query_in_process_answers_or_refuses(env: dict[str, str], case: tuple[st
 
 
 def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str], start_worker: Any) -> None:
+    from lookalike.app.gateway import Gateway, live_workers
+    from lookalike.state.tasks import ENCODE_TASK
     from lookalike.worker.app import QUERY_QUEUE, app
-    from lookalike.worker.client import ask_workers, live_workers
 
     worker = start_worker()
+    gateway = Gateway(get_settings())
     cases: list[tuple[str, bytes]] = []
 
     @settings(max_examples=WORKER_EXAMPLES, **FUZZ)
@@ -377,22 +379,27 @@ def test_query_through_a_real_worker_survives_fuzzed_images(env: dict[str, str],
     assert len(cases) >= WORKER_EXAMPLES * 0.9
     outcomes: Counter[str] = Counter()
     for label, data in cases:
-        data_back = ask_workers(app, SearchRequest(image=data, k=3), timeout=20)
-        # A refusal comes back as data, never as an exception rebuilt from its class name.
+        # As a shopper sends it: reduced where it arrives, then answered by the workers, or refused.
         try:
-            answer = SearchResponse.from_data(data_back)
+            answer = SearchResponse.from_data(gateway.search(SearchRequest(image=data, k=3), timeout=20))
         except QueryRejected as exc:
             assert exc.reason in QUERY_REASONS, f"{label}: unknown reason {exc.reason!r}"
             outcomes[f"refused:{exc.reason}"] += 1
         else:
-            assert len(answer.results) <= 3, f"{label}: {data_back!r}"
+            assert len(answer.results) <= 3, label
             outcomes["answered"] += 1
+        # As anyone who can write to the broker could send it: the same bytes claimed to be prepared. The
+        # encode process takes only the transport JPEG; a refusal comes back as data.
+        forged = SearchRequest(image=data, prepared=True, k=3).to_message() if data else None
+        if forged is not None:
+            back = app.send_task(ENCODE_TASK, args=[forged], ignore_result=False).get(timeout=20)
+            assert "vector" in back or back.get("error") in QUERY_REASONS | {"bad_transport"}, f"{label}: {back!r}"
         STATS["calls"]["worker_query"] += 1
     # Still alive, still consuming the query queue, still answering a good image.
     assert worker.process.poll() is None, worker.output()
     assert any(QUERY_QUEUE in queues for queues in live_workers(app, timeout=2).values())
-    good = ask_workers(app, SearchRequest(image=images.product_bytes(1), k=3), timeout=20)
-    assert "error" not in good and isinstance(SearchResponse.from_data(good).results, tuple)
+    good = gateway.search(SearchRequest(image=images.product_bytes(1), k=3), timeout=20)
+    assert isinstance(SearchResponse.from_data(good).results, tuple)
     STATS["worker_outcomes"] = dict(outcomes)
     assert outcomes["answered"] >= 1 and sum(outcomes.values()) == len(cases)
 

@@ -21,7 +21,8 @@ from lookalike.testing.tiny_model import build_tiny_model
 from lookalike.testing.vit_model import build_vit_model, vit_macs_per_image
 from lookalike.worker.compare import compare_models, compare_vectors, decode_sample
 from lookalike.worker.decode import ImageRejected, fit_to_edge
-from lookalike.worker.embed import Embedder, ModelSpec, ModelUnavailable, onnx_runtime_in_effect, resolve_providers
+from lookalike.worker.embed import Embedder, onnx_runtime_in_effect
+from lookalike.worker.model import ModelSpec, ModelUnavailable, resolve_providers
 from lookalike.worker.quantize import QuantizeError, measure_rate, model_kind, quantize_model_dir
 
 from conftest import run_cli
@@ -259,7 +260,7 @@ def test_providers_and_threads_in_effect_follow_the_settings(monkeypatch: pytest
     assert onnx_runtime_in_effect(one_process).threads == cpus
     assert onnx_runtime_in_effect(Settings(onnx_threads=3, embed_concurrency=1)).threads == 3
     monkeypatch.setenv("LOOKALIKE_ONNX_PROVIDERS", "CPUExecutionProvider")
-    spec = ModelSpec.from_settings(Settings(model_dir=models["tiny"], embed_concurrency=1))
+    spec = Embedder.spec_from(Settings(model_dir=models["tiny"], embed_concurrency=1))
     assert spec.providers == ("CPUExecutionProvider",) and spec.threads == cpus
     assert Embedder(spec).providers_in_effect == ("CPUExecutionProvider",)
     with pytest.raises(ValueError, match="at least one provider"):

@@ -131,7 +131,8 @@ def test_a_query_vector_from_another_model_is_refused_by_the_store_side(env, ser
     assert cli("ingest", str(catalog), "--wait").code == 0
     worker.stop()
     ctx = pipeline.current_context()
-    vector, model = pipeline.encode_query(ctx, SearchRequest(image=images.product_bytes(502), k=1))
+    request = ctx.query_preparer.prepare(SearchRequest(image=images.product_bytes(502), k=1))
+    vector, model = pipeline.encode_query(ctx, request)
     assert model == fingerprint_of(env["LOOKALIKE_MODEL_DIR"])
     assert pipeline.search_encoded(ctx, SearchRequest(image=b"x", k=1).encoded_form(), vector, model).results
     with pytest.raises(QueryRejected) as refused:

@@ -189,18 +189,28 @@ def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp
 
 
 def test_query_task_accepts_base64_and_refuses_garbage(env, image_server, tmp_path, start_worker, cli):
-    from lookalike.state.search import SearchRequest
+    from lookalike.app.gateway import Gateway
+    from lookalike.config.settings import get_settings
+    from lookalike.state.search import QueryRejected, SearchRequest
     from lookalike.worker.app import app
-    from lookalike.worker.client import ask_workers
 
     catalog, _good, _bad = build_catalog(image_server, tmp_path, faults=False)
     start_worker()
     assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+    gateway = Gateway(get_settings())
     data = images.resized_copy(images.product_bytes(50, images.FORMATS[5 % 4]), 0.8)
-    answer = ask_workers(app, SearchRequest(image=data, k=2), timeout=20)
+    answer = gateway.search(SearchRequest(image=data, k=2), timeout=20)
     assert answer["results"][0]["product_id"] == "p05"
-    refused = ask_workers(app, SearchRequest(image=b"not an image", k=2), timeout=20)
-    assert refused["error"] == "not_an_image" and refused["detail"]
+    # Garbage is refused where the query arrives, before anything is sent.
+    with pytest.raises(QueryRejected) as refused:
+        gateway.search(SearchRequest(image=b"not an image", k=2), timeout=20)
+    assert refused.value.reason == "not_an_image" and refused.value.detail
+    # The encode processes trust no bytes from the broker: a "prepared" image that is not the transport JPEG
+    # (a full-size photo) is refused from its header.
+    forged = SearchRequest(image=images.product_bytes(50, "PNG"), prepared=True, k=2).to_message()
+    assert app.send_task("lookalike.encode", args=[forged], ignore_result=False).get(timeout=20)["error"] == (
+        "bad_transport"
+    )
     # The query task reads no file path a caller names: an unknown field is refused as data.
     path_source = app.send_task("lookalike.search", args=[{"path": "/etc/passwd", "k": 2}], queue="lookalike.query")
     assert path_source.get(timeout=20) == {"error": "bad_query", "detail": "unknown field 'path'"}

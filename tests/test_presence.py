@@ -14,8 +14,8 @@ from lookalike.state.presence import TTL_SECONDS
 def test_workers_are_listed_without_remote_control_and_drop_out_when_killed(
     env: dict[str, str], start_worker: Any
 ) -> None:
+    from lookalike.app.gateway import live_workers
     from lookalike.worker.app import create_app
-    from lookalike.worker.client import live_workers
 
     app = create_app(get_settings())
     worker = start_worker()
@@ -37,8 +37,8 @@ def test_workers_are_listed_without_remote_control_and_drop_out_when_killed(
 
 
 def test_a_worker_that_stops_cleanly_leaves_at_once(env: dict[str, str], start_worker: Any) -> None:
+    from lookalike.app.gateway import live_workers
     from lookalike.worker.app import create_app
-    from lookalike.worker.client import live_workers
 
     app = create_app(get_settings())
     worker = start_worker()

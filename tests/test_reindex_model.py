@@ -60,19 +60,16 @@ class Shopper(threading.Thread):
         self.wrong: list[str] = []
 
     def run(self) -> None:
-        from lookalike.worker.app import create_app
-        from lookalike.worker.client import ask_workers
+        from lookalike.app.gateway import Gateway
 
-        app = create_app(get_settings())
+        gateway = Gateway(get_settings())
         products = sorted(self.bodies)
         n = 0
         while not self.stop.is_set():
             product = products[n % len(products)]
             n += 1
             try:
-                answer = SearchResponse.from_data(
-                    ask_workers(app, SearchRequest(image=self.bodies[product], k=3), timeout=30)
-                )
+                answer = SearchResponse.from_data(gateway.search(SearchRequest(image=self.bodies[product], k=3)))
             except (QueryRejected, Exception) as exc:  # any failure is what this test is about
                 self.wrong.append(f"{product}: {type(exc).__name__}: {exc}")
                 continue

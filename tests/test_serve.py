@@ -118,20 +118,20 @@ def test_serve_answers_through_the_workers_then_in_process_when_none_is_left(
         assert [hit["product_id"] for hit in alone["results"]] == [hit["product_id"] for hit in expected]
     finally:
         serving.stop()
-    assert "answering queries in this process" in serving.log.read_text()
+    assert "answering in this process" in serving.log.read_text()
 
 
 def test_the_real_backend_says_503_with_retry_after_when_the_broker_is_gone(env: dict[str, str], monkeypatch) -> None:
     from fastapi.testclient import TestClient
 
     from lookalike.api import create_app
-    from lookalike.api.workers import WorkerBackend
+    from lookalike.app.gateway import Gateway
     from lookalike.config.settings import get_settings, reset_settings
 
     monkeypatch.setenv("LOOKALIKE_BROKER_URL", "redis://127.0.0.1:1/0")
     reset_settings()
     settings = get_settings()
-    client = TestClient(create_app(WorkerBackend(settings), settings))
+    client = TestClient(create_app(Gateway(settings), settings))
     response = client.post("/v1/search", json={"text": "red shoes"})
     assert response.status_code == 503, response.text
     assert response.headers["Retry-After"]

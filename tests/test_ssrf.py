@@ -15,6 +15,7 @@ private allowed) and ``make_session(policy, ...)``.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -30,13 +31,12 @@ from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
 from lookalike.worker.fetch import (
     AddressPolicy,
-    FetchError,
     FetchLimits,
     PermanentFetchError,
     fetch_image,
     make_session,
 )
-from lookalike.worker.query import load_query_image
+from lookalike.worker.prepare import FETCH_FAILED_DETAIL
 
 from conftest import set_env
 
@@ -413,27 +413,18 @@ def test_proxy_variables_cannot_reroute_downloads(
 
 
 # ------------------------------------------------------------------------------------------ the query path
-def test_load_query_image_url_goes_through_the_guard(strict_session: requests.Session, net: Net) -> None:
-    for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.jpg", "http://metadata.test/"):
-        with pytest.raises(FetchError) as excinfo:
-            load_query_image(SearchRequest(image_url=url), max_bytes=1_000_000, session=strict_session, limits=LIMITS)
-        # load_query_image passes the fetch error up; answer_query (the only caller) turns it into a QueryRejected.
-        assert excinfo.value.reason == "forbidden_address"
-    with pytest.raises(FetchError) as excinfo:
-        load_query_image(
-            SearchRequest(image_url="file:///etc/passwd"), max_bytes=1_000_000, session=strict_session, limits=LIMITS
-        )
-    assert excinfo.value.reason == "bad_scheme"
-    assert net.connects == []
-
-
-def test_answer_query_refuses_forbidden_urls(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, server: ImageServer, net: Net
+def test_a_shoppers_url_has_its_own_policy_and_one_reason_for_every_failure(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    server: ImageServer,
+    net: Net,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    set_env(monkeypatch, env, LOOKALIKE_FETCH_ALLOW_NETWORKS="")  # the production default
+    # The catalogue may reach the local image host; a shopper may not (the production default for queries).
+    set_env(monkeypatch, env, LOOKALIKE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", LOOKALIKE_QUERY_ALLOW_NETWORKS="")
     server.add("/q.jpg", Route(body=images.product_bytes(6)))
     ctx = pipeline.current_context()
-    assert ctx.policy.allowed == ()
+    assert [str(n) for n in ctx.policy.allowed] == ["127.0.0.0/8"] and ctx.query_preparer.policy.allowed == ()
     for url in (
         "http://169.254.169.254/latest/meta-data/",
         "http://10.0.0.1/x.jpg",
@@ -441,34 +432,46 @@ def test_answer_query_refuses_forbidden_urls(
         "http://mixed.test/",
         f"http://localhost:{server.port}/q.jpg",
         server.url("/q.jpg"),
+        "http://127.0.0.1:1/closed-port.jpg",
     ):
+        with caplog.at_level(logging.WARNING, logger="lookalike.query"), pytest.raises(QueryRejected) as excinfo:
+            pipeline.answer_query(ctx, SearchRequest(image_url=url, k=3))
+        # One reason whatever happened, so answers cannot map which addresses and ports listen.
+        assert (excinfo.value.reason, excinfo.value.detail) == ("fetch_failed", FETCH_FAILED_DETAIL), url
+        assert "reason=forbidden_address" in caplog.records[-1].getMessage(), url
+    # The scheme is checked before anything else.
+    for url in ("gopher://127.0.0.1:6379/_INFO", "ftp://127.0.0.1/x.jpg", "file:///etc/passwd"):
         with pytest.raises(QueryRejected) as excinfo:
             pipeline.answer_query(ctx, SearchRequest(image_url=url, k=3))
-        assert excinfo.value.reason == "forbidden_address", url
-    with pytest.raises(QueryRejected) as excinfo:
-        pipeline.answer_query(ctx, SearchRequest(image_url="gopher://127.0.0.1:6379/_INFO", k=3))
-    assert excinfo.value.reason == "bad_scheme"
+        assert excinfo.value.reason == "bad_scheme", url
     assert server.hits() == 0
     assert net.connects_to(server.port) == []  # (the only other connects were to the test Redis)
 
 
-def test_answer_query_refuses_a_redirect_to_the_metadata_service(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, server: ImageServer, net: Net
+def test_a_shoppers_url_reaches_what_query_allow_networks_allows_and_nothing_else(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    server: ImageServer,
+    net: Net,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    set_env(monkeypatch, env, LOOKALIKE_FETCH_ALLOW_NETWORKS="127.0.0.1/32")
+    set_env(monkeypatch, env, LOOKALIKE_FETCH_ALLOW_NETWORKS="", LOOKALIKE_QUERY_ALLOW_NETWORKS="127.0.0.1/32")
     ctx = pipeline.current_context()
+    url = server.add("/q-ok.jpg", Route(body=images.product_bytes(6)))
+    prepared = ctx.query_preparer.prepare(SearchRequest(image_url=url, k=3))
+    assert prepared.prepared and prepared.image_url is None and len(prepared.image or b"") < 64 * 1024
     for path, target, reason in (
         ("/q-meta", "http://169.254.169.254/latest/meta-data/", "forbidden_address"),
         ("/q-private", "http://10.0.0.1/x.jpg", "forbidden_address"),
         ("/q-file", "file:///etc/passwd", "bad_scheme"),
     ):
         url = server.add(path, Route(redirect_to=target))
-        with pytest.raises(QueryRejected) as excinfo:
+        with caplog.at_level(logging.WARNING, logger="lookalike.query"), pytest.raises(QueryRejected) as excinfo:
             pipeline.answer_query(ctx, SearchRequest(image_url=url, k=3))
-        assert excinfo.value.reason == reason, path
+        assert excinfo.value.reason == "fetch_failed", path
+        assert f"reason={reason}" in caplog.records[-1].getMessage(), path
         assert server.hits(path) == 1
     # Only the first hops connected (to the image server); the fixture vouches nothing went elsewhere.
-    assert 1 <= len(net.connects_to(server.port)) <= 3
     assert {address[0] for address in net.connects} == {"127.0.0.1"}
 
 

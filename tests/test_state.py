@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from lookalike.state.process import ProcessCache
 from lookalike.state.registry import Applied, ProductState, Stale
 from lookalike.worker import pipeline
 from lookalike.worker.batcher import Batcher
-from lookalike.worker.store import Hit, PointRecord, VectorStore
+from lookalike.worker.store import EdgeStore
 
 
 def product(pid: str = "p1", *, price: str = "$10.00", images: tuple[str, ...] = ("http://img/a.jpg",)) -> Product:
@@ -190,79 +190,23 @@ def test_messages_round_trip_through_their_json_form() -> None:
 
 
 # ------------------------------------------------------------------------------------------- index stage
-class MemoryStore(VectorStore):
-    """A VectorStore in a dict: enough to test the index stage's decisions without an engine."""
+class CountingStore(EdgeStore):
+    """The embedded engine on a test directory, counting its write requests (one upsert per batch is a rule)."""
 
-    def __init__(self) -> None:
-        self.collection = "memory"
-        self.points: dict[str, tuple[list[float], dict[str, Any]]] = {}
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, "products")
         self.upserts = 0
 
-    def ensure_collection(self, dim: int) -> None:
-        pass
-
-    def upsert(self, points: Sequence[PointRecord]) -> None:
+    def _upsert(self, points: list[Any]) -> None:
         self.upserts += 1
-        for p in points:
-            self.points[p.id] = (list(map(float, p.vector)), dict(p.payload))
-
-    def search(self, vector: Sequence[float], limit: int, category: str | None = None) -> list[Hit]:
-        return [Hit(pid, 1.0, payload) for pid, (_v, payload) in self.points.items()][:limit]
-
-    def set_product_payload(self, product_id: str, payload: dict[str, Any]) -> None:
-        for _v, stored in self.points.values():
-            if stored.get("product_id") == product_id:
-                stored.update(payload)
-
-    def delete_ids(self, ids: Sequence[str]) -> None:
-        for pid in ids:
-            self.points.pop(pid, None)
-
-    def delete_product(self, product_id: str) -> None:
-        self.delete_ids([pid for pid, (_v, p) in self.points.items() if p.get("product_id") == product_id])
-
-    def scroll(
-        self, product_id: str | None = None, with_vectors: bool = False
-    ) -> Iterator[tuple[str, dict[str, Any], list[float] | None]]:
-        for pid, (vector, payload) in list(self.points.items()):
-            if product_id is None or payload.get("product_id") == product_id:
-                yield pid, payload, vector if with_vectors else None
-
-    def retrieve(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {pid: self.points[pid][1] for pid in ids if pid in self.points}
-
-    def count(self, product_id: str | None = None) -> int:
-        return sum(1 for _ in self.scroll(product_id))
-
-    def close(self) -> None:
-        pass
-
-    layout = "named"
-
-    def query_dense(self, vector: Any, limit: int, narrowing: Any, **_: Any) -> list[Hit]:
-        return self.search(vector, limit)
-
-    query_keywords = query_hybrid = recommend = query_dense
-
-    def product_vectors(self, product_id: str) -> list[list[float]]:
-        return [v for _id, _p, v in self.scroll(product_id, with_vectors=True) if v]
-
-    def facet_categories(self, narrowing: Any, limit: int = 50) -> dict[str, int]:
-        return {}
-
-    def set_keywords(self, point_ids: Sequence[str], keywords: Any) -> None:
-        pass
-
-    def set_point_payload(self, point_ids: Sequence[str], payload: dict[str, Any]) -> None:
-        for pid in point_ids:
-            self.points[pid][1].update(payload)
+        super()._upsert(points)
 
 
 def test_the_index_stage_writes_wanted_points_drops_superseded_ones_and_fails_unknown_products(
-    env: dict[str, str],
+    env: dict[str, str], tmp_path: Path
 ) -> None:
     ctx = pipeline.current_context()
-    store = MemoryStore()
+    store = CountingStore(tmp_path)
     ctx._store = store
     registry = ctx.registry
     registry.settle(
@@ -281,8 +225,9 @@ def test_the_index_stage_writes_wanted_points_drops_superseded_ones_and_fails_un
     )
     assert (report.indexed, report.superseded, report.failed) == (1, 1, 1)
     assert store.upserts == 1, "one upsert per batch"
-    assert set(store.points) == {point_id_for("p1", "http://img/a.jpg")}
-    assert store.points[point_id_for("p1", "http://img/a.jpg")][1]["price"] == "$99.00", "the registry's payload"
+    stored = {point_id: payload for point_id, payload, _vector in store.scroll()}
+    assert set(stored) == {point_id_for("p1", "http://img/a.jpg")}
+    assert stored[point_id_for("p1", "http://img/a.jpg")]["price"] == "$99.00", "the registry's payload"
     run = ctx.ledger.run(run_id)
     assert run is not None and (run[INDEXED], run[SUPERSEDED], run["failed:unknown_product"]) == (1, 1, 1)
     assert [f.reason for f in ctx.failures.entries()] == ["unknown_product"]

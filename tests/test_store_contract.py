@@ -25,6 +25,8 @@ from lookalike.worker.store import (
     SCROLL_PAGE,
     ClientStore,
     EdgeStore,
+    Hit,
+    Narrowing,
     PointRecord,
     StoreError,
     StoreLocked,
@@ -106,6 +108,21 @@ def cosine(a: Any, b: Any) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def search(store: VectorStore, vector: Any, limit: int, category: str | None = None) -> list[Hit]:
+    """The plainest dense query: nearest points, optionally in one category."""
+    return store.query_dense(vector, limit, Narrowing(category=category))
+
+
+def payloads(store: VectorStore, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Payloads of the given ids that exist, read the way the pipeline reads them (scroll)."""
+    wanted = set(ids)
+    return {point_id: payload for point_id, payload, _vector in store.scroll() if point_id in wanted}
+
+
+def product_ids(store: VectorStore) -> set[str]:
+    return {str(payload.get("product_id")) for _id, payload, _vector in store.scroll()}
+
+
 def scrolled(store: VectorStore, **kwargs: Any) -> dict[str, dict[str, Any]]:
     """Scroll into id -> payload, failing on an id seen twice."""
     seen: dict[str, dict[str, Any]] = {}
@@ -137,7 +154,7 @@ def test_ensure_collection_creates_and_is_idempotent(opener: Opener) -> None:
     assert store.count() == 1
     # Cosine: a scaled copy of a stored vector is the same direction.
     stored = records(product("p1"))[0]
-    [hit] = store.search(np.asarray(stored.vector) * 7.5, limit=5)
+    [hit] = search(store, np.asarray(stored.vector) * 7.5, limit=5)
     assert hit.id == stored.id
     assert hit.score == pytest.approx(1.0, abs=1e-5)
 
@@ -180,23 +197,14 @@ def test_upsert_round_trips_payloads_exactly(store: VectorStore) -> None:
 
     assert store.count() == len(points)
     assert store.count(product_id=UNICODE.id) == 2
-    assert store.retrieve(list(expected)) == expected
+    assert payloads(store, list(expected)) == expected
     assert scrolled(store) == expected
-    assert store.product_ids() == {UNICODE.id, "p2", "odd"}
+    assert product_ids(store) == {UNICODE.id, "p2", "odd"}
     unicode_payload = expected[point_id_for(UNICODE.id, UNICODE.image_urls[0])]
     assert "description" not in unicode_payload
     assert expected[point_id_for("odd", "https://img.example/odd.jpg")]["nested"] == {"k": [1, None, "ü"]}
     assert unicode_payload["categories"] == ["Jouets", "Puzzles & Casse-têtes", "3D"]
     assert unicode_payload["price_value"] == 19.99
-
-
-def test_retrieve_returns_only_existing_ids(store: VectorStore) -> None:
-    points = records(product("p1"))
-    store.upsert(points)
-    missing = point_id_for("nope", "https://img.example/nope.jpg")
-    assert store.retrieve([points[0].id, missing]) == {points[0].id: points[0].payload}
-    assert store.retrieve([missing]) == {}
-    assert store.retrieve([]) == {}
 
 
 def test_upsert_same_ids_replaces_without_duplicates(store: VectorStore) -> None:
@@ -213,9 +221,9 @@ def test_upsert_same_ids_replaces_without_duplicates(store: VectorStore) -> None
     store.upsert(second)
     store.upsert(second)
     assert store.count() == 2
-    assert store.retrieve([p.id for p in first]) == {p.id: p.payload for p in second}
+    assert payloads(store, [p.id for p in first]) == {p.id: p.payload for p in second}
     # The vector is replaced too: the new vector is what now scores 1.0.
-    [best, *_] = store.search(second[0].vector, limit=2)
+    [best, *_] = search(store, second[0].vector, limit=2)
     assert best.id == second[0].id
     assert best.score == pytest.approx(1.0, abs=1e-5)
 
@@ -247,19 +255,19 @@ def test_search_is_best_first_cosine_and_respects_limit(store: VectorStore) -> N
     store.upsert(points)
     # Mostly axis 0, then 1, then 2: expected cosines are query . axis / |query|.
     query = [4.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    hits = store.search(query, limit=3)
+    hits = search(store, query, limit=3)
     assert [h.id for h in hits] == [points[0].id, points[1].id, points[2].id]
     norm = float(np.linalg.norm(query))
     assert [h.score for h in hits] == pytest.approx([4 / norm, 2 / norm, 1 / norm], abs=1e-5)
     assert [h.payload for h in hits] == [points[0].payload, points[1].payload, points[2].payload]
 
-    assert len(store.search(query, limit=1)) == 1
-    everything = store.search(query, limit=100)
+    assert len(search(store, query, limit=1)) == 1
+    everything = search(store, query, limit=100)
     assert len(everything) == DIM
     scores = [h.score for h in everything]
     assert scores == sorted(scores, reverse=True)
 
-    [exact] = store.search(unit(5), limit=1)
+    [exact] = search(store, unit(5), limit=1)
     assert exact.id == points[5].id
     assert exact.score == pytest.approx(1.0, abs=1e-5)
 
@@ -274,7 +282,7 @@ def test_search_category_matches_any_level_of_the_path(store: VectorStore) -> No
     query = [1.0] * DIM
 
     def found(category: str | None) -> set[str]:
-        return {h.payload["product_id"] for h in store.search(query, limit=10, category=category)}
+        return {h.payload["product_id"] for h in search(store, query, limit=10, category=category)}
 
     assert found(None) == {"toy", "game", "pan", "bare"}
     assert found("Toys & Games") == {"toy", "game"}
@@ -284,7 +292,7 @@ def test_search_category_matches_any_level_of_the_path(store: VectorStore) -> No
     assert found("Toys & Games | Puzzles | Jigsaw") == set()  # the whole path is not a level
     assert found("puzzles") == set()  # exact match
     assert found("Garden") == set()
-    assert len(store.search(query, limit=1, category="Toys & Games")) == 1
+    assert len(search(store, query, limit=1, category="Toys & Games")) == 1
 
 
 # ---------------------------------------------------------------------------------------- payload updates
@@ -306,8 +314,8 @@ def test_set_product_payload_overwrites_given_keys_of_one_product(store: VectorS
         else:
             assert payload == before[point_id]
     # The filter follows the new payload.
-    assert {h.payload["product_id"] for h in store.search([1.0] * DIM, limit=10, category="Sale")} == {"p1"}
-    assert {h.payload["product_id"] for h in store.search([1.0] * DIM, limit=10, category="Puzzles")} == {"p2"}
+    assert {h.payload["product_id"] for h in search(store, [1.0] * DIM, limit=10, category="Sale")} == {"p1"}
+    assert {h.payload["product_id"] for h in search(store, [1.0] * DIM, limit=10, category="Puzzles")} == {"p2"}
 
     store.set_product_payload("missing", {"name": "x"})
     assert scrolled(store) == after
@@ -317,19 +325,33 @@ def test_set_product_payload_with_none_removes_those_keys_like_upsert(store: Vec
     item = product("p1", price="$5.00", product_url="https://shop.example/p1")
     store.upsert(records(item))
     [point_id] = [p.id for p in records(item)]
-    before = store.retrieve([point_id])[point_id]
+    before = payloads(store, [point_id])[point_id]
     assert before["price"] == "$5.00"
 
     # What reconcile sends when a catalogue update clears the price and the product URL.
     changes = {"price": None, "price_value": None, "product_url": None}
     store.set_product_payload("p1", changes)
 
-    after = store.retrieve([point_id])[point_id]
+    after = payloads(store, [point_id])[point_id]
     assert after == {k: v for k, v in before.items() if k not in changes}
     # ... which is exactly what a fresh upsert of the updated product stores.
     cleared = product("p1", price=None, product_url=None)
     store.upsert(records(cleared))
-    assert store.retrieve([point_id])[point_id] == after
+    assert payloads(store, [point_id])[point_id] == after
+
+
+def test_set_point_payload_overwrites_given_keys_of_those_points_only(store: VectorStore) -> None:
+    points = records(product("p1", image_urls=[f"https://img.example/p1/{i}.jpg" for i in range(3)]))
+    store.upsert(points)
+    before = scrolled(store)
+    store.set_point_payload([points[0].id, points[2].id], {"primary": 1, "name": "Flagged"})
+    after = scrolled(store)
+    flagged = {"primary": 1, "name": "Flagged"}
+    assert after[points[0].id] == {**before[points[0].id], **flagged}
+    assert after[points[2].id] == {**before[points[2].id], **flagged}
+    assert after[points[1].id] == before[points[1].id]
+    store.set_point_payload([], {"primary": 0})
+    assert scrolled(store) == after
 
 
 # ---------------------------------------------------------------------------------------- deletes
@@ -341,8 +363,8 @@ def test_delete_ids_deletes_exactly_those(store: VectorStore) -> None:
     store.delete_ids(gone)
     assert set(scrolled(store)) == {p.id for p in points} - set(gone)
     assert store.count() == 3
-    assert store.retrieve(gone) == {}
-    assert not {h.id for h in store.search(points[1].vector, limit=10)} & set(gone)
+    assert payloads(store, gone) == {}
+    assert not {h.id for h in search(store, points[1].vector, limit=10)} & set(gone)
     store.delete_ids([])
     store.delete_ids([point_id_for("nope", "https://img.example/nope.jpg")])
     assert store.count() == 3
@@ -357,8 +379,8 @@ def test_delete_product_deletes_all_its_points_and_no_others(store: VectorStore)
     assert store.count() == 3
     assert store.count(product_id="p1") == 0
     assert set(scrolled(store)) == {p.id for p in p2 + p10}
-    assert store.product_ids() == {"p2", "p10"}
-    assert all(h.payload["product_id"] != "p1" for h in store.search([1.0] * DIM, limit=10))
+    assert product_ids(store) == {"p2", "p10"}
+    assert all(h.payload["product_id"] != "p1" for h in search(store, [1.0] * DIM, limit=10))
     store.delete_product("p1")
     store.delete_product("never-there")
     assert store.count() == 3
@@ -402,14 +424,14 @@ def test_scroll_pages_over_more_than_one_page(store: VectorStore) -> None:
 def test_a_store_without_collection_is_empty_not_an_error(opener: Opener) -> None:
     store = opener()
     some_id = point_id_for("p1", "https://img.example/p1.jpg")
-    assert store.search([1.0] * DIM, limit=5) == []
-    assert store.search([1.0] * DIM, limit=5, category="Toys") == []
+    assert search(store, [1.0] * DIM, limit=5) == []
+    assert search(store, [1.0] * DIM, limit=5, category="Toys") == []
     assert store.count() == 0
     assert store.count(product_id="p1") == 0
     assert list(store.scroll()) == []
     assert list(store.scroll(product_id="p1", with_vectors=True)) == []
-    assert store.retrieve([some_id]) == {}
-    assert store.product_ids() == set()
+    assert payloads(store, [some_id]) == {}
+    assert product_ids(store) == set()
     store.delete_product("p1")
     store.delete_ids([some_id])
     store.set_product_payload("p1", {"name": "x"})
@@ -429,9 +451,9 @@ def test_close_and_reopen_keeps_the_data(store: VectorStore, opener: Opener) -> 
 
     reopened = opener()
     assert reopened.count() == 2
-    assert reopened.retrieve([p.id for p in points]) == expected
+    assert payloads(reopened, [p.id for p in points]) == expected
     assert scrolled(reopened) == expected
-    [hit, *_] = reopened.search(points[1].vector, limit=2)
+    [hit, *_] = search(reopened, points[1].vector, limit=2)
     assert hit.id == points[1].id
     assert hit.score == pytest.approx(1.0, abs=1e-5)
     reopened.ensure_collection(DIM)
@@ -448,7 +470,7 @@ def test_optimize_runs(store: VectorStore) -> None:
     store.optimize()
     store.optimize()
     assert store.count() == 200
-    [hit] = store.search(points[42].vector, limit=1)
+    [hit] = search(store, points[42].vector, limit=1)
     assert hit.id == points[42].id
 
 
@@ -599,7 +621,6 @@ def test_a_new_collection_has_the_current_layout(store: VectorStore) -> None:
 
 
 def test_dense_queries_take_every_filter_alone_and_combined(store: VectorStore) -> None:
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     query = unit(0)
@@ -616,7 +637,6 @@ def test_dense_queries_take_every_filter_alone_and_combined(store: VectorStore) 
 
 def test_keyword_queries_find_a_rare_word_first(store: VectorStore) -> None:
     from lookalike.worker.keywords import query_vector
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     assert products(store.query_keywords(query_vector("lighthouse"), 10, Narrowing())) == ["puzzle"]
@@ -627,7 +647,6 @@ def test_keyword_queries_find_a_rare_word_first(store: VectorStore) -> None:
 
 def test_hybrid_queries_fuse_both_signals(store: VectorStore) -> None:
     from lookalike.worker.keywords import query_vector
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     # The dense side points at the kettle, the words at the drone: both come first, ahead of the rest.
@@ -640,7 +659,6 @@ def test_hybrid_queries_fuse_both_signals(store: VectorStore) -> None:
 
 
 def test_recommend_from_a_products_own_vectors_leaves_it_out(store: VectorStore) -> None:
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     positives = store.product_vectors("kettle")
@@ -651,7 +669,6 @@ def test_recommend_from_a_products_own_vectors_leaves_it_out(store: VectorStore)
 
 
 def test_mmr_diversity_returns_the_same_set_size(store: VectorStore) -> None:
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     plain = store.query_dense(unit(0), 6, Narrowing())
@@ -661,7 +678,6 @@ def test_mmr_diversity_returns_the_same_set_size(store: VectorStore) -> None:
 
 
 def test_facets_count_products_per_category_level(store: VectorStore) -> None:
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     counts = store.facet_categories(Narrowing())
@@ -677,7 +693,6 @@ def test_facets_count_products_per_category_level(store: VectorStore) -> None:
 
 def test_a_keyword_vector_is_replaced_in_place(store: VectorStore) -> None:
     from lookalike.worker.keywords import document_vector, query_vector
-    from lookalike.worker.store import Narrowing
 
     shop(store)
     ids = [point_id for point_id, _p, _v in store.scroll(product_id="scarf")]
@@ -717,14 +732,14 @@ def legacy_edge(root: Path, count: int = 3) -> None:
 
 def test_a_legacy_collection_answers_image_queries_and_asks_for_a_reindex_for_words(tmp_path: Path) -> None:
     from lookalike.worker.keywords import query_vector
-    from lookalike.worker.store import LEGACY, Narrowing
+    from lookalike.worker.store import LEGACY
 
     legacy_edge(tmp_path)
     store = EdgeStore(tmp_path, COLLECTION)
     try:
         assert store.layout == LEGACY
         assert products(store.query_dense(unit(1), 3, Narrowing()))[0] == "old1"
-        assert store.search(unit(2), 1)[0].payload["product_id"] == "old2"
+        assert search(store, unit(2), 1)[0].payload["product_id"] == "old2"
         with pytest.raises(StoreError, match="lookalike reindex"):
             store.query_keywords(query_vector("lantern"), 3, Narrowing())
     finally:

@@ -17,7 +17,7 @@ def imported_modules(folder: str, *, top_level_only: bool = False) -> dict[str, 
     """file -> the modules it imports: at any depth (function-level imports count too), or only those run when
     the module is imported (``top_level_only``: module body, not under ``if TYPE_CHECKING``)."""
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / folder).glob("*.py")):
+    for path in sorted((ROOT / folder).rglob("*.py")):
         names: set[str] = set()
         tree = ast.parse(path.read_text(), filename=str(path))
         nodes = tree.body if top_level_only else ast.walk(tree)
@@ -26,7 +26,7 @@ def imported_modules(folder: str, *, top_level_only: bool = False) -> dict[str, 
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.add(node.module)
-        found[f"{folder}/{path.name}"] = names
+        found[f"{folder}/{path.relative_to(ROOT / folder)}"] = names
     return found
 
 
@@ -64,6 +64,47 @@ def test_the_rule_checker_sees_a_forbidden_import(tmp_path: Path, monkeypatch) -
     assert offenders("producer", ("lookalike.worker",)) == ["producer/bad.py imports lookalike.worker.tasks"]
 
 
+def test_the_rule_checker_reads_sub_packages(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "worker" / "store").mkdir(parents=True)
+    (tmp_path / "worker" / "store" / "bad.py").write_text("from lookalike.producer.sync import plan_upserts\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert offenders("worker", ("lookalike.producer",)) == ["worker/store/bad.py imports lookalike.producer.sync"]
+
+
+def test_each_store_engine_is_a_small_module_that_shares_only_the_base() -> None:
+    """The engine-neutral logic lives in worker/store/base.py; an engine is its primitives (see that module)."""
+    imports = imported_modules("worker")
+    for engine, other in (("edge", "client"), ("client", "edge")):
+        lines = len((ROOT / "worker" / "store" / f"{engine}.py").read_text().splitlines())
+        assert lines < 400, f"worker/store/{engine}.py has {lines} lines"
+        assert f"lookalike.worker.store.{other}" not in imports[f"worker/store/{engine}.py"]
+        assert "lookalike.worker.store.base" in imports[f"worker/store/{engine}.py"]
+
+
+def longest_functions(folder: str, limit: int) -> list[str]:
+    """Functions (and methods) of ``folder`` longer than ``limit`` lines, decorators and docstrings included."""
+    found = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - first + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} has {length} lines")
+    return found
+
+
+def test_no_function_in_the_worker_is_longer_than_80_lines() -> None:
+    assert longest_functions("worker", 80) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "long.py").write_text("def f():\n" + "    x = 1\n" * 80)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert longest_functions("worker", 80) == ["worker/long.py:1 f has 81 lines"]
+
+
 def test_publishing_a_change_event_loads_no_image_model_http_or_celery_code(env: dict[str, str]) -> None:
     script = f"""
 import json, sys
@@ -86,7 +127,7 @@ import json, sys
 from lookalike.state.messages import Job
 from lookalike.state.search import SearchRequest
 from lookalike.worker.app import app
-from lookalike.worker.client import CeleryPublisher, live_workers
+from lookalike.app.gateway import CeleryPublisher, live_workers
 from lookalike.state.connection import redis_client
 from lookalike.config.settings import get_settings
 publisher = CeleryPublisher(app, redis_client(get_settings()))

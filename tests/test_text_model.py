@@ -11,8 +11,8 @@ import pytest
 
 from lookalike.config.settings import Settings
 from lookalike.testing.tiny_model import build_tiny_text_model, tiny_text_direction
-from lookalike.worker.embed import ModelUnavailable
-from lookalike.worker.text import TextEmbedder, TextSpec, get_text_embedder
+from lookalike.worker.model import ModelSpec, ModelUnavailable
+from lookalike.worker.text import TextEmbedder
 
 TEXT_MODEL = "Qdrant/clip-ViT-B-32-text"
 
@@ -24,7 +24,7 @@ def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def embedder(text_dir: Path) -> TextEmbedder:
-    return TextEmbedder(TextSpec(TEXT_MODEL, text_dir, None, 1))
+    return TextEmbedder(ModelSpec(TEXT_MODEL, text_dir, None, 1))
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def test_loads_from_directory_and_returns_unit_vectors(embedder: TextEmbedder) -
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert embedder.dim == 512
-    assert embedder.calls == 1 and embedder.texts == 3
+    assert embedder.calls == 1 and embedder.items == 3
     assert embedder.embed([]).shape == (0, 512)
 
 
@@ -57,21 +57,21 @@ def test_unknown_words_map_to_unk(embedder: TextEmbedder) -> None:
 
 def test_spec_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(_env_file=None, text_model_dir=tmp_path, onnx_threads=2)  # type: ignore[call-arg]
-    spec = TextSpec.from_settings(settings)
+    spec = TextEmbedder.spec_from(settings)
     assert spec.name == TEXT_MODEL and spec.local_dir == tmp_path and spec.threads == 2
     monkeypatch.delenv("LOOKALIKE_TEXT_MODEL_DIR", raising=False)  # the test session sets it for every test
     assert Settings(_env_file=None).text_model_dir is None  # type: ignore[call-arg]
 
 
-def test_get_text_embedder_is_cached_per_process(text_dir: Path) -> None:
-    spec = TextSpec(TEXT_MODEL, text_dir, None, 1)
-    assert get_text_embedder(spec) is get_text_embedder(spec)
+def test_the_text_model_is_loaded_once_per_process(text_dir: Path) -> None:
+    spec = ModelSpec(TEXT_MODEL, text_dir, None, 1)
+    assert TextEmbedder.shared(spec) is TextEmbedder.shared(spec)
 
 
 def test_missing_directory_is_model_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable) as info:
-        TextEmbedder(TextSpec(TEXT_MODEL, tmp_path / "nowhere", None, 1))
-    assert "\n" not in str(info.value) and "LOOKALIKE_TEXT_MODEL_DIR" in str(info.value)
+        TextEmbedder(ModelSpec(TEXT_MODEL, tmp_path / "nowhere", None, 1))
+    assert str(info.value) == f"LOOKALIKE_TEXT_MODEL_DIR={tmp_path / 'nowhere'} does not exist"
 
 
 @pytest.mark.parametrize("missing", ["model.onnx", "tokenizer.json", "tokenizer_config.json"])
@@ -79,7 +79,7 @@ def test_missing_file_is_model_unavailable(tmp_path: Path, missing: str) -> None
     directory = build_tiny_text_model(tmp_path / "model")
     (directory / missing).unlink()
     with pytest.raises(ModelUnavailable) as info:
-        TextEmbedder(TextSpec(TEXT_MODEL, directory, None, 1))
+        TextEmbedder(ModelSpec(TEXT_MODEL, directory, None, 1))
     assert "\n" not in str(info.value) and missing in str(info.value)
 
 
@@ -87,7 +87,7 @@ def test_broken_model_file_is_one_line_model_unavailable(tmp_path: Path) -> None
     directory = build_tiny_text_model(tmp_path / "model")
     (directory / "model.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(ModelUnavailable) as info:
-        TextEmbedder(TextSpec(TEXT_MODEL, directory, None, 1))
+        TextEmbedder(ModelSpec(TEXT_MODEL, directory, None, 1))
     assert "\n" not in str(info.value) and "cannot load text model" in str(info.value)
 
 
@@ -100,7 +100,7 @@ def test_module_entry_builds_a_loadable_text_dir(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    (vector,) = TextEmbedder(TextSpec(TEXT_MODEL, target, None, 1)).embed(["kettle"])
+    (vector,) = TextEmbedder(ModelSpec(TEXT_MODEL, target, None, 1)).embed(["kettle"])
     assert float(vector @ tiny_text_direction("kettle")) > 0.99
 
 

@@ -150,7 +150,7 @@ def test_pickle_messages_are_never_unpickled_by_a_worker(
     time.sleep(3)  # and a few seconds more, for anything that would act on them late
     assert not [str(m) for m in markers.values() if m.exists()], f"a worker unpickled a message:\n{worker.output()}"
     assert worker.process.poll() is None, worker.output()
-    from lookalike.worker.client import live_workers
+    from lookalike.app.gateway import live_workers
 
     consumed = {q for queues in live_workers(app, timeout=2).values() for q in queues}
     assert set(ALL_QUEUES) <= consumed
@@ -693,7 +693,7 @@ def test_settings_never_show_secrets(no_network: list[str]) -> None:
 
 
 def test_worker_banner_and_cli_notes_mask_the_broker_password(no_network: list[str]) -> None:
-    from lookalike.commands import _safe_url
+    from lookalike.app.broker import safe_url as _safe_url
 
     masked = _safe_url(f"redis://:{PASSWORD}@cache.internal:6379/0")
     assert PASSWORD not in masked and ":***@cache.internal:6379" in masked

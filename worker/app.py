@@ -18,26 +18,14 @@ from lookalike.config.settings import Settings, get_settings
 from lookalike.state.queues import (
     ALL_QUEUES,
     EMBED_QUEUE,
-    ENCODE_QUEUE,
     FETCH_QUEUE,
     INDEX_QUEUE,
     QUERY_QUEUE,
     QUEUE_ALIASES,
 )
+from lookalike.state.tasks import TASK_QUEUES
 
-TASK_ROUTES = {
-    "lookalike.fetch": {"queue": FETCH_QUEUE},
-    "lookalike.embed": {"queue": EMBED_QUEUE},
-    "lookalike.index": {"queue": INDEX_QUEUE},
-    "lookalike.reconcile": {"queue": INDEX_QUEUE},
-    "lookalike.optimize": {"queue": INDEX_QUEUE},
-    "lookalike.audit": {"queue": INDEX_QUEUE},
-    "lookalike.reindex": {"queue": INDEX_QUEUE},
-    "lookalike.switch": {"queue": INDEX_QUEUE},
-    "lookalike.drop": {"queue": INDEX_QUEUE},
-    "lookalike.search": {"queue": QUERY_QUEUE},
-    "lookalike.encode": {"queue": ENCODE_QUEUE},
-}
+TASK_ROUTES = {name: {"queue": queue} for name, queue in TASK_QUEUES.items()}
 
 
 def _is_outage(error: BaseException) -> bool:
@@ -123,6 +111,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # again within visibility_timeout * 1.1: 264 s with the defaults, inside five minutes.
         "unacked_restore_interval": max(1, settings.visibility_timeout // 10),
         "unacked_restore_throttle": 1,
+        # A worker consuming several queues pops them in the order it was given (BRPOP takes the first non-empty
+        # key), not round robin: the store owner consumes lookalike.query before lookalike.index, so a waiting
+        # query is taken before the next index batch (see lookalike.worker.runner).
+        "queue_order_strategy": "priority",
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
         "health_check_interval": 15,

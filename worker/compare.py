@@ -18,7 +18,8 @@ from PIL import Image
 
 from lookalike.config.settings import DEFAULT_MODEL, Settings
 from lookalike.worker.decode import decode_image
-from lookalike.worker.embed import Embedder, ModelSpec, resolve_providers
+from lookalike.worker.embed import Embedder
+from lookalike.worker.model import ModelSpec, resolve_providers
 
 BATCH = 32
 

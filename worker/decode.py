@@ -26,6 +26,7 @@ from lookalike.config.cpus import usable_cpus
 from lookalike.state.errors import DECODE, Rejected
 
 MODEL_INPUT_EDGE = 224
+PIXELS_SETTING = "LOOKALIKE_MAX_IMAGE_PIXELS"
 TRANSPORT_QUALITY = 95
 _BACKGROUND = (255, 255, 255)
 # Box-reduce while the image is over this many times the target, then resize (Pillow's reducing_gap).
@@ -69,7 +70,8 @@ def open_checked(data: bytes, *, max_pixels: int, formats: Iterable[str]) -> Ima
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=sorted(allowed) or None)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from exc
+        # Pillow's own limit caught it first: still say which setting refuses it, not Pillow's number.
+        raise ImageTooLarge(f"over {PIXELS_SETTING} ({max_pixels} pixels)") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not_an_image", f"not one of {', '.join(sorted(allowed))}") from exc
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error) as exc:
@@ -78,7 +80,7 @@ def open_checked(data: bytes, *, max_pixels: int, formats: Iterable[str]) -> Ima
     if width <= 0 or height <= 0:
         raise ImageRejected("corrupt_header", f"size {width}x{height}")
     if width * height > max_pixels:
-        raise ImageTooLarge(f"{width}x{height} = {width * height} pixels > {max_pixels}")
+        raise ImageTooLarge(f"{width}x{height} = {width * height} pixels, over {PIXELS_SETTING} ({max_pixels})")
     return image
 
 
@@ -150,7 +152,7 @@ def decode_image(
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from exc
+        raise ImageTooLarge(f"over {PIXELS_SETTING} ({max_pixels} pixels)") from exc
     except OSError as exc:
         text = str(exc)
         if "truncated" in text or "broken data stream" in text or "unrecognized data stream" in text:

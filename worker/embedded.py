@@ -15,10 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lookalike.config.settings import DEFAULT_BROKER_URL, Settings, get_settings, reset_settings
-
-
-class BrokerUnavailable(RuntimeError):
-    pass
+from lookalike.state.errors import BrokerUnavailable
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -36,12 +37,36 @@ class OutcomeLogger:
             job_log.info(format_outcome({"outcome": outcome, **fields}, self.fmt))
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: anything a terminal or a log shipper
+# may take for the end of a line or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    return _CONTROL.sub(_escaped, text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """One record, one line: control characters in the whole formatted record (message, arguments, even a
+    traceback) are escaped, so a newline in a shopper's image URL or a product id can never forge a log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Plain message lines on stderr for lookalike's loggers (Celery configures its own)."""
     root = logging.getLogger("lookalike")
     if not any(getattr(h, "_lookalike", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         handler._lookalike = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False

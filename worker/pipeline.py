@@ -27,16 +27,17 @@ from lookalike.state.ledger import Outcome
 from lookalike.state.messages import EmbeddedPoint, Job, PreparedImage, encode_vector, point_id_for
 from lookalike.state.outcomes import FAILED, INDEXED, SUPERSEDED
 from lookalike.state.process import process_cache
-from lookalike.state.queues import INDEX_QUEUE, queue_depth
+from lookalike.state.queues import INDEX_QUEUE, QUERY_QUEUE, queue_depth
 from lookalike.state.registry import ProductState
 from lookalike.state.search import QueryRejected, SearchRequest, SearchResponse
 from lookalike.worker.cache import EmbeddingCache, content_hash
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
-from lookalike.worker.embed import Embedder, ModelSpec, ModelUnavailable, get_embedder
+from lookalike.worker.embed import Embedder, ModelUnavailable
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
 from lookalike.worker.fingerprint import TEXT_FILES, VISION_FILES, ModelId
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
+from lookalike.worker.model import ModelSpec
 from lookalike.worker.ownership import (
     MISMATCH,
     CollectionModel,
@@ -51,11 +52,16 @@ from lookalike.worker.ownership import (
     remember_refusal,
     write_record,
 )
+from lookalike.worker.prepare import QueryPreparer
 from lookalike.worker.query import encode_request, search_request
 from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_collection, open_store
-from lookalike.worker.text import TextSpec, get_text_embedder
+from lookalike.worker.text import TextEmbedder
 
 OPTIMIZE_AFTER_POINTS = 20_000
+# An optimize of the embedded store holds the store owner until it ends (qdrant-edge keeps the GIL for the
+# whole call: measured, a Python thread got 2 ticks in a 20 s optimize of 20,000 points, so a background thread
+# answers nothing meanwhile), and takes minutes at 100,000 points. So it waits for LOOKALIKE_OPTIMIZE_QUIET
+# seconds without a shopper's query; meanwhile queries search the new points unindexed (12 ms p95 at 100,000).
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +70,7 @@ class WorkerContext(StateContext):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.model_spec = ModelSpec.from_settings(settings)
+        self.model_spec = Embedder.spec_from(settings)
         self.log = OutcomeLogger(settings.log_format)
         self.limits = FetchLimits(
             connect_timeout=settings.fetch_connect_timeout,
@@ -87,6 +93,9 @@ class WorkerContext(StateContext):
         # A refusal may be on record (status shows it) since the last batch written: this process's first batch
         # written, and the first after a refusal, clear it; the others cost no Redis call.
         self._refused = True
+        # Monotonic time of the store owner's last search; a store owner that just started has not seen the
+        # shoppers yet, so its start counts as one (a pending optimize waits for a quiet moment after a restart).
+        self.last_query = time.monotonic()
 
     @cached_property
     def vision_id(self) -> ModelId:
@@ -120,7 +129,20 @@ class WorkerContext(StateContext):
                 f"vision model {model.describe()} is not on this machine (this worker's own is "
                 f"{self.vision_id.describe()})"
             )
-        return get_embedder(spec)
+        return Embedder.shared(spec)
+
+    def serve_queries(self) -> None:
+        """This process encodes shoppers' queries only: the models run with the query processes' ONNX threads."""
+        self.model_spec = Embedder.spec_from(self.settings, threads=self.settings.query_onnx_threads)
+        self.text_spec = TextEmbedder.spec_from(self.settings, threads=self.settings.query_onnx_threads)
+
+    @cached_property
+    def text_spec(self) -> ModelSpec:
+        return TextEmbedder.spec_from(self.settings)
+
+    def queries_are_quiet(self) -> bool:
+        """No shopper's query for LOOKALIKE_OPTIMIZE_QUIET seconds: a long store operation may run now."""
+        return time.monotonic() - self.last_query >= self.settings.optimize_quiet
 
     @cached_property
     def session(self) -> Any:
@@ -131,9 +153,14 @@ class WorkerContext(StateContext):
             pool_size=max(16, self.settings.fetch_concurrency),
         )
 
+    @cached_property
+    def query_preparer(self) -> QueryPreparer:
+        """Shoppers' photos and image URLs -> the model's input (its own address policy and deadline)."""
+        return QueryPreparer(self.settings)
+
     @property
     def embedder(self) -> Embedder:
-        return get_embedder(self.model_spec)
+        return Embedder.shared(self.model_spec)
 
     @property
     def store(self) -> VectorStore:
@@ -202,12 +229,15 @@ class WorkerContext(StateContext):
             self._refused = False
 
     def maybe_optimize(self, written: int) -> bool:
-        """Build the search index once enough points came in and no batch is waiting (store owner only).
+        """Build the search index once enough points came in, no batch or query is waiting and no shopper asked
+        anything lately (store owner only).
 
         Without it an embedded store fed only by events would search its new points by brute force.
         """
         self._unoptimized += written
-        if self._unoptimized < OPTIMIZE_AFTER_POINTS or queue_depth(self.redis, INDEX_QUEUE):
+        if self._unoptimized < OPTIMIZE_AFTER_POINTS or not self.queries_are_quiet():
+            return False
+        if queue_depth(self.redis, INDEX_QUEUE) or queue_depth(self.redis, QUERY_QUEUE):
             return False
         self.store.optimize()
         self._unoptimized = 0
@@ -354,6 +384,25 @@ class IndexReport:
     redo: list[Job] = field(default_factory=list)  # jobs to embed again with the collection's model
 
 
+def _screen_models(
+    ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection: str | None, report: IndexReport
+) -> Sequence[EmbeddedPoint]:
+    """The points the collection's model allows: those of the model a reindex replaced go to ``report.redo``;
+    a batch with another model's vectors is refused whole (``model_mismatch``, one log line) and none is left."""
+    previous = ctx.owning_model(collection).previous
+    if previous:
+        report.redo = [point.job for point in points if point.model == previous]
+        points = [point for point in points if point.model != previous]
+    try:
+        ctx.check_vectors({point.model for point in points if point.model}, len(points), collection)
+    except ModelMismatch as exc:
+        log.error("refused a batch of %d point(s): %s", len(points), exc)
+        fail_jobs(ctx, [point.job for point in points], INDEX, MISMATCH, str(exc))
+        report.failed = len(points)
+        return []
+    return points
+
+
 def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection: str | None = None) -> IndexReport:
     """Write the batch in one upsert, each point with its product's current payload, into the live collection
     (or the named one: a reindex's shadow).
@@ -366,18 +415,8 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection:
     """
     started = time.time()
     report = IndexReport()
-    previous = ctx.owning_model(collection).previous
-    if previous:
-        report.redo = [point.job for point in points if point.model == previous]
-        points = [point for point in points if point.model != previous]
-        if not points:
-            return report
-    try:
-        ctx.check_vectors({point.model for point in points if point.model}, len(points), collection)
-    except ModelMismatch as exc:
-        log.error("refused a batch of %d point(s): %s", len(points), exc)
-        fail_jobs(ctx, [point.job for point in points], INDEX, MISMATCH, str(exc))
-        report.failed = len(points)
+    points = _screen_models(ctx, points, collection, report)
+    if not points:
         return report
     before = ctx.registry.get_many(point.job.product_id for point in points)
     records: list[PointRecord] = []
@@ -444,6 +483,7 @@ def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
     Every refusal comes out as a :class:`QueryRejected` with a reason (bad input, undecodable image, a download
     the fetch guard refused, a model the live collection does not belong to).
     """
+    request = ctx.query_preparer.prepare(request.validate(max_image_bytes=ctx.settings.query_max_bytes))
     vector, model = encode_query(ctx, request)
     return search_encoded(ctx, request, vector, model)
 
@@ -470,28 +510,20 @@ def encode_query(ctx: WorkerContext, request: SearchRequest) -> tuple[np.ndarray
         raise QueryRejected("unknown_collection", str(exc)) from exc
     if request.kind == "text":
         configured = configured_text(ctx.settings)
-        text_spec = loadable(record.text, configured, TextSpec.from_settings(ctx.settings), TEXT_FILES)
+        text_spec = loadable(record.text, configured, ctx.text_spec, TEXT_FILES)
         if text_spec is None:
             raise _unloadable(record.text, configured, "text", request.collection)
         vector = encode_request(
             request,
             embedder=lambda: ctx.embedder,
-            text_embedder=lambda: get_text_embedder(text_spec),
-            session=ctx.session,
-            limits=ctx.limits,
             settings=ctx.settings,
+            text_embedder=lambda: TextEmbedder.shared(text_spec),
         )
         return vector, record.text.fingerprint
     vision_spec = loadable(record.vision, ctx.vision_id, ctx.model_spec, VISION_FILES)
     if vision_spec is None:
         raise _unloadable(record.vision, ctx.vision_id, "vision", request.collection)
-    vector = encode_request(
-        request,
-        embedder=lambda: get_embedder(vision_spec),
-        session=ctx.session,
-        limits=ctx.limits,
-        settings=ctx.settings,
-    )
+    vector = encode_request(request, embedder=lambda: Embedder.shared(vision_spec), settings=ctx.settings)
     return vector, record.vision.fingerprint
 
 
@@ -504,6 +536,7 @@ def search_encoded(
     against the collection's vectors would mean nothing. One exception: a vector of the model of the collection
     a reindex just replaced (encoded in the seconds before the switch reached the encoder) is searched in that
     collection, which is kept until `lookalike reindex --drop-old`."""
+    ctx.last_query = time.monotonic()
     collection = request.collection
     if vector is not None and model:
         kind = "text" if request.kind == "text" else "vision"

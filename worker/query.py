@@ -7,7 +7,6 @@ the API's in-process fallback all call it with a :class:`~lookalike.state.search
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -15,26 +14,15 @@ from typing import Any
 import numpy as np
 
 from lookalike.config.settings import Settings
-from lookalike.state.errors import Rejected
+from lookalike.state.errors import NeedsReindex, Rejected
 from lookalike.state.search import IMAGE, KEYWORD, TEXT, QueryRejected, SearchHit, SearchRequest, SearchResponse
-from lookalike.worker.decode import decode_image
+from lookalike.worker.decode import decode_transport
 from lookalike.worker.embed import Embedder
-from lookalike.worker.fetch import FetchLimits, fetch_image
 from lookalike.worker.keywords import query_vector, shares_a_word
-from lookalike.worker.store import Hit, Narrowing, StoreError, VectorStore
+from lookalike.worker.prepare import QueryPreparer
+from lookalike.worker.store import Hit, Narrowing, VectorStore
 
 MAX_CANDIDATES = 2000
-
-
-def load_query_image(request: SearchRequest, *, max_bytes: int, session: Any, limits: FetchLimits) -> bytes:
-    """The query image's bytes: as sent, or downloaded through the same guard as catalogue images."""
-    if request.image is not None:
-        if len(request.image) > max_bytes:
-            raise QueryRejected("too_large", f"query image over {max_bytes} bytes")
-        return request.image
-    assert request.image_url is not None
-    capped = dataclasses.replace(limits, max_bytes=min(limits.max_bytes, max_bytes))
-    return fetch_image(request.image_url, session, capped).data
 
 
 def best_per_product(hits: list[Hit]) -> list[Hit]:
@@ -87,28 +75,28 @@ def encode_request(
     request: SearchRequest,
     *,
     embedder: Callable[[], Embedder],
-    session: Any,
-    limits: FetchLimits,
     settings: Settings,
     text_embedder: Callable[[], Any] | None = None,
 ) -> np.ndarray | None:
-    """The request's dense vector: its image downloaded (guarded), decoded and embedded, or its words embedded
-    by CLIP's text model. Runs on the embedding processes, never on the store owner. Refusals are
+    """The request's dense vector: its prepared image (the transport JPEG, :mod:`lookalike.worker.prepare`)
+    embedded, or its words embedded by CLIP's text model. Runs on the query encoding processes, never on the store
+    owner, and never downloads: an image URL was fetched where the query arrived. Refusals are
     :class:`QueryRejected`."""
     if not request.needs_vector:
         return None
     if request.kind == "text":
         assert request.text is not None
         if text_embedder is None:
-            from lookalike.worker.text import TextSpec, get_text_embedder
+            from lookalike.worker.text import TextEmbedder
 
-            return get_text_embedder(TextSpec.from_settings(settings)).embed([request.text])[0]
+            return TextEmbedder.for_settings(settings).embed([request.text])[0]
         return text_embedder().embed([request.text])[0]
+    if not request.prepared or request.image is None:
+        raise QueryRejected(
+            "not_prepared", "a query's image is reduced to the model's input before it is sent (QueryPreparer)"
+        )
     try:
-        data = load_query_image(request, max_bytes=settings.query_max_bytes, session=session, limits=limits)
-        prepared = decode_image(data, max_pixels=settings.max_image_pixels, formats=settings.allowed_image_formats)
-    except QueryRejected:
-        raise
+        prepared = decode_transport(request.image)
     except Rejected as exc:
         raise QueryRejected(exc.reason, exc.detail) from exc
     return embedder().embed([prepared])[0]
@@ -169,10 +157,8 @@ def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: 
 
         products = paged_products(search, k=request.k, offset=request.offset)
         facets = store.facet_categories(narrowing) if request.facets else None
-    except StoreError as exc:
-        if "lookalike reindex" in str(exc):
-            raise QueryRejected("needs_reindex", str(exc)) from exc
-        raise
+    except NeedsReindex as exc:
+        raise QueryRejected("needs_reindex", str(exc)) from exc
     return SearchResponse(results=tuple(to_result(hit, labels(hit)) for hit in products), facets=facets)
 
 
@@ -181,14 +167,13 @@ def run_search(
     *,
     embedder: Callable[[], Embedder],
     store: VectorStore,
-    session: Any,
-    limits: FetchLimits,
+    preparer: QueryPreparer,
     settings: Settings,
 ) -> SearchResponse:
-    """Both halves in one process (`lookalike search` with no worker running, and the benchmarks)."""
-    request.validate(max_image_bytes=settings.query_max_bytes)
-    vector = encode_request(request, embedder=embedder, session=session, limits=limits, settings=settings)
+    """Every step in one process (`lookalike search` with no worker running, and the benchmarks)."""
+    request = preparer.prepare(request.validate(max_image_bytes=settings.query_max_bytes))
+    vector = encode_request(request, embedder=embedder, settings=settings)
     return search_request(request, vector, store=store)
 
 
-__all__ = ["best_per_product", "encode_request", "load_query_image", "paged_products", "run_search", "search_request"]
+__all__ = ["best_per_product", "encode_request", "paged_products", "run_search", "search_request"]

@@ -1,14 +1,21 @@
 """`lookalike worker`: one command that starts a Celery worker per pool type and supervises them.
 
-Downloads are I/O-bound and embedding is CPU-bound, so they never share a slot:
+Shoppers first: a query never waits behind the catalogue. Downloads are I/O-bound and embedding is CPU-bound,
+so they never share a slot, and shoppers' work has its own processes:
 
-* ``fetch``  - thread pool, many threads (downloads, decoding to model size, batching);
-* ``embed``  - prefork pool, one process per core (ONNX threads x processes <= cores), model loaded after fork;
-  it also encodes queries (``encode``: a query image's download and decode, and the embedding of images and
-  words), so a hostile query URL or a burst of shoppers never stops the store owner;
-* ``store``  - the ``index`` and ``query`` queues (a query there only searches, with the vector it is given).
-  With the embedded store it is a single process (solo pool), because an embedded store directory admits one
-  process; with a Qdrant server it is a small thread pool and any number of machines may run one.
+* ``fetch``  - thread pool, many threads (downloads, decoding to model size, batching), niced;
+* ``embed``  - prefork pool, one process per core (ONNX threads x processes <= cores), model loaded after fork,
+  niced (``LOOKALIKE_INGEST_NICENESS``): the catalogue's batches get every cycle shoppers leave idle;
+* ``encode`` - the shoppers' own prefork pool (``LOOKALIKE_QUERY_CONCURRENCY`` processes, not niced, each with
+  the usable CPUs as ONNX threads): a query's image or words become a vector here, never behind a 32-image
+  batch; it then hands the vector to the store owner's search itself (one round trip for the API);
+* ``store``  - the ``query`` and ``index`` queues, queries first (the broker pops ``lookalike.query`` before
+  ``lookalike.index``, see ``queue_order_strategy`` in :mod:`lookalike.worker.app`); a query there only
+  searches, with the vector it is given. With the embedded store it is a single process (solo pool), because an
+  embedded store directory admits one process; with a Qdrant server it is a small thread pool and any number of
+  machines may run one.
+
+Niceness is applied to the pool's Celery process before it starts (so its prefork children inherit it).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +39,7 @@ class PoolSpec:
     queues: tuple[str, ...]
     pool: str
     concurrency: int
+    niceness: int = 0  # added to the process's own (ingestion pools: LOOKALIKE_INGEST_NICENESS)
 
     def command(self, loglevel: str) -> list[str]:
         return [
@@ -82,19 +90,40 @@ def plan_pools(
     if FETCH_QUEUE in queues:
         for index in range(settings.fetch_processes):
             name = "fetch" if settings.fetch_processes == 1 else f"fetch{index + 1}"
-            pools.append(PoolSpec(name, (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency))
-    embed_queues = tuple(q for q in (ENCODE_QUEUE, EMBED_QUEUE) if q in queues)
-    if embed_queues:
-        # Queries' encoding shares the embedding processes: the model is loaded there already, and they scale
-        # with the cores, unlike the single store owner.
-        pools.append(PoolSpec("embed", embed_queues, "prefork", concurrency or settings.effective_embed_concurrency))
-    store_queues = tuple(q for q in (INDEX_QUEUE, QUERY_QUEUE) if q in queues)
+            pools.append(
+                PoolSpec(
+                    name, (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency,
+                    settings.ingest_niceness,
+                )
+            )
+    if EMBED_QUEUE in queues:
+        pools.append(
+            PoolSpec(
+                "embed", (EMBED_QUEUE,), "prefork", concurrency or settings.effective_embed_concurrency,
+                settings.ingest_niceness,
+            )
+        )
+    if ENCODE_QUEUE in queues:
+        # Shoppers' encoding on processes of their own: a query never waits for a catalogue batch to finish
+        # (a 32-image batch at ViT-B/32 cost is over a second), and, not niced, it takes the CPU first.
+        pools.append(PoolSpec("encode", (ENCODE_QUEUE,), "prefork", settings.query_concurrency))
+    # Queries first: with the "priority" queue order the store owner pops a waiting query before the next batch.
+    store_queues = tuple(q for q in (QUERY_QUEUE, INDEX_QUEUE) if q in queues)
     if store_queues:
         if settings.uses_embedded_store:
             pools.append(PoolSpec("store", store_queues, "solo", 1))
         else:
             pools.append(PoolSpec("store", store_queues, "threads", 4))
     return pools
+
+
+def _nicer(increment: int) -> Callable[[], None]:
+    """What the child runs before it starts Celery: lower its own CPU priority (async-signal-safe: one call)."""
+
+    def nice() -> None:
+        os.nice(increment)
+
+    return nice
 
 
 class WorkerGroup:
@@ -108,10 +137,13 @@ class WorkerGroup:
         self.stopping = False
 
     def _spawn(self, spec: PoolSpec) -> subprocess.Popen[bytes]:
+        niced = _nicer(spec.niceness) if spec.niceness else None
         if self.log_path is None:
-            return subprocess.Popen(spec.command(self.loglevel))
+            return subprocess.Popen(spec.command(self.loglevel), preexec_fn=niced)
         with self.log_path.open("ab") as log:
-            return subprocess.Popen(spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                spec.command(self.loglevel), stdout=log, stderr=subprocess.STDOUT, preexec_fn=niced
+            )
 
     def start(self, handle_signals: bool = False) -> None:
         """Start every pool; with ``handle_signals``, SIGINT/SIGTERM from now on mean "stop them all" (set before

@@ -34,7 +34,7 @@ from celery.exceptions import Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from lookalike.config.settings import get_settings
-from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, Rejected
+from lookalike.state.errors import EMBED, FETCH, INDEX, TASK, ModelUnavailable, Rejected, StoreError, StoreUnavailable
 from lookalike.state.messages import (
     EmbeddedPoint,
     Job,
@@ -48,12 +48,25 @@ from lookalike.state.presence import Presence
 from lookalike.state.process import process_cache
 from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
 from lookalike.state.search import QueryRejected, SearchRequest
+from lookalike.state.tasks import (
+    AUDIT_TASK,
+    DROP_TASK,
+    EMBED_TASK,
+    ENCODE_TASK,
+    FETCH_TASK,
+    INDEX_TASK,
+    OPTIMIZE_TASK,
+    RECONCILE_TASK,
+    REINDEX_TASK,
+    SEARCH_ENCODED_TASK,
+    SEARCH_TASK,
+    SWITCH_TASK,
+)
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
 from lookalike.worker.batcher import Batcher
-from lookalike.worker.embed import ModelUnavailable, model_dimension
+from lookalike.worker.embed import model_dimension
 from lookalike.worker.logs import configure_logging
-from lookalike.worker.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +181,7 @@ def _fetch_batcher() -> Batcher:
     )
 
 
-@app.task(name="lookalike.fetch", base=FetchTask, bind=True)
+@app.task(name=FETCH_TASK, base=FetchTask, bind=True)
 def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     parsed = Job.from_message(job)
     with redelivered_on_infrastructure_errors():
@@ -198,7 +211,7 @@ def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- embed
-@app.task(name="lookalike.embed", base=EmbedTask, bind=True)
+@app.task(name=EMBED_TASK, base=EmbedTask, bind=True)
 def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
@@ -226,7 +239,7 @@ def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- index
-@app.task(name="lookalike.index", base=IndexTask, bind=True)
+@app.task(name=INDEX_TASK, base=IndexTask, bind=True)
 def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
@@ -264,7 +277,7 @@ def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-@app.task(name="lookalike.reconcile", bind=True)
+@app.task(name=RECONCILE_TASK, bind=True)
 def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
         ctx = pipeline.current_context()
@@ -288,42 +301,52 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
     return {"changed": changed}
 
 
-@app.task(name="lookalike.audit", ignore_result=False, acks_late=False)
+@app.task(name=AUDIT_TASK, ignore_result=False, acks_late=False)
 def audit(collection: str | None = None) -> dict[str, Any]:
     """The store side of `lookalike reconcile` (and of a reindex's catch-up, on its shadow collection): delete
     orphan points, report registered images with none."""
     return pipeline.audit_stage(pipeline.current_context(), collection=collection).to_data()
 
 
-@app.task(name="lookalike.switch", ignore_result=False, acks_late=False)
+@app.task(name=SWITCH_TASK, ignore_result=False, acks_late=False)
 def switch(collection: str) -> dict[str, Any]:
     """Make ``collection`` the live one (`lookalike reindex --model`), on the store owner, between two queries."""
     return pipeline.switch_stage(pipeline.current_context(), collection)
 
 
-@app.task(name="lookalike.drop", ignore_result=False, acks_late=False)
+@app.task(name=DROP_TASK, ignore_result=False, acks_late=False)
 def drop(collection: str) -> dict[str, Any]:
     """Delete a collection that is not live (`lookalike reindex --drop-old`), on the store owner."""
     return pipeline.drop_stage(pipeline.current_context(), collection)
 
 
-@app.task(name="lookalike.reindex", ignore_result=False)
+@app.task(name=REINDEX_TASK, ignore_result=False)
 def reindex() -> dict[str, Any]:
     """`lookalike reindex` on the store owner (acknowledged when done: a killed run is delivered again)."""
     return pipeline.reindex_stage(pipeline.current_context())
 
 
-@app.task(name="lookalike.optimize")
+@app.task(name=OPTIMIZE_TASK)
 def optimize() -> dict[str, Any]:
-    pipeline.current_context().store.optimize()
+    """Build the store's search index, once shoppers are quiet: an embedded store's optimize holds the store owner
+    for its whole length (minutes at 100,000 points), so while queries arrive it is sent again for later and the
+    queries search the new points unindexed meanwhile (``LOOKALIKE_OPTIMIZE_QUIET``; the wait stays well inside
+    the visibility timeout, so the message held meanwhile is not handed out twice)."""
+    ctx = pipeline.current_context()
+    if not ctx.queries_are_quiet():
+        wait = max(1.0, min(ctx.settings.optimize_quiet, ctx.settings.visibility_timeout / 2))
+        optimize.apply_async(countdown=wait)
+        log.info("optimize deferred by %gs: shoppers' queries arrived within %gs", wait, ctx.settings.optimize_quiet)
+        return {"optimized": False, "deferred": True}
+    ctx.store.optimize()
     return {"optimized": True}
 
 
 # ------------------------------------------------------------------------------------------------- query
-@app.task(name="lookalike.encode", ignore_result=False, acks_late=False)
+@app.task(name=ENCODE_TASK, acks_late=False)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
-    """A query's download, decode and embedding, on the embedding processes: ``{"vector": base64 or None}``,
-    or a refusal as data (``{"error": reason, "detail": ...}``)."""
+    """A query's embedding, on the shoppers' encode processes: ``{"vector": base64 or None}``, or a refusal as
+    data (``{"error": reason, "detail": ...}``). Sent chained to ``search_encoded``, which gets this result."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
@@ -333,7 +356,7 @@ def encode(request: dict[str, Any]) -> dict[str, Any]:
     return {"vector": None if vector is None else encode_vector(vector), "model": model}
 
 
-@app.task(name="lookalike.search", ignore_result=False, acks_late=False)
+@app.task(name=SEARCH_TASK, ignore_result=False, acks_late=False)
 def search(request: dict[str, Any], vector: str | None = None, model: str | None = None) -> dict[str, Any]:
     """A search request (and its vector and model fingerprint from ``encode``) in, a response out, on the store
     owner: it never downloads and never runs the model. A refusal comes back as data (``{"error": reason,
@@ -347,6 +370,15 @@ def search(request: dict[str, Any], vector: str | None = None, model: str | None
         return exc.as_data()
     except StoreError as exc:
         return {"error": "store_error", "detail": str(exc)}
+
+
+@app.task(name=SEARCH_ENCODED_TASK, ignore_result=False, acks_late=False)
+def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The second link of a query's chain (``encode | search_encoded``): the encode step's result in, the
+    search's answer out, so the sender waits on one result. A refusal from the encode step passes through."""
+    if "error" in encoded:
+        return encoded
+    return search(request, encoded.get("vector"), encoded.get("model"))
 
 
 # ----------------------------------------------------------------------------------------- process setup
@@ -367,7 +399,10 @@ def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
 def _load_model_after_fork(**_: Any) -> None:
     # Prefork children: load the model here, after the fork, never in the parent.
     if EMBED_QUEUE in _consumes or ENCODE_QUEUE in _consumes:
-        pipeline.current_context().embedder  # noqa: B018
+        ctx = pipeline.current_context()
+        if EMBED_QUEUE not in _consumes:
+            ctx.serve_queries()  # the shoppers' own processes: every usable CPU for one query
+        ctx.embedder  # noqa: B018
 
 
 @signals.worker_ready.connect
@@ -398,5 +433,6 @@ def _close_store(**_: Any) -> None:
 
 
 __all__ = [
-    "audit", "drop", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search", "switch",
+    "audit", "drop", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search",
+    "search_encoded", "switch",
 ]  # fmt: skip
