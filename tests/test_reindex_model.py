@@ -23,8 +23,9 @@ from lookalike.testing.server import ImageServer, Route
 from lookalike.testing.tiny_model import build_tiny_model
 from lookalike.worker import pipeline
 from lookalike.worker.decode import decode_image, decode_transport, encode_for_transport
-from lookalike.worker.embed import Embedder, ModelSpec
+from lookalike.worker.embed import Embedder
 from lookalike.worker.fingerprint import VISION_FILES, model_id
+from lookalike.worker.model import ModelSpec
 from lookalike.worker.ownership import read_record
 from lookalike.worker.store import live_collection, open_collection
 
