@@ -41,6 +41,7 @@ from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.state.tasks import (
     AUDIT_TASK,
     DUPLICATES_SCAN_TASK,
+    DROP_TASK,
     ENCODE_TASK,
     FETCH_TASK,
     OPTIMIZE_TASK,
@@ -48,6 +49,7 @@ from lookalike.state.tasks import (
     REINDEX_TASK,
     SEARCH_ENCODED_TASK,
     SEARCH_TASK,
+    SWITCH_TASK,
 )
 
 if TYPE_CHECKING:
@@ -227,15 +229,35 @@ class Gateway:
         }
 
     # --------------------------------------------------------------------------------- the store owner
-    def audit(self, *, timeout: float, watch: Callable[[], None] | None = None) -> dict[str, Any]:
-        """The store checked against the registry by whoever owns the store: orphan points deleted, payloads
-        brought up to date, registered images with no point listed (``AuditReport.to_data()``). ``watch`` is
-        asked every few seconds while it waits (a watchdog, see :mod:`lookalike.state.waiting`)."""
+    def audit(
+        self, *, timeout: float, collection: str | None = None, watch: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        """The store (the live collection, or the named one: a reindex's shadow) checked against the registry by
+        whoever owns the store: orphan points deleted, payloads brought up to date, registered images with no
+        point listed (``AuditReport.to_data()``). ``watch`` is asked every few seconds while it waits (a
+        watchdog, see :mod:`lookalike.state.waiting`)."""
         if not self.route((INDEX_QUEUE,), "auditing the store"):
             from lookalike.worker.pipeline import audit_stage
 
-            return self.in_process(lambda ctx: audit_stage(ctx).to_data())
-        return self._wait("the audit", INDEX_QUEUE, lambda: self._ask(AUDIT_TASK, timeout, watch), timeout)
+            return self.in_process(lambda ctx: audit_stage(ctx, collection=collection).to_data())
+        return self._wait(
+            "the audit", INDEX_QUEUE, lambda: self._ask(AUDIT_TASK, timeout, collection, watch=watch), timeout
+        )
+    def switch(self, collection: str, *, timeout: float) -> dict[str, Any]:
+        """Make ``collection`` the live one, by whoever owns the store (`lookalike reindex --model`)."""
+        if not self.route((INDEX_QUEUE,), "switching the live collection"):
+            from lookalike.worker.pipeline import switch_stage
+
+            return self.in_process(lambda ctx: switch_stage(ctx, collection))
+        return self._wait("the switch", INDEX_QUEUE, lambda: self._ask(SWITCH_TASK, timeout, collection), timeout)
+
+    def drop(self, collection: str, *, timeout: float) -> dict[str, Any]:
+        """Delete a collection that is not the live one, by whoever owns the store (`reindex --drop-old`)."""
+        if not self.route((INDEX_QUEUE,), "dropping a collection"):
+            from lookalike.worker.pipeline import drop_stage
+
+            return self.in_process(lambda ctx: drop_stage(ctx, collection))
+        return self._wait("the drop", INDEX_QUEUE, lambda: self._ask(DROP_TASK, timeout, collection), timeout)
 
     def reindex(self, *, timeout: float, watch: Callable[[], None] | None = None) -> dict[str, Any]:
         """The live collection upgraded to the current layout by whoever owns the store."""
@@ -243,7 +265,7 @@ class Gateway:
             from lookalike.worker.pipeline import reindex_stage
 
             return self.in_process(reindex_stage)
-        return self._wait("the reindex", INDEX_QUEUE, lambda: self._ask(REINDEX_TASK, timeout, watch), timeout)
+        return self._wait("the reindex", INDEX_QUEUE, lambda: self._ask(REINDEX_TASK, timeout, watch=watch), timeout)
 
     def duplicates_scan_page(self, *, restart: bool, page: int, timeout: float) -> dict[str, Any]:
         """One page of `lookalike duplicates scan` by whoever owns the store; the scan's state after it."""
@@ -262,8 +284,8 @@ class Gateway:
         """Ask the store owner to build its search index now (after a large ingest, while nobody waits)."""
         self.celery.send_task(OPTIMIZE_TASK)
 
-    def _ask(self, task: str, timeout: float, watch: Callable[[], None] | None = None) -> dict[str, Any]:
-        return dict(await_result(self.celery.send_task(task), timeout=timeout, watch=watch))
+    def _ask(self, task: str, timeout: float, *args: Any, watch: Callable[[], None] | None = None) -> dict[str, Any]:
+        return dict(await_result(self.celery.send_task(task, args=list(args)), timeout=timeout, watch=watch))
 
     def conditions(self) -> list[str]:
         """What stops indexing now (the store's disk is full, a pool stopped, the broker is full), one line

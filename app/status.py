@@ -73,7 +73,46 @@ def collect_status(ctx: StateContext, gateway: Gateway, run_id: str | None, rece
         "failures_recorded": ctx.failures.count(),
         "products_registered": ctx.registry.count(),
         "model": model_in_effect(settings),
+        "collection_model": collection_ownership(ctx),
     }
+
+
+def collection_ownership(ctx: StateContext) -> dict[str, Any]:
+    """Which models the live collection belongs to, which ones are configured here, where they differ, and the
+    last batch the store owner refused for coming from another model."""
+    from lookalike.worker.ownership import configured_models, last_refusal, read_record
+    from lookalike.worker.store import StoreError, live_collection
+
+    settings = ctx.settings
+    collection = live_collection(settings)
+    configured = configured_models(settings)
+    found: dict[str, Any] = {
+        "collection": collection,
+        "configured": {"vision": configured.vision.to_data(), "text": configured.text.to_data()},
+        "recorded": None,
+        "mismatch": [],
+        "refused": last_refusal(ctx.redis, settings),
+    }
+    try:
+        record = read_record(settings, collection)
+    except StoreError as exc:
+        return {**found, "error": str(exc)}
+    if record is not None:
+        found["recorded"] = record.to_data()
+        for kind in ("vision", "text"):
+            recorded, mine = getattr(record, kind), getattr(configured, kind)
+            if recorded.fingerprint != mine.fingerprint:
+                found["mismatch"].append(
+                    f"{kind}: the collection belongs to {recorded.describe()}, this machine's setting is "
+                    f"{mine.describe()}"
+                )
+    refused = found["refused"]
+    if refused:
+        found["mismatch"].append(
+            f"a worker's vectors were refused: {refused['jobs']} job(s), last at "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(refused['last_at']))}: {refused['reason']}"
+        )
+    return found
 
 
 def model_in_effect(settings: Settings) -> dict[str, Any]:

@@ -457,15 +457,49 @@ def events(
 # ----------------------------------------------------------------------------------------------- reindex
 @command(short_help="Upgrade an earlier release's index (no download).")
 def reindex(
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Move the index to this vision model directory.")
+    ] = None,
+    text_model: Annotated[
+        Path | None, typer.Option("--text-model", help="With --model: and to this text model directory.")
+    ] = None,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", help="With --model: the largest drop of overall recall@1 allowed.")
+    ] = 0.02,
+    sample: Annotated[int, typer.Option(help="With --model: images sampled by the evaluation of both.")] = 100,
+    seed: Annotated[int, typer.Option(help="With --model: the evaluation's seed.")] = 0,
+    drop_old: Annotated[
+        bool, typer.Option("--drop-old", help="Delete the collection the live one replaced (after --model).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the store worker.")] = 3600.0,
 ) -> None:
-    """Upgrade an index built by an earlier release to the current layout (keyword vectors for word queries).
+    """Re-embed the catalogue with another model (--model), or upgrade an index built by an earlier release to
+    the current layout (no option).
 
-    Copies every point's stored vector into a new collection with its keyword vector added (no download, no
-    embedding), then switches to it once the copy is complete: queries never see a half-built index. An
-    interrupted run loses nothing and can be run again; on a current index it does nothing.
+    --model DIR: a shadow collection is filled with the new model by the running workers (progress bar, status,
+    failures as for an ingest) while the live one answers queries; it catches up with every change made
+    meanwhile; `lookalike eval` then runs on both with the same sample, and the switch happens only if the
+    shadow's overall recall@1 is at most --max-drop below the live one's. The old collection is kept until
+    --drop-old. Interrupted, run it again: it resumes; after completion it does nothing.
+
+    Without --model: copies every point's stored vector into a new collection with its keyword vector added (no
+    download, no embedding), then switches once the copy is complete.
+
+    Exit codes: 0 switched, or nothing to do; 1 the switch was refused (the report says why; the live collection
+    is as it was); 2 bad option; 3 no broker or no store worker.
     """
+    if model is not None:
+        _reindex_model(model, text_model, max_drop, sample, seed, drop_old, as_json, timeout)
+        return
+    if text_model is not None:
+        raise fail("--text-model needs --model")
+    if drop_old:
+        from lookalike.app.reindexing import drop_old as drop_old_collection
+
+        dropped = drop_old_collection(services(), timeout=timeout, progress=render.Bar)
+        print(json.dumps({"dropped": dropped}) if as_json else f"dropped: {', '.join(dropped) or 'nothing'}")
+        return
     from lookalike.app.maintenance import reindex as reindex_index
 
     done = reindex_index(services(), timeout=timeout)
@@ -475,6 +509,76 @@ def reindex(
         print(f"upgraded: {done['points']} points copied to {done['collection']} (was {done['previous']}), now live")
     else:
         print(f"nothing to do: {done['collection']} is already in the current layout ({done['points']} points)")
+
+
+def _reindex_model(
+    model: Path,
+    text_model: Path | None,
+    max_drop: float,
+    sample: int,
+    seed: int,
+    drop_old: bool,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    if not 0 <= max_drop <= 1:
+        raise fail("--max-drop must be between 0 and 1")
+    if not 1 <= sample <= 10_000:
+        raise fail("--sample must be between 1 and 10000")
+    from lookalike.app.reindexing import ReindexFailed, reindex_model
+
+    try:
+        report = reindex_model(
+            services(),
+            model_dir=model,
+            text_model_dir=text_model,
+            max_drop=max_drop,
+            sample=sample,
+            seed=seed,
+            drop_old=drop_old,
+            timeout=timeout,
+            progress=render.Bar,
+            quiet=as_json,
+        )
+    except ReindexFailed as exc:
+        if exc.report is None:
+            raise fail(str(exc), exc.code) from None
+        report = exc.report
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for line in render.reindex_lines(report):
+            print(line)
+    if not report.get("switched") and "shadow" in report:
+        raise typer.Exit(1)
+
+
+# -------------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+def evaluate(
+    sample: Annotated[int, typer.Option(help="How many indexed images to sample (1-10000).")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed: the sample and every transform's strength.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Retrieval quality on your own catalogue, no labels needed: how often a changed copy of an indexed image
+    (cropped, scaled down, JPEG re-encoded, brighter or darker, rotated, letterboxed) finds its own product
+    (recall@1, recall@5, MRR, per change and overall), and how often a product's name or its first three words
+    find it in the top 5 (keyword, semantic, hybrid). Queries go where `lookalike search` sends them.
+
+    Exit codes: 0 done; 2 bad option or nothing indexed; 3 no broker, or no sampled image could be downloaded.
+    """
+    if not 1 <= sample <= 10_000:
+        raise fail("--sample must be between 1 and 10000")
+    from lookalike.app.evaluation import EvalFailed, run_eval
+
+    try:
+        report = run_eval(services(), sample=sample, seed=seed)
+    except EvalFailed as exc:
+        raise fail(str(exc), exc.code) from None
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        render.evaluation(report, out)
 
 
 # ------------------------------------------------------------------------------------------------- serve

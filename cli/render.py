@@ -189,6 +189,26 @@ def status(data: dict[str, Any], console: Console) -> None:
             markup=False,
             highlight=False,
         )
+    ownership = data.get("collection_model") or {}
+    if ownership:
+        recorded = ownership.get("recorded")
+        if recorded:
+            console.print(
+                f"collection {ownership['collection']}: vision model {recorded['vision']['fingerprint']}, "
+                f"text model {recorded['text']['fingerprint']}"
+                + (" (adopted: made before collections recorded their model)" if recorded.get("adopted") else ""),
+                markup=False,
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"collection {ownership['collection']}: no model recorded yet "
+                + (f"({ownership['error']})" if "error" in ownership else "(recorded when the store owner opens it)"),
+                markup=False,
+                highlight=False,
+            )
+        for line in ownership.get("mismatch", []):
+            console.print(f"MODEL MISMATCH: {line}", markup=False, highlight=False)
     events = data["events"]
     console.print(
         f"events: {events or 'none'}   failures recorded: {data['failures_recorded']}   "
@@ -235,3 +255,75 @@ class Bar:
 
     def show(self, completed: int, description: str) -> None:
         self._progress.update(self._task, completed=completed, description=description)
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def evaluation(report: dict[str, Any], console: Console) -> None:
+    """`lookalike eval`: one row per transform and overall, then recall@5 of the words per mode."""
+    images = report["images"]
+    rows = [
+        (name, data["queries"], _metric(data["recall@1"]), _metric(data["recall@5"]), _metric(data["mrr"]))
+        for name, data in images["per_transform"].items()
+    ]
+    overall = report["overall"]
+    rows.append(
+        (
+            "overall",
+            overall["queries"],
+            _metric(overall["recall@1"]),
+            _metric(overall["recall@5"]),
+            _metric(overall["mrr"]),
+        )
+    )
+    title = (
+        f"images: {images['queried']} sampled from {report['collection']} (seed {report['seed']}); "
+        "overall = the six changes, not the original"
+    )
+    console.print(table(("query image", "queries", "recall@1", "recall@5", "MRR"), rows, title=title))
+    words = report["words"]
+    word_rows = [
+        (kind, words["queries"][kind], *(_metric(modes[mode]) for mode in ("keyword", "semantic", "hybrid")))
+        for kind, modes in words["recall@5"].items()
+    ]
+    console.print(
+        table(
+            ("words", "queries", "keyword", "semantic", "hybrid"),
+            word_rows,
+            title=f"words: recall@5 of {words['products']} products' names",
+        )
+    )
+    errors = overall["errors"] + words["errors"]
+    notes = [f"{images['not_downloaded']} sampled image(s) could not be downloaded"] if images["not_downloaded"] else []
+    if errors:
+        notes.append(f"{errors} quer(ies) refused (counted as misses)")
+    models = report.get("models")
+    if models:
+        notes.append(f"models: vision {models['vision']}, text {models['text']}")
+    for line in notes:
+        console.print(Text(line))
+
+
+def reindex_lines(report: dict[str, Any]) -> list[str]:
+    """`lookalike reindex --model`: what was filled, both evaluations, the verdict and why."""
+    lines = [f"live      {report['live']}"]
+    if "shadow" in report:
+        filled = report.get("filled", {})
+        lines.append(
+            f"shadow    {report['shadow']}: {filled.get('points', 0)} points; {filled.get('indexed', 0)} indexed in "
+            f"{filled.get('rounds', 0)} round(s), {filled.get('failed', 0)} failed"
+        )
+    for name, data in (report.get("eval") or {}).items():
+        overall = data["overall"]
+        lines.append(
+            f"eval      {name:6s} recall@1 {overall['recall@1']:.3f}  recall@5 {overall['recall@5']:.3f}  "
+            f"MRR {overall['mrr']:.3f}  ({data['images']['queried']} images, seed {data['seed']})"
+        )
+    lines.append(("switched  " if report.get("switched") else "kept      ") + str(report.get("reason", "")))
+    if report.get("caught_up"):
+        lines.append(f"caught up {report['caught_up']} image(s) that reached only the old collection")
+    if report.get("dropped"):
+        lines.append(f"dropped   {', '.join(report['dropped'])}")
+    return lines

@@ -44,6 +44,9 @@ class Job:
     version: int
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.time)
+    # None: the live collection, with the worker's model. A named collection (`lookalike reindex --model` fills
+    # its shadow so): embedded with the model that collection records, written there.
+    collection: str | None = None
 
     @property
     def point_id(self) -> str:
@@ -62,6 +65,7 @@ class Job:
                 version=int(message["version"]),
                 job_id=str(message.get("job_id") or uuid.uuid4().hex),
                 enqueued_at=float(message.get("enqueued_at") or time.time()),
+                collection=None if message.get("collection") is None else str(message["collection"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"malformed job message: {exc}") from exc
@@ -109,6 +113,7 @@ class PreparedImage:
     vector: str | None = None  # base64 float32, from the embedding cache
     timings: dict[str, float] = field(default_factory=dict)
     sent_at: float = field(default_factory=time.time)
+    model: str = ""  # with a cached vector: fingerprint of the model that made it (the cache's key)
 
     @property
     def cached(self) -> bool:
@@ -126,6 +131,7 @@ class PreparedImage:
         }
         if self.vector is not None:
             message["vector"] = self.vector
+            message["model"] = self.model
         else:
             message["image"] = encode_bytes(self.image or b"")
         return message
@@ -141,6 +147,7 @@ class PreparedImage:
                 vector=None if vector is None else str(vector),
                 timings={str(k): float(v) for k, v in (message.get("timings") or {}).items()},
                 sent_at=float(message.get("sent_at") or time.time()),
+                model=str(message.get("model") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"malformed prepared image: {exc}") from exc
@@ -156,6 +163,7 @@ class EmbeddedPoint:
     cached: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     sent_at: float = field(default_factory=time.time)
+    model: str = ""  # fingerprint of the vision model that made the vector ("" from workers before the records)
 
     def waited(self, received: float) -> dict[str, float]:
         return _waited(self.timings, self.sent_at, received)
@@ -171,6 +179,7 @@ class EmbeddedPoint:
             "cached": self.cached,
             "timings": self.timings,
             "sent_at": self.sent_at,
+            "model": self.model,
         }
 
     @classmethod
@@ -183,6 +192,7 @@ class EmbeddedPoint:
                 cached=bool(message.get("cached")),
                 timings={str(k): float(v) for k, v in (message.get("timings") or {}).items()},
                 sent_at=float(message.get("sent_at") or time.time()),
+                model=str(message.get("model") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"malformed embedded point: {exc}") from exc

@@ -37,6 +37,7 @@ class Kind(StrEnum):
     RETRY = "retry"
     RECONCILE = "reconcile"
     EVENTS = "events"
+    REINDEX = "reindex"  # `lookalike reindex --model`: a shadow collection filled by the workers
 
 
 def begin(ledger: Ledger, kind: Kind, source: str, *, version: int | None = None) -> str:

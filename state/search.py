@@ -100,6 +100,9 @@ class SearchRequest:
     encoded: bool = False
     # ``image`` is the model-sized transport JPEG already (lookalike.worker.prepare), made where the query arrived.
     prepared: bool = False
+    # A collection other than the live one (`lookalike reindex` evaluates its shadow collection beside the live
+    # one); set by lookalike's own commands only, never from HTTP.
+    collection: str | None = None
 
     @property
     def needs_vector(self) -> bool:
@@ -188,6 +191,8 @@ class SearchRequest:
             message["encoded"] = True
         if self.prepared:
             message["prepared"] = True
+        if self.collection is not None:
+            message["collection"] = self.collection
         return message
 
     @classmethod
@@ -197,7 +202,7 @@ class SearchRequest:
             raise QueryRejected("bad_query", "a search request is a JSON object")
         known = {
             "image_b64", "image_url", "text", "product_id", "k", "offset", "mode", "filters", "diverse", "facets",
-            "encoded", "prepared",
+            "encoded", "prepared", "collection",
         }  # fmt: skip
         unknown = set(message) - known
         if unknown:
@@ -225,6 +230,7 @@ class SearchRequest:
                 facets=bool(message.get("facets", False)),
                 encoded=bool(message.get("encoded", False)),
                 prepared=bool(message.get("prepared", False)),
+                collection=_text(message, "collection"),
             )
         except TypeError as exc:
             raise QueryRejected("bad_query", str(exc)) from exc

@@ -19,6 +19,9 @@ OPTIMIZE_TASK = "lookalike.optimize"
 AUDIT_TASK = "lookalike.audit"
 REINDEX_TASK = "lookalike.reindex"
 DUPLICATES_SCAN_TASK = "lookalike.duplicates_scan"  # one page of `lookalike duplicates scan`
+# `lookalike reindex --model`: the switch to the shadow collection, and the old collection's deletion.
+SWITCH_TASK = "lookalike.switch"
+DROP_TASK = "lookalike.drop"
 # A query: its vector on the shoppers' encode processes, then the search on the store owner. A query that needs
 # a vector is one chain, encode | search_encoded: the encode step hands its vector to the search itself.
 ENCODE_TASK = "lookalike.encode"
@@ -34,6 +37,8 @@ TASK_QUEUES = {
     AUDIT_TASK: INDEX_QUEUE,
     REINDEX_TASK: INDEX_QUEUE,
     DUPLICATES_SCAN_TASK: INDEX_QUEUE,
+    SWITCH_TASK: INDEX_QUEUE,
+    DROP_TASK: INDEX_QUEUE,
     SEARCH_TASK: QUERY_QUEUE,
     SEARCH_ENCODED_TASK: QUERY_QUEUE,
     ENCODE_TASK: ENCODE_QUEUE,

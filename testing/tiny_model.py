@@ -50,8 +50,11 @@ PREPROCESSOR_CONFIG = {
 }
 
 
-def build_tiny_model(directory: str | Path, seed: int = 1234) -> Path:
-    """Write ``model.onnx`` and ``preprocessor_config.json`` into ``directory`` (created) and return it."""
+def build_tiny_model(directory: str | Path, seed: int = 1234, *, blind: bool = False) -> Path:
+    """Write ``model.onnx`` and ``preprocessor_config.json`` into ``directory`` (created) and return it.
+
+    ``blind``: a deliberately bad model of the same interface, whose vector is the same for every image (what a
+    broken export or a wrong checkpoint can look like): search with it cannot tell products apart."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -66,8 +69,19 @@ def build_tiny_model(directory: str | Path, seed: int = 1234) -> Path:
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("ReduceMean", ["flat", "axes"], ["mean"], keepdims=1),
         helper.make_node("Sub", ["flat", "mean"], ["centred"]),
-        helper.make_node("MatMul", ["centred", "projection"], ["image_embeds"]),
+        helper.make_node("MatMul", ["centred", "projection"], ["projected" if blind else "image_embeds"]),
     ]
+    extra = []
+    if blind:
+        nodes += [
+            helper.make_node("Mul", ["projected", "zero"], ["ignored"]),
+            helper.make_node("Add", ["ignored", "constant"], ["image_embeds"]),
+        ]
+        constant = rng.standard_normal((1, DIM)).astype(np.float32)
+        extra = [
+            numpy_helper.from_array(np.zeros((1, DIM), dtype=np.float32), "zero"),
+            numpy_helper.from_array(constant, "constant"),
+        ]
     graph = helper.make_graph(
         nodes,
         "tiny_clip_vision",
@@ -76,6 +90,7 @@ def build_tiny_model(directory: str | Path, seed: int = 1234) -> Path:
         initializer=[
             numpy_helper.from_array(projection, "projection"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+            *extra,
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="lookalike-tests")

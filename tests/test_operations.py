@@ -27,7 +27,11 @@ RUN_KEYS = {
     "run_id", "kind", "source", "status", "created", "enqueued", "indexed", "failed", "superseded", "skipped_rows",
     "failed_by_reason", "cache_hits", "embed_calls", "progress", "images_per_second", "eta_seconds", "stage_seconds",
 }  # fmt: skip
-STATUS_KEYS = {"conditions", "runs", "queues", "workers", "events", "failures_recorded", "products_registered", "model"}
+STATUS_KEYS = {
+    "conditions", "runs", "queues", "workers", "events", "failures_recorded", "products_registered", "model",
+    "collection_model",
+}  # fmt: skip
+OWNERSHIP_KEYS = {"collection", "configured", "recorded", "mismatch", "refused"}
 QUEUES = {"lookalike.fetch", "lookalike.embed", "lookalike.index", "lookalike.query", "lookalike.encode"}
 
 
@@ -102,6 +106,10 @@ def test_status_counts_match_what_the_workers_did(cli, env, image_server, tmp_pa
     assert {q for queues in data["workers"].values() for q in queues} == QUEUES
     assert data["failures_recorded"] == 2
     assert data["products_registered"] == 14
+    ownership = data["collection_model"]
+    assert set(ownership) == OWNERSHIP_KEYS
+    assert ownership["recorded"]["vision"] == ownership["configured"]["vision"]
+    assert ownership["mismatch"] == [] and ownership["refused"] is None
 
     human = cli("status", run_id)
     assert human.code == 0 and run_id in human.stdout and "lookalike.fetch" in human.stdout

@@ -1,5 +1,7 @@
-"""Embeddings cached under the image's content hash: the same bytes are embedded once, whatever their URL
-and however many products share them."""
+"""Embeddings cached under the model's fingerprint and the image's content hash: the same bytes are embedded
+once per model, whatever their URL and however many products share them, and a vector of one model is never
+handed out for another (the key is the model files' digest, :mod:`lookalike.worker.fingerprint`, so replacing
+the files in the same directory starts a new cache too)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,6 @@ import redis
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def model_fingerprint(name: str, local_dir: str | None) -> str:
-    """Vectors from different models (or model directories) must never be mixed up."""
-    return hashlib.sha1(f"{name}\x1f{local_dir or ''}".encode()).hexdigest()[:12]
 
 
 class EmbeddingCache:

@@ -8,6 +8,7 @@ reconcile:    make a product's points match the registry (removed images, payloa
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -31,19 +32,34 @@ from lookalike.state.outcomes import FAILED, INDEXED, SUPERSEDED
 from lookalike.state.process import process_cache
 from lookalike.state.queues import INDEX_QUEUE, QUERY_QUEUE, queue_depth
 from lookalike.state.registry import ProductState
-from lookalike.state.search import SearchRequest, SearchResponse
-from lookalike.worker.cache import EmbeddingCache, content_hash, model_fingerprint
+from lookalike.state.search import QueryRejected, SearchRequest, SearchResponse
+from lookalike.worker.cache import EmbeddingCache, content_hash
 from lookalike.worker.decode import ImageRejected, decode_image, decode_slots, decode_transport, encode_for_transport
 from lookalike.worker.diskspace import DiskGuard, StoreDiskFull, free_bytes, no_space
 from lookalike.worker.duplicates import check_records
-from lookalike.worker.embed import Embedder
+from lookalike.worker.embed import Embedder, ModelUnavailable
 from lookalike.worker.fetch import AddressPolicy, FetchLimits, fetch_image, make_session
+from lookalike.worker.fingerprint import TEXT_FILES, VISION_FILES, ModelId
 from lookalike.worker.keywords import document_vector
 from lookalike.worker.logs import OutcomeLogger
 from lookalike.worker.model import ModelSpec
+from lookalike.worker.ownership import (
+    MISMATCH,
+    CollectionModel,
+    ModelBook,
+    ModelMismatch,
+    adopt,
+    configured_text,
+    configured_vision,
+    forget_refusal,
+    loadable,
+    read_record,
+    remember_refusal,
+    write_record,
+)
 from lookalike.worker.prepare import QueryPreparer
-from lookalike.worker.query import encode_request, run_search, search_request
-from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_store
+from lookalike.worker.query import encode_request, search_request
+from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_collection, open_store
 from lookalike.worker.text import TextEmbedder
 
 OPTIMIZE_AFTER_POINTS = 20_000
@@ -51,6 +67,7 @@ OPTIMIZE_AFTER_POINTS = 20_000
 # whole call: measured, a Python thread got 2 ticks in a 20 s optimize of 20,000 points, so a background thread
 # answers nothing meanwhile), and takes minutes at 100,000 points. So it waits for LOOKALIKE_OPTIMIZE_QUIET
 # seconds without a shopper's query; meanwhile queries search the new points unindexed (12 ms p95 at 100,000).
+log = logging.getLogger(__name__)
 
 
 class WorkerContext(StateContext):
@@ -59,12 +76,6 @@ class WorkerContext(StateContext):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.model_spec = Embedder.spec_from(settings)
-        self.cache = EmbeddingCache(
-            self.redis,
-            settings.key_prefix,
-            model_fingerprint(settings.model, str(settings.model_dir) if settings.model_dir else None),
-            settings.embed_cache_ttl,
-        )
         self.log = OutcomeLogger(settings.log_format)
         self.limits = FetchLimits(
             connect_timeout=settings.fetch_connect_timeout,
@@ -81,9 +92,49 @@ class WorkerContext(StateContext):
         self._store: VectorStore | None = None
         self._store_ready_dim: int | None = None
         self._unoptimized = 0
+        self._owner: CollectionModel | None = None  # the live collection's record, as the store owner knows it
+        self._others: dict[str, VectorStore] = {}  # named collections (a reindex's shadow), store owner only
+        self._caches: dict[str, EmbeddingCache] = {}
+        # A refusal may be on record (status shows it) since the last batch written: this process's first batch
+        # written, and the first after a refusal, clear it; the others cost no Redis call.
+        self._refused = True
         # Monotonic time of the store owner's last search; a store owner that just started has not seen the
         # shoppers yet, so its start counts as one (a pending optimize waits for a quiet moment after a restart).
         self.last_query = time.monotonic()
+
+    @cached_property
+    def vision_id(self) -> ModelId:
+        """The configured vision model's fingerprint: what this process's vectors are stamped with."""
+        return configured_vision(self.settings)
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        """The configured model's embedding cache."""
+        return self.cache_for(self.vision_id.fingerprint)
+
+    def cache_for(self, fingerprint: str) -> EmbeddingCache:
+        """Embeddings keyed by the model's fingerprint: another model (or the same directory with other files)
+        never reads this one's vectors."""
+        if fingerprint not in self._caches:
+            self._caches[fingerprint] = EmbeddingCache(
+                self.redis, self.settings.key_prefix, fingerprint, self.settings.embed_cache_ttl
+            )
+        return self._caches[fingerprint]
+
+    @cached_property
+    def models(self) -> ModelBook:
+        return ModelBook(self.settings)
+
+    def embedder_for(self, model: ModelId) -> Embedder:
+        """The embedder of ``model``: the configured one, or the model a collection records, loaded from its
+        directory when this machine holds exactly that model (else :class:`ModelUnavailable`)."""
+        spec = loadable(model, self.vision_id, self.model_spec, VISION_FILES)
+        if spec is None:
+            raise ModelUnavailable(
+                f"vision model {model.describe()} is not on this machine (this worker's own is "
+                f"{self.vision_id.describe()})"
+            )
+        return Embedder.shared(spec)
 
     def serve_queries(self) -> None:
         """This process encodes shoppers' queries only: the models run with the query processes' ONNX threads."""
@@ -154,13 +205,65 @@ class WorkerContext(StateContext):
         full.__cause__ = error
         return full
 
-    def ready_store(self, dim: int) -> VectorStore:
+    def store_for(self, collection: str | None) -> VectorStore:
+        """The live collection (None, or its name), or another one, opened once (store owner)."""
+        if collection is None or collection == self.store.collection:
+            return self.store
+        if collection not in self._others:
+            self._others[collection] = open_collection(self.settings, collection)
+        return self._others[collection]
+
+    def ready_store(self, dim: int, collection: str | None = None) -> VectorStore:
         """The store with its collection created (once per process)."""
+        if collection is not None:
+            store = self.store_for(collection)
+            if store.layout is None:
+                store.ensure_collection(dim)
+            return store
         store = self.store
         if self._store_ready_dim != dim:
             store.ensure_collection(dim)
             self._store_ready_dim = dim
         return store
+
+    def owning_model(self, collection: str | None = None, *, fresh: bool = False) -> CollectionModel:
+        """The models a collection belongs to (store owner): the live one's read once and kept (the store owner
+        is the one that writes it; ``fresh`` reads it again), and a live collection without a record adopts the
+        configured models. A named collection's is read as the model book reads it."""
+        if collection is not None:
+            record = read_record(self.settings, collection) if fresh else self.models.record(collection)
+            if record is None:
+                raise StoreError(f"collection {collection!r} has no model record")
+            return record
+        if self._owner is None or fresh:
+            collection = self.store.collection
+            record = read_record(self.settings, collection)
+            if record is None:
+                try:
+                    points = self.store.count()
+                except StoreError:
+                    points = 0
+                record = adopt(self.settings, collection, points)
+            self._owner = record
+        return self._owner
+
+    def check_vectors(self, offered: set[str], jobs: int, collection: str | None = None) -> None:
+        """Raise :class:`ModelMismatch` when the batch's vectors come from another model than the collection's
+        (read again before refusing: the record may have changed since it was read)."""
+        if not offered:
+            return  # unstamped: a message from a worker older than the model records
+        recorded = self.owning_model(collection).vision
+        if offered != {recorded.fingerprint}:
+            recorded = self.owning_model(collection, fresh=True).vision
+        stranger = sorted(offered - {recorded.fingerprint})
+        if stranger:
+            mismatch = ModelMismatch(self.store_for(collection).collection, recorded.describe(), ", ".join(stranger))
+            remember_refusal(self.redis, self.settings, mismatch, jobs)
+            self._refused = True
+            raise mismatch
+        if self._refused:
+            forget_refusal(self.redis, self.settings)
+            self._refused = False
 
     def maybe_optimize(self, written: int) -> bool:
         """Build the search index once enough points came in, no batch or query is waiting and no shopper asked
@@ -182,6 +285,11 @@ class WorkerContext(StateContext):
             self._store.close()
             self._store = None
             self._store_ready_dim = None
+        for other in self._others.values():
+            other.close()
+        self._others.clear()
+        self._owner = None
+        self.models = ModelBook(self.settings)
 
 
 # Kept for the tests and benchmarks that name it.
@@ -239,9 +347,10 @@ def fetch_stage(ctx: WorkerContext, job: Job) -> PreparedImage:
     fetched = fetch_image(job.image_url, ctx.session, ctx.limits)
     timings["download"] = fetched.seconds
     digest = content_hash(fetched.data)
-    cached = ctx.cache.get(digest)
+    model = ctx.models.for_writing(job.collection, ctx.vision_id).fingerprint
+    cached = ctx.cache_for(model).get(digest)
     if cached is not None:
-        return PreparedImage(job, digest, vector=encode_vector(cached), timings=timings)
+        return PreparedImage(job, digest, vector=encode_vector(cached), timings=timings, model=model)
     with ctx.decode_slots:
         decode_started = time.perf_counter()
         image = decode_image(
@@ -271,14 +380,23 @@ def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[Embe
     for item, rejection in refused:
         fail_jobs(ctx, [item.job], rejection.stage, rejection.reason, rejection.detail)
     vectors: dict[int, str] = {}
-    if to_embed:
+    made_by: dict[int, str] = {}
+    # One model call per model: a batch holds one model's jobs, but a reindex's shadow jobs may share it.
+    groups: dict[ModelId, list[int]] = {}
+    for position, item in enumerate(to_embed):
+        groups.setdefault(ctx.models.for_writing(item.job.collection, ctx.vision_id), []).append(position)
+    for model, positions in groups.items():
+        group = [to_embed[p] for p in positions]
         embed_started = time.perf_counter()
-        embedded = ctx.embedder.embed(images)
+        embedded = ctx.embedder_for(model).embed([images[p] for p in positions])
         seconds = time.perf_counter() - embed_started
-        ctx.ledger.count_embedding(dict(Counter(item.job.run_id for item in to_embed)), seconds)
-        for item, vector in zip(to_embed, embedded, strict=True):
+        ctx.ledger.count_embedding(dict(Counter(item.job.run_id for item in group)), seconds)
+        for item, vector in zip(group, embedded, strict=True):
             vectors[id(item)] = encode_vector(vector)
-        ctx.cache.put_many({item.sha256: vector for item, vector in zip(to_embed, embedded, strict=True)})
+            made_by[id(item)] = model.fingerprint
+        ctx.cache_for(model.fingerprint).put_many(
+            {item.sha256: vector for item, vector in zip(group, embedded, strict=True)}
+        )
     return [
         EmbeddedPoint(
             job=item.job,
@@ -286,6 +404,7 @@ def embed_stage(ctx: WorkerContext, items: Sequence[PreparedImage]) -> list[Embe
             vector=item.vector if item.vector is not None else vectors[id(item)],
             cached=item.cached,
             timings=item.waited(started),
+            model=item.model if item.cached else made_by[id(item)],
         )
         for item in items
         if item.vector is not None or id(item) in vectors
@@ -300,6 +419,7 @@ class IndexReport:
     failed: int = 0
     reconciled: int = 0
     duplicate_pairs: int = 0
+    redo: list[Job] = field(default_factory=list)  # jobs to embed again with the collection's model
 
 
 def upsert(ctx: WorkerContext, store: VectorStore, records: list[PointRecord]) -> None:
@@ -312,17 +432,42 @@ def upsert(ctx: WorkerContext, store: VectorStore, records: list[PointRecord]) -
         raise
 
 
-def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexReport:
-    """Write the batch in one upsert, each point with its product's current payload.
+def _screen_models(
+    ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection: str | None, report: IndexReport
+) -> Sequence[EmbeddedPoint]:
+    """The points the collection's model allows: those of the model a reindex replaced go to ``report.redo``;
+    a batch with another model's vectors is refused whole (``model_mismatch``, one log line) and none is left."""
+    previous = ctx.owning_model(collection).previous
+    if previous:
+        report.redo = [point.job for point in points if point.model == previous]
+        points = [point for point in points if point.model != previous]
+    try:
+        ctx.check_vectors({point.model for point in points if point.model}, len(points), collection)
+    except ModelMismatch as exc:
+        log.error("refused a batch of %d point(s): %s", len(points), exc)
+        fail_jobs(ctx, [point.job for point in points], INDEX, MISMATCH, str(exc))
+        report.failed = len(points)
+        return []
+    return points
+
+
+def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection: str | None = None) -> IndexReport:
+    """Write the batch in one upsert, each point with its product's current payload, into the live collection
+    (or the named one: a reindex's shadow).
 
     Points whose product was deleted, or whose image was removed, since the job was enqueued are dropped
     (``superseded``). If the registry changes while the upsert runs, the products concerned are reconciled
-    afterwards, so a concurrent delete or image removal cannot leave an orphan behind.
+    afterwards, so a concurrent delete or image removal cannot leave an orphan behind. Vectors of another model
+    than the collection's are refused, except those of the model a reindex just replaced (embedded in the
+    seconds around the switch): their jobs are handed back (``redo``) to be embedded again with the new one.
     """
     started = time.time()
     report = IndexReport()
     if points:
         ctx.check_store_space()  # before anything is written or counted: a batch that must wait changes nothing
+    points = _screen_models(ctx, points, collection, report)
+    if not points:
+        return report
     before = ctx.registry.get_many(point.job.product_id for point in points)
     records: list[PointRecord] = []
     outcomes: list[tuple[Job, Outcome]] = []
@@ -352,7 +497,7 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
             report.indexed += 1
     upsert_seconds = 0.0
     if records:
-        store = ctx.ready_store(len(records[0].vector))
+        store = ctx.ready_store(len(records[0].vector), collection)
         upsert_started = time.perf_counter()
         upsert(ctx, store, records)
         upsert_seconds = time.perf_counter() - upsert_started
@@ -385,38 +530,92 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint]) -> IndexRep
     if unknown:
         fail_jobs(ctx, unknown, INDEX, "unknown_product", "the product is not in the registry (was it ingested?)")
         report.failed = len(unknown)
-    if records:
+    if records and collection is None:
         ctx.maybe_optimize(len(records))  # after the outcomes are counted: it can take a while
     return report
 
 
 # ------------------------------------------------------------------------------------------------- query
 def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
-    """The query task's body, also run in-process by `lookalike search` when no worker is up.
+    """Both halves of a query in one process: `lookalike search` when no worker is up, and the benchmarks.
 
     Every refusal comes out as a :class:`QueryRejected` with a reason (bad input, undecodable image, a download
-    the fetch guard refused).
+    the fetch guard refused, a model the live collection does not belong to).
     """
-    return run_search(
-        request, embedder=lambda: ctx.embedder, store=ctx.store, preparer=ctx.query_preparer, settings=ctx.settings
+    request = ctx.query_preparer.prepare(request.validate(max_image_bytes=ctx.settings.query_max_bytes))
+    vector, model = encode_query(ctx, request)
+    return search_encoded(ctx, request, vector, model)
+
+
+def _unloadable(recorded: ModelId, configured: ModelId, what: str, collection: str | None) -> QueryRejected:
+    return QueryRejected(
+        MISMATCH,
+        f"{'the live collection' if collection is None else repr(collection)} belongs to {what} model "
+        f"{recorded.describe()}, which this worker cannot load (its own is {configured.describe()}): queries are "
+        "refused rather than compared across models",
     )
 
 
-def encode_query(ctx: WorkerContext, request: SearchRequest) -> np.ndarray | None:
-    """The query's half that costs CPU and touches the network, for the encode task on the embedding pool."""
+def encode_query(ctx: WorkerContext, request: SearchRequest) -> tuple[np.ndarray | None, str | None]:
+    """The query's half that costs CPU and touches the network, for the encode task on the embedding pool:
+    its vector, embedded with the model the live collection (or the one the request names) belongs to,
+    whatever this worker's own model is, and that model's fingerprint, which the store owner checks."""
     request.validate(max_image_bytes=ctx.settings.query_max_bytes)
-    return encode_request(
-        request,
-        embedder=lambda: ctx.embedder,
-        settings=ctx.settings,
-        text_embedder=lambda: TextEmbedder.shared(ctx.text_spec),
-    )
+    if not request.needs_vector:
+        return None, None
+    try:
+        record = ctx.models.for_collection(request.collection)
+    except StoreError as exc:
+        raise QueryRejected("unknown_collection", str(exc)) from exc
+    if request.kind == "text":
+        configured = configured_text(ctx.settings)
+        text_spec = loadable(record.text, configured, ctx.text_spec, TEXT_FILES)
+        if text_spec is None:
+            raise _unloadable(record.text, configured, "text", request.collection)
+        vector = encode_request(
+            request,
+            embedder=lambda: ctx.embedder,
+            settings=ctx.settings,
+            text_embedder=lambda: TextEmbedder.shared(text_spec),
+        )
+        return vector, record.text.fingerprint
+    vision_spec = loadable(record.vision, ctx.vision_id, ctx.model_spec, VISION_FILES)
+    if vision_spec is None:
+        raise _unloadable(record.vision, ctx.vision_id, "vision", request.collection)
+    vector = encode_request(request, embedder=lambda: Embedder.shared(vision_spec), settings=ctx.settings)
+    return vector, record.vision.fingerprint
 
 
-def search_encoded(ctx: WorkerContext, request: SearchRequest, vector: np.ndarray | None) -> SearchResponse:
-    """The query's half on the store owner: a search with the vector it is given, no download, no model."""
+def search_encoded(
+    ctx: WorkerContext, request: SearchRequest, vector: np.ndarray | None, model: str | None = None
+) -> SearchResponse:
+    """The query's half on the store owner: a search with the vector it is given, no download, no model.
+
+    A vector stamped with another model than the collection's is refused (``model_mismatch``): its scores
+    against the collection's vectors would mean nothing. One exception: a vector of the model of the collection
+    a reindex just replaced (encoded in the seconds before the switch reached the encoder) is searched in that
+    collection, which is kept until `lookalike reindex --drop-old`."""
     ctx.last_query = time.monotonic()
-    return search_request(request, vector, store=ctx.store)
+    collection = request.collection
+    if vector is not None and model:
+        kind = "text" if request.kind == "text" else "vision"
+        try:
+            record = ctx.owning_model(collection)
+            if getattr(record, kind).fingerprint != model:
+                record = ctx.owning_model(collection, fresh=True)
+        except StoreError as exc:
+            raise QueryRejected("unknown_collection", str(exc)) from exc
+        recorded = getattr(record, kind)
+        if recorded.fingerprint != model:
+            replaced = ctx.models.record(record.replaces) if record.replaces else None
+            if replaced is None or getattr(replaced, kind).fingerprint != model:
+                raise QueryRejected(
+                    MISMATCH,
+                    f"the query was embedded with {kind} model {model}, but the collection belongs to "
+                    f"{recorded.describe()}",
+                )
+            collection = record.replaces
+    return search_request(request, vector, store=ctx.store_for(collection))
 
 
 # --------------------------------------------------------------------------------------------- reconcile
@@ -511,15 +710,16 @@ class AuditReport:
         }
 
 
-def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
-    """Make the store converge on the registry, whatever was lost (the queue, the registry or the store).
+def audit_stage(ctx: WorkerContext, *, page: int = 1000, collection: str | None = None) -> AuditReport:
+    """Make the store (the live collection, or the named one) converge on the registry, whatever was lost (the
+    queue, the registry or the store).
 
     Points whose product is not registered, is deleted, or no longer lists the point's image are deleted; points
     whose product fields differ from the registry's get them; the registered images that have no point are
     reported (the caller enqueues them). Reads the store once and the registry once, in pages.
     """
     report = AuditReport()
-    store = ctx.store
+    store = ctx.store_for(collection)
     present: set[str] = set()
     orphans: set[str] = set()
     outdated: dict[str, dict[str, Any]] = {}
@@ -572,6 +772,51 @@ def audit_stage(ctx: WorkerContext, *, page: int = 1000) -> AuditReport:
 REINDEX_PAGE = 1000
 
 
+def switch_stage(ctx: WorkerContext, collection: str) -> dict[str, Any]:
+    """Make ``collection`` the live one (store owner: no query runs meanwhile). Idempotent."""
+    from lookalike.worker.store import live_collection, switch_live
+
+    previous = live_collection(ctx.settings)
+    if previous != collection:
+        ctx.close()
+        switch_live(ctx.settings, collection)
+    return {"collection": collection, "previous": previous, "switched": previous != collection}
+
+
+def drop_stage(ctx: WorkerContext, collection: str) -> dict[str, Any]:
+    """Delete a collection that is not the live one, and its model record (store owner: it may hold it open)."""
+    import shutil
+
+    from lookalike.worker.ownership import delete_record
+    from lookalike.worker.store import live_collection
+
+    if collection == live_collection(ctx.settings):
+        raise StoreError(f"collection {collection!r} is the live one: not dropping it")
+    other = ctx._others.pop(collection, None)
+    if other is not None:
+        other.close()
+    settings = ctx.settings
+    if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=int(settings.qdrant_timeout) or 1)
+        try:
+            dropped = bool(client.collection_exists(collection) and client.delete_collection(collection))
+        finally:
+            client.close()
+    else:
+        directory = (
+            settings.qdrant_path / "local" / collection
+            if settings.embedded_store == "local"
+            else settings.qdrant_path / collection
+        )
+        dropped = directory.exists()
+        shutil.rmtree(directory, ignore_errors=True)
+    delete_record(settings, collection)
+    return {"collection": collection, "dropped": dropped}
+
+
 def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> dict[str, Any]:
     """Upgrade the live collection to the current layout: copy every point's stored vector into a new
     collection with its keyword vector and flags added, then switch the live collection to it.
@@ -580,7 +825,7 @@ def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> 
     switch, which happens only once the copy holds every point. Upserts are idempotent, so an interrupted run
     (``interrupt_after`` pages, for the tests) is simply run again. Nothing to do on a current collection.
     """
-    from lookalike.worker.store import LEGACY, NAMED, live_collection, open_collection, switch_live
+    from lookalike.worker.store import LEGACY, NAMED, live_collection, switch_live
 
     source = ctx.store
     live = live_collection(ctx.settings)
@@ -624,6 +869,8 @@ def reindex_stage(ctx: WorkerContext, *, interrupt_after: int | None = None) -> 
             raise StoreError("the copy is not in the current layout: not switching")
     finally:
         target.close()
+    # The copy holds the same vectors: it belongs to the same models.
+    write_record(ctx.settings, target_name, ctx.owning_model())
     # The switch: from here on, the live collection is the copy.
     ctx.close()
     switch_live(ctx.settings, target_name)

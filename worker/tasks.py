@@ -55,6 +55,7 @@ from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.state.tasks import (
     AUDIT_TASK,
+    DROP_TASK,
     DUPLICATES_SCAN_TASK,
     EMBED_TASK,
     ENCODE_TASK,
@@ -65,6 +66,7 @@ from lookalike.state.tasks import (
     REINDEX_TASK,
     SEARCH_ENCODED_TASK,
     SEARCH_TASK,
+    SWITCH_TASK,
 )
 from lookalike.worker import pipeline
 from lookalike.worker.app import app
@@ -325,17 +327,31 @@ def index(self: Task, points: list[dict[str, Any]]) -> dict[str, Any]:
         with put_back_while_disk_full(ctx):
             if too_many_deliveries(self, INDEX, jobs):
                 return {"indexed": 0}
-            report = _index_or_retry(self, ctx, parsed, jobs)
-        if report is None:
+            reports = _index_or_retry(self, ctx, parsed, jobs)
+        if reports is None:
             return {"indexed": 0}
-    return report.__dict__
+        redo = [job for report in reports for job in report.redo]
+        for job in redo:  # embedded with the model a reindex just replaced: once more, with the new one
+            fetch.apply_async(args=[job.to_message()], argsrepr=job.describe())
+    return {
+        "indexed": sum(r.indexed for r in reports),
+        "superseded": sum(r.superseded for r in reports),
+        "failed": sum(r.failed for r in reports),
+        "reconciled": sum(r.reconciled for r in reports),
+        "duplicate_pairs": sum(r.duplicate_pairs for r in reports),
+        "redone": len(redo),
+    }
 
 
 def _index_or_retry(
     task: Task, ctx: pipeline.WorkerContext, parsed: list[EmbeddedPoint], jobs: list[Job]
-) -> pipeline.IndexReport | None:
+) -> list[pipeline.IndexReport] | None:
+    """One index stage per collection the batch names (the live one, or a reindex's shadow)."""
+    by_collection: dict[str | None, list[EmbeddedPoint]] = {}
+    for point in parsed:
+        by_collection.setdefault(point.job.collection, []).append(point)
     try:
-        return pipeline.index_stage(ctx, parsed)
+        return [pipeline.index_stage(ctx, group, collection) for collection, group in by_collection.items()]
     except StoreDiskFull:
         raise
     except StoreUnavailable as exc:
@@ -375,9 +391,22 @@ def reconcile(self: Task, product_ids: list[str], run_id: str | None = None) -> 
 
 
 @app.task(name=AUDIT_TASK, ignore_result=False, acks_late=False)
-def audit() -> dict[str, Any]:
-    """The store side of `lookalike reconcile`: delete orphan points, report registered images with none."""
-    return pipeline.audit_stage(pipeline.current_context()).to_data()
+def audit(collection: str | None = None) -> dict[str, Any]:
+    """The store side of `lookalike reconcile` (and of a reindex's catch-up, on its shadow collection): delete
+    orphan points, report registered images with none."""
+    return pipeline.audit_stage(pipeline.current_context(), collection=collection).to_data()
+
+
+@app.task(name=SWITCH_TASK, ignore_result=False, acks_late=False)
+def switch(collection: str) -> dict[str, Any]:
+    """Make ``collection`` the live one (`lookalike reindex --model`), on the store owner, between two queries."""
+    return pipeline.switch_stage(pipeline.current_context(), collection)
+
+
+@app.task(name=DROP_TASK, ignore_result=False, acks_late=False)
+def drop(collection: str) -> dict[str, Any]:
+    """Delete a collection that is not live (`lookalike reindex --drop-old`), on the store owner."""
+    return pipeline.drop_stage(pipeline.current_context(), collection)
 
 
 @app.task(name=REINDEX_TASK, ignore_result=False)
@@ -420,22 +449,24 @@ def encode(request: dict[str, Any]) -> dict[str, Any]:
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
-        vector = pipeline.encode_query(ctx, parsed)
+        vector, model = pipeline.encode_query(ctx, parsed)
     except QueryRejected as exc:
         return exc.as_data()
     except KeywordFallback as fallback:
         return {"vector": None, "fallback": "keyword", "note": fallback.note}
-    return {"vector": None if vector is None else encode_vector(vector)}
+    return {"vector": None if vector is None else encode_vector(vector), "model": model}
 
 
 @app.task(name=SEARCH_TASK, ignore_result=False, acks_late=False)
-def search(request: dict[str, Any], vector: str | None = None) -> dict[str, Any]:
-    """A search request (and its vector from ``encode``) in, a response out, on the store owner: it never
-    downloads and never runs the model. A refusal comes back as data (``{"error": reason, "detail": ...}``)."""
+def search(request: dict[str, Any], vector: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """A search request (and its vector and model fingerprint from ``encode``) in, a response out, on the store
+    owner: it never downloads and never runs the model. A refusal comes back as data (``{"error": reason,
+    "detail": ...}``)."""
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
-        return pipeline.search_encoded(ctx, parsed, None if vector is None else decode_vector(vector)).to_data()
+        decoded = None if vector is None else decode_vector(vector)
+        return pipeline.search_encoded(ctx, parsed, decoded, model).to_data()
     except QueryRejected as exc:
         return exc.as_data()
     except StoreError as exc:
@@ -451,7 +482,7 @@ def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str
     if encoded.get("fallback") == "keyword":  # no text model: keywords only, and the answer says so
         answer = search({**request, "mode": "keyword"}, None)
         return answer if "error" in answer else {**answer, "mode": "keyword", "note": encoded.get("note")}
-    return search(request, encoded.get("vector"))
+    return search(request, encoded.get("vector"), encoded.get("model"))
 
 
 # ----------------------------------------------------------------------------------------- process setup
@@ -485,6 +516,7 @@ def _open_store(sender: Any = None, **_: Any) -> None:
     if INDEX_QUEUE in _consumes or QUERY_QUEUE in _consumes:
         ctx = pipeline.current_context()
         ctx.ready_store(model_dimension(ctx.settings.model))
+        ctx.owning_model()  # a collection without a model record adopts the configured models now, and says so
     # Only now, ready to consume, does the worker say it is alive (see lookalike.state.presence).
     ctx = pipeline.current_context()
     Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
@@ -505,6 +537,6 @@ def _close_store(**_: Any) -> None:
 
 
 __all__ = [
-    "audit", "duplicates_scan", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex", "search",
-    "search_encoded",
+    "audit", "drop", "duplicates_scan", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex",
+    "search", "search_encoded", "switch",
 ]  # fmt: skip
