@@ -40,8 +40,8 @@ from lookalike.state.queues import ENCODE_QUEUE, FETCH_QUEUE, INDEX_QUEUE, QUERY
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.state.tasks import (
     AUDIT_TASK,
-    DUPLICATES_SCAN_TASK,
     DROP_TASK,
+    DUPLICATES_SCAN_TASK,
     ENCODE_TASK,
     FETCH_TASK,
     OPTIMIZE_TASK,
