@@ -109,7 +109,7 @@ def reindex_model(
     :class:`ReindexFailed` for bad input (2), an incomplete shadow or a refused switch (1)."""
     from lookalike.app.evaluation import run_eval
     from lookalike.worker.fingerprint import GRAPH, TEXT_FILES, VISION_FILES, model_id
-    from lookalike.worker.ownership import CollectionModel, configured_models, read_record, write_record
+    from lookalike.worker.ownership import CollectionModel, configured_models, read_record
     from lookalike.worker.store import live_collection
 
     for directory, needs in ((model_dir, ("model.onnx", "preprocessor_config.json")), (text_model_dir, (GRAPH,))):
@@ -133,26 +133,9 @@ def reindex_model(
             report["caught_up"] = caught["indexed"]
         else:
             shadow = shadow_name(settings.collection, vision.fingerprint)
-            recorded = read_record(settings, shadow)
-            if recorded is None:
-                if settings.qdrant_url:  # a server keeps the record in the collection: it must exist first
-                    from lookalike.worker.embed import model_dimension
-                    from lookalike.worker.store import open_collection
-
-                    store = open_collection(settings, shadow)
-                    try:
-                        store.ensure_collection(model_dimension(settings.model))
-                    finally:
-                        store.close()
-                write_record(
-                    settings,
-                    shadow,
-                    CollectionModel(
-                        vision, text, False, time.time(), replaces=live, previous=current.vision.fingerprint
-                    ),
-                )
-            elif recorded.vision.fingerprint != vision.fingerprint:
-                raise ReindexFailed(f"collection {shadow!r} exists and belongs to another model")
+            _ensure_shadow(settings, shadow, CollectionModel(
+                vision, text, False, time.time(), replaces=live, previous=current.vision.fingerprint
+            ))  # fmt: skip
             report["shadow"] = shadow
             note(f"filling {shadow} with vision model {vision.describe()} (the live {live} keeps answering)")
             filled = _catch_up(session, shadow, timeout=timeout, quiet=quiet)
@@ -182,6 +165,28 @@ def reindex_model(
         if drop_old:
             report["dropped"] = _drop_old(session, live, timeout=timeout)
     return report
+
+
+def _ensure_shadow(settings: Any, shadow: str, model: Any) -> None:
+    """The shadow collection's model record, written before anything is written to it (a run killed after this
+    resumes into the same shadow); a shadow of that name from another model is refused."""
+    from lookalike.worker.ownership import read_record, write_record
+
+    recorded = read_record(settings, shadow)
+    if recorded is not None:
+        if recorded.vision.fingerprint != model.vision.fingerprint:
+            raise ReindexFailed(f"collection {shadow!r} exists and belongs to another model")
+        return
+    if settings.qdrant_url:  # a server keeps the record in the collection: it must exist first
+        from lookalike.worker.embed import model_dimension
+        from lookalike.worker.store import open_collection
+
+        store = open_collection(settings, shadow)
+        try:
+            store.ensure_collection(model_dimension(settings.model))
+        finally:
+            store.close()
+    write_record(settings, shadow, model)
 
 
 def _refused(report: dict[str, Any]) -> ReindexFailed:

@@ -451,6 +451,34 @@ def _screen_models(
     return points
 
 
+def _write(
+    ctx: WorkerContext,
+    records: list[PointRecord],
+    outcomes: list[tuple[Job, Outcome]],
+    before: dict[str, ProductState],
+    collection: str | None,
+    report: IndexReport,
+) -> float:
+    """The batch's one upsert, the duplicate check of its fresh points, and the reconcile of products that changed
+    meanwhile; the upsert's seconds."""
+    store = ctx.ready_store(len(records[0].vector), collection)
+    upsert_started = time.perf_counter()
+    upsert(ctx, store, records)
+    upsert_seconds = time.perf_counter() - upsert_started
+    # Duplicate listings: the fresh points against other products' points, one batched query; before the
+    # reconcile below, so a point it deletes (its image removed meanwhile) leaves the pairs just found too.
+    check_started = time.perf_counter()
+    floor = Thresholds.from_settings(ctx.settings).floor
+    report.duplicate_pairs = check_records(ctx.duplicates, store, records, floor)
+    check_seconds = time.perf_counter() - check_started
+    written = {job.product_id for job, outcome in outcomes if outcome.status == INDEXED}
+    after = ctx.registry.get_many(written)
+    report.reconciled = reconcile(ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after)
+    ctx.ledger.batch_time("upsert", upsert_seconds, (job.run_id for job, _ in outcomes))
+    ctx.ledger.batch_time("duplicates", check_seconds, (job.run_id for job, _ in outcomes))
+    return upsert_seconds
+
+
 def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection: str | None = None) -> IndexReport:
     """Write the batch in one upsert, each point with its product's current payload, into the live collection
     (or the named one: a reindex's shadow).
@@ -497,23 +525,7 @@ def index_stage(ctx: WorkerContext, points: Sequence[EmbeddedPoint], collection:
             report.indexed += 1
     upsert_seconds = 0.0
     if records:
-        store = ctx.ready_store(len(records[0].vector), collection)
-        upsert_started = time.perf_counter()
-        upsert(ctx, store, records)
-        upsert_seconds = time.perf_counter() - upsert_started
-        # Duplicate listings: the fresh points against other products' points, one batched query; before the
-        # reconcile below, so a point it deletes (its image removed meanwhile) leaves the pairs just found too.
-        check_started = time.perf_counter()
-        floor = Thresholds.from_settings(ctx.settings).floor
-        report.duplicate_pairs = check_records(ctx.duplicates, store, records, floor)
-        check_seconds = time.perf_counter() - check_started
-        written = {job.product_id for job, outcome in outcomes if outcome.status == INDEXED}
-        after = ctx.registry.get_many(written)
-        report.reconciled = reconcile(
-            ctx, store, [pid for pid, state in after.items() if state != before.get(pid)], after
-        )
-        ctx.ledger.batch_time("upsert", upsert_seconds, (job.run_id for job, _ in outcomes))
-        ctx.ledger.batch_time("duplicates", check_seconds, (job.run_id for job, _ in outcomes))
+        upsert_seconds = _write(ctx, records, outcomes, before, collection, report)
     ctx.ledger.record(outcome for _, outcome in outcomes)
     # An image that failed before (a full broker, a flaky CDN) and is indexed now is failed no more.
     ctx.failures.forget(job.point_id for job, outcome in outcomes if outcome.status == INDEXED)
