@@ -455,7 +455,7 @@ def events(
 
 
 # ----------------------------------------------------------------------------------------------- reindex
-@command(short_help="Upgrade an earlier release's index (no download).")
+@command(short_help="Move the index to another model, or upgrade an old one.")
 def reindex(
     model: Annotated[
         Path | None, typer.Option("--model", help="Move the index to this vision model directory.")
@@ -554,7 +554,7 @@ def _reindex_model(
 
 
 # -------------------------------------------------------------------------------------------------- eval
-@app.command("eval")
+@command(name="eval", short_help="Retrieval quality on your own catalogue (no labels).")
 def evaluate(
     sample: Annotated[int, typer.Option(help="How many indexed images to sample (1-10000).")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed: the sample and every transform's strength.")] = 0,

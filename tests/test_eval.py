@@ -73,7 +73,10 @@ def test_eval_reports_recall_and_mrr_per_transform_and_for_words_the_same_for_th
 def test_eval_with_nothing_indexed_is_one_line_and_exit_2(cli, env):
     result = cli("eval")
     assert result.code == 2
-    assert result.stderr.strip().splitlines() == ["error: no indexed image to sample: ingest a catalogue first"]
+    # One error line, after the line naming the broker (every command names it once).
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "error: no indexed image to sample: ingest a catalogue first"
+    assert [line for line in lines[:-1] if not line.startswith("lookalike: broker ")] == []
     assert cli("eval", "--sample", "0").code == 2
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -58,7 +58,7 @@ from lookalike.worker.ownership import (
     write_record,
 )
 from lookalike.worker.prepare import QueryPreparer
-from lookalike.worker.query import encode_request, search_request
+from lookalike.worker.query import KeywordFallback, as_keyword_query, encode_request, search_request
 from lookalike.worker.store import PointRecord, Sparse, StoreError, VectorStore, open_collection, open_store
 from lookalike.worker.text import TextEmbedder
 
@@ -555,7 +555,11 @@ def answer_query(ctx: WorkerContext, request: SearchRequest) -> SearchResponse:
     the fetch guard refused, a model the live collection does not belong to).
     """
     request = ctx.query_preparer.prepare(request.validate(max_image_bytes=ctx.settings.query_max_bytes))
-    vector, model = encode_query(ctx, request)
+    try:
+        vector, model = encode_query(ctx, request)
+    except KeywordFallback as fallback:  # words with no loadable text model: keywords only, and it says so
+        answer = search_encoded(ctx, as_keyword_query(request), None, None)
+        return replace(answer, note=fallback.note)
     return search_encoded(ctx, request, vector, model)
 
 
@@ -583,7 +587,9 @@ def encode_query(ctx: WorkerContext, request: SearchRequest) -> tuple[np.ndarray
         configured = configured_text(ctx.settings)
         text_spec = loadable(record.text, configured, ctx.text_spec, TEXT_FILES)
         if text_spec is None:
-            raise _unloadable(record.text, configured, "text", request.collection)
+            # Words never need the vectors' space to match: with no loadable text model they run on keywords
+            # (and say so) rather than being refused or compared across models.
+            raise KeywordFallback(_unloadable(record.text, configured, "text", request.collection).detail)
         vector = encode_request(
             request,
             embedder=lambda: ctx.embedder,
