@@ -158,7 +158,8 @@ def test_query_with_a_resized_reencoded_copy_ranks_its_product_first(cli, env, i
         assert len({r["product_id"] for r in ranked}) == len(ranked) == 5, "one entry per product"
         assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
         assert set(ranked[0]) == {
-            "product_id", "name", "score", "image_url", "product_url", "category", "price", "price_value", "matched"
+            "product_id", "name", "match", "score", "image_url", "product_url", "category", "price", "price_value",
+            "matched",
         }
         assert ranked[0]["matched"] == ["image"]
 
