@@ -312,7 +312,7 @@ def test_without_a_model_the_commands_say_so_instead_of_hanging(cli, env, image_
     assert ingest.code == 3
     assert "has no model.onnx" in ingest.stderr
     worker = cli("worker", extra={"LOOKALIKE_MODEL_DIR": str(empty)}, timeout=60)
-    assert worker.code == 2 and "has no model.onnx" in worker.stderr
+    assert worker.code == 3 and "has no model.onnx" in worker.stderr  # a missing thing: 3 in every command
 
 
 def test_embedded_defaults_ingest_and_search_with_nothing_else_running(env, image_server, tmp_path):
