@@ -6,6 +6,7 @@ exit 2 for every bad option or port, exit 3 for the same missing model everywher
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +47,13 @@ def one_line_error(result: Result) -> str:
 @pytest.fixture
 def shop(cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path) -> dict[str, Any]:
     """Four products ingested by the local workers `ingest --wait` starts (no worker running)."""
+    return make_shop(cli, image_server, tmp_path)
+
+
+def make_shop(
+    cli: Any, image_server: ImageServer, tmp_path: Path, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The four products, ingested with ``extra`` settings."""
     rows = [
         catalog_row(
             pid,
@@ -58,7 +66,7 @@ def shop(cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Pat
         for pid, name, category, price, seed in PRODUCTS
     ]
     catalog = write_catalog(tmp_path / "shop.csv", rows)
-    done = cli("ingest", str(catalog), "--wait")
+    done = cli("ingest", str(catalog), "--wait", extra=extra or {})
     assert done.code == 0, done.stderr
     photo = tmp_path / "puzzle.jpg"
     photo.write_bytes(images.resized_copy(images.product_bytes(3 * 41), 0.8, fmt="JPEG", quality=85))
@@ -69,8 +77,14 @@ def shop(cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Pat
 
 # ------------------------------------------------------------------------------------------ words, no model
 def test_words_without_a_text_model_run_on_keywords_and_say_so(
-    cli: Any, env: dict[str, str], shop: dict[str, Any], tmp_path: Path, start_worker: Any
+    cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any
 ) -> None:
+    # The collection is filled with a text model that this machine then loses (queries embed with the
+    # collection's own model when the machine still holds it), and the configured one is an empty directory.
+    lost = tmp_path / "lost-text-model"
+    shutil.copytree(env["LOOKALIKE_TEXT_MODEL_DIR"], lost)
+    make_shop(cli, image_server, tmp_path, extra={"LOOKALIKE_TEXT_MODEL_DIR": str(lost)})
+    shutil.rmtree(lost)
     no_model = tmp_path / "no-text-model"
     no_model.mkdir()
     missing = {"LOOKALIKE_TEXT_MODEL_DIR": str(no_model)}
