@@ -47,6 +47,19 @@ class ReindexFailed(Exception):
         self.report = report
 
 
+def check_model_directories(model_dir: Path, text_model_dir: Path | None) -> None:
+    """A directory that holds no model is bad input (:class:`ReindexFailed`, exit 2), found before anything
+    else is looked up."""
+    from lookalike.worker.fingerprint import GRAPH
+
+    for directory, needs in ((model_dir, ("model.onnx", "preprocessor_config.json")), (text_model_dir, (GRAPH,))):
+        if directory is None:
+            continue
+        for name in needs:
+            if not (directory / name).is_file():
+                raise ReindexFailed(f"{directory} has no {name}: not a model directory")
+
+
 def shadow_name(collection: str, fingerprint: str) -> str:
     return f"{collection}.{fingerprint.replace('name:', 'name-')}"
 
@@ -108,16 +121,11 @@ def reindex_model(
     """The whole operation; returns the report (``switched``, ``reason``, both evaluations...). Raises
     :class:`ReindexFailed` for bad input (2), an incomplete shadow or a refused switch (1)."""
     from lookalike.app.evaluation import run_eval
-    from lookalike.worker.fingerprint import GRAPH, TEXT_FILES, VISION_FILES, model_id
+    from lookalike.worker.fingerprint import TEXT_FILES, VISION_FILES, model_id
     from lookalike.worker.ownership import CollectionModel, configured_models, read_record
     from lookalike.worker.store import live_collection
 
-    for directory, needs in ((model_dir, ("model.onnx", "preprocessor_config.json")), (text_model_dir, (GRAPH,))):
-        if directory is None:
-            continue
-        for name in needs:
-            if not (directory / name).is_file():
-                raise ReindexFailed(f"{directory} has no {name}: not a model directory")
+    check_model_directories(model_dir, text_model_dir)
     settings = services.settings
     note = services.note
     with Ingest(wait=True, note=note, progress=progress) as session:

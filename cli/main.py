@@ -525,9 +525,10 @@ def _reindex_model(
         raise fail("--max-drop must be between 0 and 1")
     if not 1 <= sample <= 10_000:
         raise fail("--sample must be between 1 and 10000")
-    from lookalike.app.reindexing import ReindexFailed, reindex_model
+    from lookalike.app.reindexing import ReindexFailed, check_model_directories, reindex_model
 
     try:
+        check_model_directories(model, text_model)  # bad input is the command's only line
         report = reindex_model(
             services(),
             model_dir=model,

@@ -53,7 +53,10 @@ class Job:
         return point_id_for(self.product_id, self.image_url)
 
     def to_message(self) -> dict[str, Any]:
-        return asdict(self)
+        message = asdict(self)
+        if self.collection is None:  # the live collection: the message carries identity only, as it always has
+            del message["collection"]
+        return message
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Job:
