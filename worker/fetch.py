@@ -104,10 +104,11 @@ class AddressPolicy:
     """Which addresses a download may connect to: public unicast only, plus ``allowed`` networks."""
 
     allowed: tuple[IPNetwork, ...] = ()
+    setting: str = ALLOW_SETTING  # the setting that widens it, named when an address is refused
 
     @classmethod
-    def from_networks(cls, networks: Iterable[IPNetwork]) -> AddressPolicy:
-        return cls(tuple(networks))
+    def from_networks(cls, networks: Iterable[IPNetwork], setting: str = ALLOW_SETTING) -> AddressPolicy:
+        return cls(tuple(networks), setting)
 
     def check(self, address: IPAddress) -> None:
         if any(address in network for network in self.allowed):
@@ -140,7 +141,7 @@ class AddressPolicy:
             except ForbiddenAddress as exc:
                 raise ForbiddenAddress(
                     f"{host} resolves to {address}, which is not a public address "
-                    f"(add its network to {ALLOW_SETTING} to allow it)"
+                    f"(add its network to {self.setting} to allow it)"
                 ) from exc
         return infos
 

@@ -51,7 +51,7 @@ class QueryPreparer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.policy = AddressPolicy.from_networks(settings.query_allowed_networks)
+        self.policy = AddressPolicy.from_networks(settings.query_allowed_networks, "LOOKALIKE_QUERY_ALLOW_NETWORKS")
         self.limits = query_limits(settings)
         self.decoding = threading.BoundedSemaphore(
             decode_slots(settings.decode_memory_budget, settings.max_image_pixels)
