@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
@@ -87,7 +89,16 @@ def create_app(
     # stop indexing but not searching read beside it.
     conditions = ConditionsReading(backend)
     readiness = ReadinessMonitor(conditions.readiness, READINESS_CHECKS)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The reading thread lives as long as the app serves: a stopped app (a test's client, uvicorn shutting
+        # down) must not go on asking a broker every second.
+        yield
+        readiness.stop()
+
     app = FastAPIOffline(
+        lifespan=lifespan,
         title="lookalike",
         version=__version__,
         description="Reverse image search over a product catalogue: send a photo, an image URL or words; get the "

@@ -145,9 +145,13 @@ class Gateway:
     def route(self, queues: Sequence[str], doing: str) -> bool:
         """True: send the request through the broker; False: run it in this process (no worker at all).
 
-        Raises :class:`BackendUnavailable` when workers run but none consumes one of ``queues``.
+        Raises :class:`BackendUnavailable` when workers run but none consumes one of ``queues``. A reading up to
+        ``workers_max_age`` old decides only the usual case (every queue consumed); a refusal or running here is
+        decided on a fresh one, so a worker that just stopped or started is not taken for the old picture.
         """
         consumed = self.consumed(max_age=self._workers_max_age)
+        if consumed is None or not set(queues) <= consumed:
+            consumed = self.consumed()
         if consumed is None:
             if not self._said_in_process:
                 self._note(f"no worker is running: {doing} in this process")

@@ -131,8 +131,8 @@ def test_the_real_backend_says_503_with_retry_after_when_the_broker_is_gone(env:
     monkeypatch.setenv("LOOKALIKE_BROKER_URL", "redis://127.0.0.1:1/0")
     reset_settings()
     settings = get_settings()
-    client = TestClient(create_app(Gateway(settings), settings))
-    response = client.post("/v1/search", json={"text": "red shoes"})
-    assert response.status_code == 503, response.text
-    assert response.headers["Retry-After"]
-    assert client.get("/readyz").status_code == 503
+    with TestClient(create_app(Gateway(settings), settings)) as client:  # (its exit stops the readiness thread)
+        response = client.post("/v1/search", json={"text": "red shoes"})
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"]
+        assert client.get("/readyz").status_code == 503

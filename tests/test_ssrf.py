@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,9 @@ def _literal(host: str) -> list[str] | None:
 @pytest.fixture(autouse=True)
 def net(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Net]:
     state = Net()
+    # Counted: what this test's own thread does. A thread an earlier test left (an API's readiness reading, a
+    # pool's reconnect) may connect meanwhile; it is still checked for leaving the machine, but not counted.
+    test_thread = threading.get_ident()
     original_connect = socket.socket.connect
     original_connect_ex = socket.socket.connect_ex
     original_create_connection = socket.create_connection
@@ -103,21 +107,25 @@ def net(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iter
     def host_of(address: Any) -> str:
         return str(address[0]) if isinstance(address, tuple) else repr(address)
 
+    def count(address: Any) -> None:
+        if threading.get_ident() == test_thread:
+            state.connects.append(address)
+
     def guarded_connect(sock: socket.socket, address: Any) -> None:
-        state.connects.append(address)
+        count(address)
         if host_of(address) != ONLY_ALLOWED_HOST:
             raise state.violate(f"connect to {address!r}")
         return original_connect(sock, address)
 
     def guarded_connect_ex(sock: socket.socket, address: Any) -> int:
-        state.connects.append(address)
+        count(address)
         if host_of(address) != ONLY_ALLOWED_HOST:
             raise state.violate(f"connect_ex to {address!r}")
         return original_connect_ex(sock, address)
 
     def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
         if host_of(address) != ONLY_ALLOWED_HOST:
-            state.connects.append(address)
+            count(address)
             raise state.violate(f"create_connection to {address!r}")
         return original_create_connection(address, *args, **kwargs)  # connects through guarded_connect
 
@@ -125,7 +133,8 @@ def net(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iter
         host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
     ) -> list[tuple[Any, ...]]:
         name = host.decode() if isinstance(host, bytes) else str(host)
-        state.lookups.append((name, port))
+        if threading.get_ident() == test_thread:
+            state.lookups.append((name, port))
         addresses = _literal(name)
         if addresses is None:
             if flags & socket.AI_NUMERICHOST:

@@ -489,6 +489,7 @@ def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str
 _consumes: set[str] = set()
 _node: list[str] = []
 _presence_stop = threading.Event()
+_presence_beats: list[threading.Thread] = []
 
 
 @signals.celeryd_after_setup.connect
@@ -519,14 +520,17 @@ def _open_store(sender: Any = None, **_: Any) -> None:
         ctx.owning_model()  # a collection without a model record adopts the configured models now, and says so
     # Only now, ready to consume, does the worker say it is alive (see lookalike.state.presence).
     ctx = pipeline.current_context()
-    Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
+    beating = Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
         _node[0] if _node else "worker", sorted(_consumes), _presence_stop
     )
+    _presence_beats.append(beating)
 
 
 @signals.worker_shutdown.connect
 def _close_store(**_: Any) -> None:
     _presence_stop.set()
+    for beating in _presence_beats:  # a beat in flight must not write the key again after it is deleted below
+        beating.join(timeout=2)
     if _node:
         try:
             ctx = pipeline.current_context()
