@@ -93,10 +93,11 @@ def now_version() -> int:
 class Ingest:
     """Broker (maybe embedded), workers (maybe local), and the run of one `lookalike ingest`."""
 
-    def __init__(self, *, wait: bool, note: Note, progress: ProgressFactory) -> None:
+    def __init__(self, *, wait: bool, note: Note, progress: ProgressFactory, broker: Broker | None = None) -> None:
         self.want_wait = wait
         self.note = note
         self.progress = progress
+        self._given = broker  # a broker the command already resolved and named: used as it is, closed by its owner
         self.broker: Broker | None = None
         self.group: Any = None
         self._state: StateContext | None = None
@@ -111,8 +112,11 @@ class Ingest:
         return self._state
 
     def __enter__(self) -> Ingest:
-        self.broker = resolve_broker()
-        announce_broker(self.broker, self.note)
+        if self._given is not None:
+            self.broker = self._given
+        else:
+            self.broker = resolve_broker()
+            announce_broker(self.broker, self.note)
         self._state = StateContext(self.broker.settings)
         self.gateway = Gateway(self.ctx.settings, note=self.note)
         self.publisher = self.gateway.publisher(self.ctx.redis)
@@ -141,7 +145,7 @@ class Ingest:
             if self.group is not None:
                 self.group.stop()
         finally:
-            if self.broker is not None:
+            if self.broker is not None and self._given is None:
                 self.broker.close()
             if self._state is not None:
                 self._state.close()

@@ -128,7 +128,7 @@ def reindex_model(
     check_model_directories(model_dir, text_model_dir)
     settings = services.settings
     note = services.note
-    with Ingest(wait=True, note=note, progress=progress) as session:
+    with Ingest(wait=True, note=note, progress=progress, broker=services.broker) as session:
         live = live_collection(settings)
         current = read_record(settings, live) or configured_models(settings)
         vision = model_id(settings.model, model_dir.resolve(), VISION_FILES)
@@ -218,5 +218,5 @@ def drop_old(services: Services, *, timeout: float, progress: ProgressFactory) -
     """`lookalike reindex --drop-old` alone."""
     from lookalike.worker.store import live_collection
 
-    with Ingest(wait=True, note=services.note, progress=progress) as session:
+    with Ingest(wait=True, note=services.note, progress=progress, broker=services.broker) as session:
         return _drop_old(session, live_collection(session.ctx.settings), timeout=timeout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lookalike.app.broker import Note
+from lookalike.app.broker import Broker, Note
 from lookalike.app.gateway import Gateway
 from lookalike.config.settings import Settings
 from lookalike.state.context import StateContext
@@ -18,7 +18,8 @@ class Services:
     state: StateContext
     gateway: Gateway
     note: Note
+    broker: Broker | None = None  # the command's resolved broker, when it has one (already named on stderr)
 
     @classmethod
-    def on(cls, settings: Settings, note: Note) -> Services:
-        return cls(settings, StateContext(settings), Gateway(settings, note=note), note)
+    def on(cls, settings: Settings, note: Note, broker: Broker | None = None) -> Services:
+        return cls(settings, StateContext(settings), Gateway(settings, note=note), note, broker)

@@ -175,6 +175,9 @@ def main() -> None:
     mode.add_argument("--attack", action="store_true", help="trickling image URLs and a burst of 10 MB uploads")
     mode.add_argument("--optimize", action="store_true", help="queries while an optimize is asked for at --points")
     parser.add_argument("--images", type=int, default=1200, help="--while-ingesting: images per catalogue")
+    parser.add_argument(
+        "--rate", type=float, default=10.0, help="--while-ingesting: the shopper's queries per second (0: back to back)"
+    )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-api-bench-"))
     extra = {"LOOKALIKE_QDRANT_PATH": str(scratch / "qdrant")}
@@ -268,7 +271,9 @@ def shoppers_under_load(args: argparse.Namespace, env: dict[str, str], scratch: 
 
     if args.while_ingesting:
         name = "shoppers-while-ingesting"
-        report = shoppers.while_ingesting(env, scratch, images=args.images, seconds=args.seconds, model=model)
+        report = shoppers.while_ingesting(
+            env, scratch, images=args.images, seconds=args.seconds, model=model, rate=args.rate
+        )
     elif args.attack:
         name = "shoppers-attack"
         from lookalike.config.settings import get_settings, reset_settings

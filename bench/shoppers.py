@@ -94,12 +94,15 @@ def p(values: list[float], q: float) -> float:
 
 
 class Shopper(threading.Thread):
-    """One shopper on one keep-alive connection, alternating a photo upload and words (or photos only)."""
+    """One shopper on one keep-alive connection, alternating a photo upload and words (or photos only); with
+    ``rate``, a query starts every 1/rate seconds (or at once when the previous one took longer), as a storefront
+    sends them, rather than back to back."""
 
-    def __init__(self, port: int, *, photos_only: bool = False) -> None:
+    def __init__(self, port: int, *, photos_only: bool = False, rate: float | None = None) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.photos_only = photos_only
+        self.interval = 1.0 / rate if rate else 0.0
         self.photo = multipart(query_photo())
         self.samples: dict[str, list[float]] = {"photo": [], "words": []}
         self.errors: list[str] = []
@@ -108,7 +111,10 @@ class Shopper(threading.Thread):
     def run(self) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         n = 0
+        next_start = time.perf_counter()
         while not self.stop_event.is_set():
+            self.stop_event.wait(max(0.0, next_start - time.perf_counter()))
+            next_start = max(next_start + self.interval, time.perf_counter())
             kind = "photo" if self.photos_only or n % 2 == 0 else "words"
             body, content_type = self.photo if kind == "photo" else (WORDS[n % len(WORDS)], "application/json")
             n += 1
@@ -140,8 +146,8 @@ class Shopper(threading.Thread):
         }  # fmt: skip
 
 
-def shop_for(port: int, seconds: float, *, photos_only: bool = False) -> dict[str, Any]:
-    shopper = Shopper(port, photos_only=photos_only)
+def shop_for(port: int, seconds: float, *, photos_only: bool = False, rate: float | None = None) -> dict[str, Any]:
+    shopper = Shopper(port, photos_only=photos_only, rate=rate)
     shopper.start()
     time.sleep(seconds)
     shopper.stop()
@@ -223,7 +229,7 @@ def catalogues(scratch: Path, count: int) -> tuple[Any, list[Path]]:
     from ingest import generate_images, serve, write_catalog
 
     sets = [generate_images(60, 31), generate_images(count, 32), generate_images(count, 33)]
-    server = serve([path for paths in sets for path in paths], latency_ms=20)
+    server = serve([path for paths in sets for path in paths], latency_ms=100)  # a CDN's round trip per image
     names = []
     for index, paths in enumerate(sets):
         target = scratch / f"catalog-{index}.csv"
@@ -244,32 +250,35 @@ def verdict(ok: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------ while ingesting
-def while_ingesting(env: dict[str, str], scratch: Path, *, images: int, seconds: float, model: str) -> dict[str, Any]:
+def while_ingesting(
+    env: dict[str, str], scratch: Path, *, images: int, seconds: float, model: str, rate: float
+) -> dict[str, Any]:
     server, (seed, first, second) = catalogues(scratch, images)
     try:
         with deployed(env, scratch) as deployment:
             ingest(seed, env)
             shop_for(deployment.port, 3)  # warm: models loaded in every process, connections open
             print("idle shopper ...", file=sys.stderr, flush=True)
-            idle = shop_for(deployment.port, seconds)
+            idle = shop_for(deployment.port, seconds, rate=rate)
             print("ingestion alone ...", file=sys.stderr, flush=True)
             alone = ingest(first, env)
             print("ingestion with a shopper ...", file=sys.stderr, flush=True)
-            shopper = Shopper(deployment.port)
+            shopper = Shopper(deployment.port, rate=rate)
             shopper.start()
             together = ingest(second, env)
             shopper.stop()
             busy = shopper.summary()
     finally:
         server.stop()
-    report = {"model": model, "images_per_catalogue": images, "idle": idle, "ingest_alone": alone,
-              "while_ingesting": busy, "ingest_with_shopper": together}  # fmt: skip
+    report = {"model": model, "images_per_catalogue": images, "queries_per_second": rate, "idle": idle,
+              "ingest_alone": alone, "while_ingesting": busy, "ingest_with_shopper": together}  # fmt: skip
     photo = busy["photo_p95_ms"] / idle["photo_p95_ms"]
     words = busy["words_p95_ms"] / idle["words_p95_ms"]
-    rate = together["images_per_second"] / alone["images_per_second"]
-    report["ratios"] = {"photo_p95": round(photo, 2), "words_p95": round(words, 2), "ingestion": round(rate, 2)}
+    kept = together["images_per_second"] / alone["images_per_second"]
+    report["ratios"] = {"photo_p95": round(photo, 2), "words_p95": round(words, 2), "ingestion": round(kept, 2)}
     print(f"\nShoppers while a catalogue ingests ({model}, {images} images per catalogue, one shopper "
-          "alternating a photo upload and words):\n")  # fmt: skip
+          f"alternating a photo upload and words, {rate:g} queries/s; catalogue images served with 100 ms "
+          "latency):\n")  # fmt: skip
     print("| | photo p50 | photo p95 | words p50 | words p95 | errors | ingestion |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| idle | {idle['photo_p50_ms']} ms | {idle['photo_p95_ms']} ms | {idle['words_p50_ms']} ms | "
@@ -279,7 +288,7 @@ def while_ingesting(env: dict[str, str], scratch: Path, *, images: int, seconds:
           f"{busy['words_p95_ms']} ms | {busy['errors']} | {together['images_per_second']:.1f} images/s |")  # fmt: skip
     print(f"| while / idle | | **{photo:.2f}x** (goal <= 1.5x, {verdict(photo <= 1.5)}) | | "
           f"**{words:.2f}x** (goal <= 2x, {verdict(words <= 2)}) | {verdict(busy['errors'] == 0)} | "
-          f"**{rate:.0%}** of alone (goal >= 80%, {verdict(rate >= 0.8)}) |")  # fmt: skip
+          f"**{kept:.0%}** of alone (goal >= 80%, {verdict(kept >= 0.8)}) |")  # fmt: skip
     return report
 
 

@@ -48,7 +48,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
 
 def services(*, start: bool = True, share: bool = False) -> Services:
     """This command's broker (resolved and checked) and what the application needs on it."""
-    return Services.on(use_broker(note, start=start, share=share).settings, note)
+    broker = use_broker(note, start=start, share=share)
+    return Services.on(broker.settings, note, broker)
 
 
 def _version(value: bool) -> None:

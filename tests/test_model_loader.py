@@ -145,3 +145,19 @@ def test_the_worker_without_the_model_in_its_cache_exits_in_seconds_with_one_lin
     assert "Traceback" not in done.stderr and "Could not find" not in done.stderr
     assert elapsed < 35, f"took {elapsed:.1f} s: more than one download attempt?"
     assert not (tmp_path / "empty-cache" / "models--Qdrant--clip-ViT-B-32-vision" / "snapshots").exists()
+
+
+def test_every_session_the_loader_builds_never_spins_and_onnxruntime_is_left_as_it_was(tmp_path: Path) -> None:
+    import onnxruntime
+
+    original = onnxruntime.SessionOptions
+    for kind, name, build in (
+        (Embedder, IMAGE_MODEL, build_tiny_model),
+        (TextEmbedder, TEXT_MODEL, build_tiny_text_model),
+    ):
+        model = kind(ModelSpec(name, build(tmp_path / kind.__name__), None, 2))
+        options = model._model.model.model.get_session_options()
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            assert options.get_session_config_entry(key) == "0", (kind, key)
+        assert options.intra_op_num_threads == 2
+    assert onnxruntime.SessionOptions is original

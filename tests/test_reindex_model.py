@@ -111,6 +111,7 @@ def test_reindex_to_an_int8_copy_switches_with_every_product_embedded_by_it_and_
     finally:
         shopper.finish()
     assert done.code == 0, done.stderr
+    assert done.stderr.count("broker redis://") == 1, done.stderr  # the broker is named once, as by every command
     report = done.json()
     assert report["switched"] is True, report["reason"]
     assert "within --max-drop" in report["reason"]
