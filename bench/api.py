@@ -127,6 +127,7 @@ def in_process(queries: int) -> dict[str, float]:
     from lookalike.worker import pipeline
 
     ctx = pipeline.current_context()
+    ctx.serve_queries()  # the ONNX threads of the shoppers' encode processes, so both sides run the same model
     result: dict[str, float] = {}
     for kind, request in (
         ("image", SearchRequest(image=query_photo(), k=10)),

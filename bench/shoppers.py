@@ -1,14 +1,15 @@
 """Shoppers under load: the modes of bench/api.py that put the query path beside ingestion, slow URLs, bursts
 and an optimize, each in one run against a real `lookalike worker` and `lookalike serve` on this machine.
 
-    python bench/api.py --while-ingesting [--vit] [--images 1200] [--seconds 30]
+    python bench/api.py --while-ingesting [--vit] [--images 1200] [--seconds 30] [--rate 10]
     python bench/api.py --attack [--vit]
     python bench/api.py --optimize [--vit] [--points 100000] [--seconds 30]
 
-* ``--while-ingesting``: one shopper (one keep-alive connection, alternating a photo upload and words) on the
+* ``--while-ingesting``: one shopper (one keep-alive connection, alternating a photo upload and words,
+  ``--rate`` queries a second: 10 by default, the issue's storefront client; 0 sends them back to back) on the
   idle system, then a catalogue ingested alone, then a second catalogue of as many new images ingested while
-  the shopper queries. Goals: photo p95 while ingesting <= 1.5x idle, words <= 2x, no errors, ingestion >= 80%
-  of its rate alone.
+  the shopper queries; catalogue images served with 100 ms latency. Goals: photo p95 while ingesting <= 1.5x
+  idle, words <= 2x, no errors, ingestion >= 80% of its rate alone.
 * ``--attack``: 24 uploads at once, idle and then while 4 shoppers' image URLs trickle 1 byte/s (the uploads'
   p95 <= 2x idle, the slow ones answered within the query timeout); then 50 concurrent 10 MB uploads (every
   answer 200 or 503, API RSS peak <= 600 MiB, Redis growth <= 64 MiB), with /readyz probed every 100 ms

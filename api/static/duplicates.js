@@ -20,34 +20,15 @@
   };
   let shown = 0;
 
-  const { productCard } = window.lookalikeCards;
+  const { callApi, productCard } = window.lookalikeCards;
 
-  async function call(method, url, body) {
-    const headers = { Accept: "application/json" };
-    const key = sessionStorage.getItem(KEY_STORAGE);
-    if (key) headers["X-API-Key"] = key;
-    const init = { method, headers };
-    if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    const response = await fetch(url, init);
-    let data = null;
-    try {
-      data = await response.json();
-    } catch {
-      data = null;
-    }
-    if (!response.ok) {
-      if (response.status === 401 && els.keyForm) {
-        els.keyForm.hidden = false;
-        els.searchView.hidden = false;
-      }
-      const reason = data && typeof data.error === "string" ? data.error : `http_${response.status}`;
-      const detail = data && typeof data.detail === "string" ? data.detail : response.statusText;
-      throw new Error(`${detail} (${reason})`);
-    }
-    return data;
+  function call(method, url, body) {
+    const unauthorized = () => {
+      if (!els.keyForm) return;
+      els.keyForm.hidden = false;
+      els.searchView.hidden = false;
+    };
+    return callApi(method, url, body, { apiKey: sessionStorage.getItem(KEY_STORAGE), onUnauthorized: unauthorized });
   }
 
   function product(item) {

@@ -52,16 +52,7 @@
   let sequence = 0; // answers to older requests are dropped
   let photoUrl = null;
 
-  class SearchError extends Error {
-    constructor(reason, detail, status) {
-      super(detail || reason);
-      this.reason = reason;
-      this.detail = detail;
-      this.status = status;
-    }
-  }
-
-  const { safeUrl, productCard } = window.lookalikeCards;
+  const { ApiError, callApi, safeUrl, productCard } = window.lookalikeCards;
 
   function currentFilters() {
     const filters = {};
@@ -73,35 +64,8 @@
     return filters;
   }
 
-  async function call(method, url, body) {
-    const headers = { Accept: "application/json" };
-    if (apiKey) headers["X-API-Key"] = apiKey;
-    const init = { method, headers };
-    if (body instanceof FormData) {
-      init.body = body;
-    } else if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    let response;
-    try {
-      response = await fetch(url, init);
-    } catch (error) {
-      throw new SearchError("network", String(error), 0);
-    }
-    let data = null;
-    try {
-      data = await response.json();
-    } catch {
-      data = null;
-    }
-    if (!response.ok) {
-      if (response.status === 401) els.keyForm.hidden = false;
-      const reason = data && typeof data.error === "string" ? data.error : `http_${response.status}`;
-      const detail = data && typeof data.detail === "string" ? data.detail : response.statusText;
-      throw new SearchError(reason, detail, response.status);
-    }
-    return data;
+  function call(method, url, body) {
+    return callApi(method, url, body, { apiKey, onUnauthorized: () => (els.keyForm.hidden = false) });
   }
 
   function request(query) {
@@ -209,7 +173,7 @@
 
   function showError(error) {
     if (lastQuery && lastQuery.kind === "photo") hideQueryPhoto();
-    const reason = error instanceof SearchError ? error.reason : "error";
+    const reason = error instanceof ApiError ? error.reason : "error";
     const friendly = MESSAGES[reason] || (error && error.detail) || "Something went wrong.";
     els.error.textContent = `${friendly} (${reason})`;
     els.error.title = (error && error.detail) || "";
