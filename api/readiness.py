@@ -36,11 +36,16 @@ class ReadinessMonitor:
     def start(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lookalike-readiness", daemon=True)
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._run, args=(self._stop,), name="lookalike-readiness",
+                                                daemon=True)  # fmt: skip
                 self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        """The reading thread ends (an app that stopped serving); a later /readyz starts a new one."""
+        with self._lock:
+            self._stop.set()
+            self._thread = None
 
     def _read_once(self) -> None:
         try:
@@ -52,10 +57,10 @@ class ReadinessMonitor:
         self._reading = (time.monotonic(), checks)
         self._first.set()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self._read_once()
-            self._stop.wait(self.interval)
+            stop.wait(self.interval)
 
     def wait_first(self, timeout: float) -> None:
         """Block (in a thread of the caller's own) until the first reading exists, at most ``timeout`` seconds."""

@@ -402,6 +402,17 @@ def test_readyz_is_503_when_the_readiness_check_itself_fails() -> None:
     assert "broker" in body["detail"]
 
 
+def test_an_app_that_stopped_and_serves_again_reads_its_readiness_again() -> None:
+    app = create_app(FakeBackend(), Settings(_env_file=None))
+    with TestClient(app) as client:  # startup, then shutdown: the reading thread ends with the app
+        assert client.get("/readyz").status_code == 200
+        reading = app.state.readiness._thread
+    reading.join(3)
+    assert not reading.is_alive()
+    with TestClient(app) as client:  # served again (uvicorn restarted, schemathesis' own lifespan run)
+        assert client.get("/readyz").status_code == 200
+
+
 def test_readyz_answers_at_once_from_a_background_reading_and_a_stale_one_is_not_ready() -> None:
     import threading
 
