@@ -710,12 +710,26 @@ def test_hybrid_queries_fuse_both_signals(store: VectorStore) -> None:
 
     shop(store)
     # The dense side points at the kettle, the words at the drone: both come first, ahead of the rest.
-    fused = products(store.query_hybrid(unit(0), query_vector("quadcopter"), 10, Narrowing(), candidates=20))
+    hits = store.query_hybrid(unit(0), query_vector("quadcopter"), 10, Narrowing(), candidates=20)
+    fused = products(hits)
     assert set(fused[:2]) == {"kettle", "drone"}
+    # Fused scores come from ranks and often tie: ties are broken by point id, on every engine, so an answer
+    # never depends on how the engine laid out its segments (before or after an optimize).
+    assert hits == sorted(hits, key=lambda hit: (-hit.score, hit.id))
+    alone = store.query_hybrid(unit(0), query_vector("quadcopter"), 1, Narrowing(), candidates=20)
+    assert alone == hits[:1]
     only_toys = products(
         store.query_hybrid(unit(0), query_vector("quadcopter"), 10, Narrowing(category="Toys & Games"), candidates=20)
     )
     assert set(only_toys) <= {"puzzle", "drone"} and only_toys[0] == "drone"
+
+
+def test_a_tie_at_the_cut_off_goes_to_the_smaller_point_id_whatever_order_the_engine_gave() -> None:
+    from lookalike.worker.store.base import Hit, best_first
+
+    tied = [Hit("c", 0.5, {}), Hit("a", 0.9, {}), Hit("d", 0.5, {}), Hit("b", 0.5, {})]
+    assert [hit.id for hit in best_first(tied, 2)] == ["a", "b"]
+    assert [hit.id for hit in best_first(list(reversed(tied)), 3)] == ["a", "b", "c"]
 
 
 def test_recommend_from_a_products_own_vectors_leaves_it_out(store: VectorStore) -> None:

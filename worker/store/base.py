@@ -188,6 +188,18 @@ Vectors = list[float] | dict[str, Any]
 ScrollRow = tuple[str, dict[str, Any], Any]
 
 
+# Reciprocal rank fusion scores from ranks alone, so ties are common (a point 3rd on one side only scores what
+# another 3rd on the other side only does), and which tied point an engine puts first depends on its segments:
+# the same query could answer differently before and after an optimize. A few more than asked for are fetched
+# and ties broken by point id, so a fused answer depends only on the data.
+FUSION_TIES = 4
+
+
+def best_first(hits: list[Hit], limit: int) -> list[Hit]:
+    """Highest score first, ties by point id; the first ``limit``."""
+    return sorted(hits, key=lambda hit: (-hit.score, hit.id))[:limit]
+
+
 def dense(vector: Sequence[float] | np.ndarray) -> list[float]:
     return np.asarray(vector, dtype=np.float32).tolist()
 
@@ -399,7 +411,7 @@ class VectorStore(ABC):
         prefetches = [Prefetch(Nearest(dense(vector), DENSE), candidates, where, score_threshold)]
         if keywords[0]:
             prefetches.append(Prefetch(NearestKeywords(keywords), candidates, where))
-        return self._query(Fused(tuple(prefetches)), limit, None, None)
+        return best_first(self._query(Fused(tuple(prefetches)), limit + FUSION_TIES, None, None), limit)
 
     def recommend(
         self,
