@@ -54,7 +54,8 @@ def test_a_batch_sends_the_good_images_on_fails_the_missing_one_and_retries_the_
     assert ctx.ledger.run(run_id)["failed"] == 1
     # The flaky job waits as its own message: the single-job task, its first retry, with a countdown.
     [(headers, retried)] = _messages(ctx.redis, FETCH_QUEUE)
-    assert headers["task"] == "lookalike.fetch" and headers["retries"] == 1 and headers["eta"]
+    # (Its countdown is drawn with full jitter, so it may be zero: then it carries no eta.)
+    assert headers["task"] == "lookalike.fetch" and headers["retries"] == 1
     assert retried["image_url"] == flaky and retried["job_id"] == jobs[-1].job_id
     # Its retry goes through the single-job task's policy: this time the server answers, and the image goes on.
     assert fetch.apply(args=[retried], retries=1).get() == {"outcome": "sent_to_embed", "cached": False}
@@ -156,3 +157,25 @@ def test_a_batch_of_jobs_names_its_jobs_and_its_age_to_whoever_records_or_watche
     assert [job.job_id for job in jobs_in([job.to_message() for job in jobs])] == [job.job_id for job in jobs]
     assert message_time([job.to_message() for job in jobs]) == min(job.enqueued_at for job in jobs)
     assert jobs_in(["not a job"]) == []
+
+
+def test_a_batch_that_finds_the_broker_full_goes_back_whole_and_fails_nothing(
+    env: dict[str, str], image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+    from celery.exceptions import Reject
+
+    from lookalike.worker.tasks import fetch_batch
+
+    def fetch_stage(ctx: Any, job: Job) -> Any:
+        raise redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+    monkeypatch.setattr(pipeline, "fetch_stage", fetch_stage)
+    ctx = pipeline.current_context()
+    jobs = _jobs(ctx.ledger.start_run("ingest", "test"), [f"{image_server.base_url}/fb/full{i}.jpg" for i in range(2)])
+
+    result = fetch_batch.apply(args=[[job.to_message() for job in jobs]])
+    assert result.state == "REJECTED", result.state
+    assert isinstance(result.result, Reject) and result.result.requeue
+    assert ctx.failures.entries() == []
+    assert not ctx.ledger.run(jobs[0].run_id).get("failed")

@@ -286,9 +286,10 @@ def _fetch_one(ctx: pipeline.WorkerContext, job: Job) -> str:
             return "retried"
         pipeline.fail_jobs(ctx, [job], exc.stage, exc.reason, exc.detail)
         return "failed"
-    except INFRASTRUCTURE_ERRORS:
-        raise  # the whole batch goes back (its jobs are idempotent)
-    except Exception as exc:  # a bug met by one job fails that job, not the batch-mates already sent on
+    except Exception as exc:
+        if isinstance(exc, INFRASTRUCTURE_ERRORS) or out_of_memory(exc):
+            raise  # Redis away or full: the whole batch goes back (see above), nothing failed; re-runs are idempotent
+        # A bug met by one job fails that job, not its batch-mates (some already sent on).
         log.exception("fetching %s failed unexpectedly", job.image_url)
         pipeline.fail_jobs(ctx, [job], FETCH, f"internal_{type(exc).__name__}", str(exc))
         return "failed"
