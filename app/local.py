@@ -58,7 +58,10 @@ def start_worker(
     # thing, one exit code in every command).
     check_model(settings)
     pools = plan_pools(settings, chosen, concurrency=concurrency, fetch_threads=fetch_threads)
-    group = WorkerGroup(pools, loglevel=loglevel, env=worker_environment(settings), **_supervision(settings))
+    env = worker_environment(settings)
+    if fetch_threads:  # the fetch processes size their download threads from the setting
+        env["LOOKALIKE_FETCH_CONCURRENCY"] = str(fetch_threads)
+    group = WorkerGroup(pools, loglevel=loglevel, env=env, **_supervision(settings))
     group.start(handle_signals=True)
     note(
         "started "

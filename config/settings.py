@@ -180,6 +180,13 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(
         256, ge=1, description="Download threads per fetch worker process (latency hiding; decoding is capped apart)."
     )
+    fetch_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Jobs per fetch message: the producer publishes them in batches, downloaded concurrently, so the "
+        "broker's and Celery's per-message cost is paid once per batch rather than once per image.",
+    )
     fetch_processes: int = Field(
         1, ge=1, description="Fetch worker processes per `lookalike worker` (each with FETCH_CONCURRENCY threads)."
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -202,25 +203,27 @@ class EmbeddedPoint:
 
 
 def jobs_in(argument: Any) -> list[Job]:
-    """The jobs a task's first argument carries: a job, or a batch of prepared images / points (each holds
-    one). Used to record failures of a message whatever its stage; an unreadable message yields none."""
+    """The jobs a task's first argument carries: a job, a batch of jobs, or a batch of prepared images / points
+    (each holds one). Used to record failures of a message whatever its stage; an unreadable message yields
+    none."""
     try:
         if isinstance(argument, dict):
             return [Job.from_message(argument)]
         if isinstance(argument, list):
-            return [Job.from_message(item["job"]) for item in argument]
-    except (KeyError, TypeError, ValueError):
+            return [Job.from_message(item.get("job", item)) for item in argument]
+    except (KeyError, TypeError, ValueError, AttributeError):
         return []
     return []
 
 
 def message_time(argument: Any) -> float | None:
-    """When the oldest job in a task's first argument was sent on (or, for a job, enqueued)."""
+    """When the oldest job in a task's first argument was sent on (or, for a job or a batch of jobs, enqueued)."""
     try:
         if isinstance(argument, dict):
             return float(argument.get("enqueued_at") or 0) or None
         if isinstance(argument, list):
-            stamps = [float(item.get("sent_at") or 0) for item in argument if isinstance(item, dict)]
+            items = [item for item in argument if isinstance(item, dict)]
+            stamps = [float(item.get("sent_at") or item.get("enqueued_at") or 0) for item in items]
             return min((s for s in stamps if s), default=None)
     except (TypeError, ValueError, AttributeError):
         return None
@@ -232,3 +235,13 @@ def describe_batch(argument: list[Any], what: str) -> str:
     first = argument[0].job if argument else None
     shown = f"{first.product_id} {first.image_url}" if first else "- -"
     return f"[{len(argument)} {what}: {shown} ...]"
+
+
+# A fetch batch's jobs Flower lists by name (product id and URL each): enough to find a job, bounded in size.
+SHOWN_JOBS = 16
+
+
+def describe_jobs(jobs: Sequence[Job]) -> str:
+    """A fetch batch as Flower shows it: its size, then each job's product id and URL (the first SHOWN_JOBS)."""
+    shown = ", ".join(job.describe() for job in jobs[:SHOWN_JOBS])
+    return f"[{len(jobs)} jobs: {shown}{' ...' if len(jobs) > SHOWN_JOBS else ''}]"

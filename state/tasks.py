@@ -11,6 +11,8 @@ from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, FETCH_QUEUE, INDEX
 
 # The ingest pipeline: a download, a batch of embeddings, a batch of upserts.
 FETCH_TASK = "lookalike.fetch"
+# A batch of jobs in one message (what the producer publishes): Celery's and the broker's cost once per batch.
+FETCH_BATCH_TASK = "lookalike.fetch_batch"
 EMBED_TASK = "lookalike.embed"
 INDEX_TASK = "lookalike.index"
 # The store owner's maintenance.
@@ -30,6 +32,7 @@ SEARCH_ENCODED_TASK = "lookalike.search_encoded"
 
 TASK_QUEUES = {
     FETCH_TASK: FETCH_QUEUE,
+    FETCH_BATCH_TASK: FETCH_QUEUE,
     EMBED_TASK: EMBED_QUEUE,
     INDEX_TASK: INDEX_QUEUE,
     RECONCILE_TASK: INDEX_QUEUE,

@@ -314,23 +314,25 @@ def test_published_jobs_carry_identity_only_and_no_secret(
     assert_no_secret(result.stdout, result.stderr)
     client = password_redis.client
     raw = client.lrange(FETCH_QUEUE, 0, -1)
-    assert len(raw) == len(urls)
+    assert len(raw) == -(-len(urls) // 16)  # LOOKALIKE_FETCH_BATCH jobs a message
     seen: dict[str, str] = {}
     for message in raw:
         text = message.decode()
         assert_no_secret(text)
         envelope = json.loads(text)
         assert envelope["content-type"] == "application/json"
-        assert envelope["headers"]["task"] == "lookalike.fetch"
+        assert envelope["headers"]["task"] == "lookalike.fetch_batch"
         body = base64.b64decode(envelope["body"]) if envelope["properties"]["body_encoding"] == "base64" else text
         assert_no_secret(body.decode() if isinstance(body, bytes) else body)
         args, kwargs, _embed = json.loads(body)
         assert kwargs == {}
-        (job,) = args
-        assert set(job) == {"run_id", "product_id", "image_url", "version", "job_id", "enqueued_at"}
-        seen[job["product_id"]] = job["image_url"]
-        # What Flower shows: product and URL, nothing else.
-        assert envelope["headers"]["argsrepr"] == f"{job['product_id']} {job['image_url']}"
+        (jobs,) = args
+        for job in jobs:
+            assert set(job) == {"run_id", "product_id", "image_url", "version", "job_id", "enqueued_at"}
+            seen[job["product_id"]] = job["image_url"]
+        # What Flower shows: each job's product and URL, nothing else.
+        shown = ", ".join(f"{job['product_id']} {job['image_url']}" for job in jobs)
+        assert envelope["headers"]["argsrepr"] == f"[{len(jobs)} jobs: {shown}]"
     assert seen == urls
     # Nothing lookalike or Celery stored on this server holds a secret either.
     for key, value in _all_values(client):

@@ -3,7 +3,8 @@
 Shoppers first: a query never waits behind the catalogue. Downloads are I/O-bound and embedding is CPU-bound,
 so they never share a slot, and shoppers' work has its own processes:
 
-* ``fetch``  - thread pool, many threads (downloads, decoding to model size, batching), niced;
+* ``fetch``  - thread pool (a batch of jobs a thread, their downloads on ``FETCH_CONCURRENCY`` threads; decoding to
+  model size, batching), niced;
 * ``embed``  - prefork pool, one process per core (ONNX threads x processes <= cores), model loaded after fork,
   niced (``LOOKALIKE_INGEST_NICENESS``): the catalogue's batches get every cycle shoppers leave idle;
 * ``encode`` - the shoppers' own prefork pool (``LOOKALIKE_QUERY_CONCURRENCY`` processes, not niced, each with
@@ -90,6 +91,15 @@ def parse_queues(text: str | None) -> set[str]:
     return chosen
 
 
+def fetch_pool_threads(downloads: int, batch: int) -> int:
+    """Celery threads of a fetch pool whose ``downloads`` threads serve messages of ``batch`` jobs: enough
+    messages for every download thread, and one more round waiting, not more. Each thread holds a reserved,
+    unacknowledged message, so a message never waits behind more than two rounds of downloads (two deadlines,
+    well inside the visibility timeout). One job a message: a thread each, as before."""
+    rounds = -(-downloads // max(1, batch))
+    return max(1, min(downloads, 2 * rounds))
+
+
 def plan_pools(
     settings: Settings, queues: Iterable[str], *, concurrency: int | None, fetch_threads: int | None
 ) -> list[PoolSpec]:
@@ -100,7 +110,8 @@ def plan_pools(
             name = "fetch" if settings.fetch_processes == 1 else f"fetch{index + 1}"
             pools.append(
                 PoolSpec(
-                    name, (FETCH_QUEUE,), "threads", fetch_threads or settings.fetch_concurrency,
+                    name, (FETCH_QUEUE,), "threads",
+                    fetch_pool_threads(fetch_threads or settings.fetch_concurrency, settings.fetch_batch),
                     settings.ingest_niceness,
                 )
             )

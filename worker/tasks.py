@@ -2,6 +2,12 @@
 
 How a message ends (acks_late throughout, so a message is removed only when one of these happens):
 
+* a fetch batch (``fetch_batch``: the producer's LOOKALIKE_FETCH_BATCH jobs in one message) ends when each of
+  its jobs has ended on its own: sent on to the embedding stage, failed for a known reason, or handed to the
+  single-job ``fetch`` task as a message of its own for a transient error (the first retry of the policy
+  below, the later ones on that message). A batch handed back is split into one ``fetch`` message per job,
+  so deliveries are counted per job (see below) and a job that kills its process fails alone;
+
 * done, or failed for a known reason - the failure is recorded (dead-letter list, counters) and the message
   is acknowledged;
 * a transient error (download 5xx/429/timeouts, store unreachable) - Celery's own ``retry`` with its
@@ -27,7 +33,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,6 +67,7 @@ from lookalike.state.tasks import (
     DUPLICATES_SCAN_TASK,
     EMBED_TASK,
     ENCODE_TASK,
+    FETCH_BATCH_TASK,
     FETCH_TASK,
     INDEX_TASK,
     OPTIMIZE_TASK,
@@ -212,11 +221,15 @@ def retry_or_fail(
     The limits are passed at run time (read from the settings then), so the app reads no settings at import.
     """
     if task.request.retries < retries:
-        countdown = get_exponential_backoff_interval(
-            factor=1, retries=task.request.retries, maximum=int(backoff_max), full_jitter=True
-        )
-        raise task.retry(exc=exc, countdown=min(backoff_max, max(countdown, at_least or 0)), max_retries=retries)
+        countdown = backoff(task.request.retries, backoff_max, at_least)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=retries)
     pipeline.fail_jobs(pipeline.current_context(), jobs, stage, reason, detail)
+
+
+def backoff(retries: int, backoff_max: float, at_least: float | None = None) -> float:
+    """Seconds before retry number ``retries + 1``: exponential with full jitter, within the limits above."""
+    countdown = get_exponential_backoff_interval(factor=1, retries=retries, maximum=int(backoff_max), full_jitter=True)
+    return min(backoff_max, max(countdown, at_least or 0))
 
 
 # ------------------------------------------------------------------------------------------------- fetch
@@ -236,6 +249,52 @@ def _fetch_batcher() -> Batcher:
     return process_cache.get(
         "fetch-batcher", lambda: Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger)
     )
+
+
+def _fetch_threads() -> ThreadPoolExecutor:
+    """The process's download threads (LOOKALIKE_FETCH_CONCURRENCY), shared by every batch it runs."""
+    settings = pipeline.current_context().settings
+    return process_cache.get(
+        "fetch-threads", lambda: ThreadPoolExecutor(settings.fetch_concurrency, thread_name_prefix="download")
+    )
+
+
+@app.task(name=FETCH_BATCH_TASK, base=FetchTask, bind=True)
+def fetch_batch(self: Task, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of jobs, downloaded concurrently; acknowledged once every job in it was sent on, retried as its own
+    message (``fetch``, same backoff) or failed. A batch handed back is split into one ``fetch`` message per job,
+    so deliveries are counted per job and a job that kills its process fails alone (see the module docstring)."""
+    parsed = [Job.from_message(job) for job in jobs]
+    with redelivered_on_infrastructure_errors():
+        if handed_back(self):
+            for job in parsed:
+                fetch.apply_async(args=[job.to_message()], argsrepr=job.describe())
+            return {"split": len(parsed)}
+        ctx = pipeline.current_context()
+        outcomes = list(_fetch_threads().map(lambda job: _fetch_one(ctx, job), parsed))
+    return {"outcomes": dict(Counter(outcomes))}
+
+
+def _fetch_one(ctx: pipeline.WorkerContext, job: Job) -> str:
+    """One job of a batch: sent on, retried alone (the first retry of ``fetch``'s policy) or failed alone."""
+    try:
+        item = pipeline.fetch_stage(ctx, job)
+    except Rejected as exc:
+        if exc.transient and ctx.settings.fetch_retries > 0:
+            countdown = backoff(0, ctx.settings.fetch_backoff_max, getattr(exc, "retry_after", None))
+            fetch.apply_async(args=[job.to_message()], countdown=countdown, retries=1, argsrepr=job.describe())
+            return "retried"
+        pipeline.fail_jobs(ctx, [job], exc.stage, exc.reason, exc.detail)
+        return "failed"
+    except Exception as exc:
+        if isinstance(exc, INFRASTRUCTURE_ERRORS) or out_of_memory(exc):
+            raise  # Redis away or full: the whole batch goes back (see above), nothing failed; re-runs are idempotent
+        # A bug met by one job fails that job, not its batch-mates (some already sent on).
+        log.exception("fetching %s failed unexpectedly", job.image_url)
+        pipeline.fail_jobs(ctx, [job], FETCH, f"internal_{type(exc).__name__}", str(exc))
+        return "failed"
+    _fetch_batcher().submit(item)
+    return "sent_to_embed"
 
 
 @app.task(name=FETCH_TASK, base=FetchTask, bind=True)
@@ -541,6 +600,6 @@ def _close_store(**_: Any) -> None:
 
 
 __all__ = [
-    "audit", "drop", "duplicates_scan", "embed", "encode", "fetch", "index", "optimize", "reconcile", "reindex",
-    "search", "search_encoded", "switch",
+    "audit", "drop", "duplicates_scan", "embed", "encode", "fetch", "fetch_batch", "index", "optimize", "reconcile",
+    "reindex", "search", "search_encoded", "switch",
 ]  # fmt: skip
