@@ -510,7 +510,7 @@ def test_a_store_pool_dying_of_sigbus_says_disk_full_stops_and_status_shows_the_
 def test_ingest_wait_names_the_queue_nobody_consumes_and_exits_3_after_the_deadline(
     cli, env, monkeypatch, server, tmp_path, start_worker
 ):
-    set_env(monkeypatch, env, LOOKALIKE_WAIT_GRACE="3", LOOKALIKE_WAIT_DEADLINE="12")
+    set_env(monkeypatch, env, LOOKALIKE_WAIT_GRACE="3", LOOKALIKE_WAIT_DEADLINE="8")
     start_worker("--queues", "fetch,embed", ready_queues=2)  # no store owner: lookalike.index fills up
     catalog = catalogue(server, tmp_path / "nobody.csv", 40, prefix="nobody")
     started = time.monotonic()
