@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         description="CPU niceness added to the catalogue's download/decode and embedding processes, so shoppers' "
         "queries (not niced) take the CPU first; ingestion keeps every idle cycle.",
     )
+    ingest_sched_idle: bool = Field(
+        True,
+        description="Run the catalogue's download/decode and embedding processes under Linux's SCHED_IDLE class "
+        "(stronger than niceness: they run only when nothing else wants a core, and a waking query preempts them "
+        "at once); ignored where the class does not exist.",
+    )
 
     # --- fetching ----------------------------------------------------------------------------------------
     fetch_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a download connection.")

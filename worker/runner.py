@@ -49,6 +49,7 @@ class PoolSpec:
     pool: str
     concurrency: int
     niceness: int = 0  # added to the process's own (ingestion pools: LOOKALIKE_INGEST_NICENESS)
+    idle_class: bool = False  # SCHED_IDLE (ingestion pools with LOOKALIKE_INGEST_SCHED_IDLE)
 
     def command(self, loglevel: str) -> list[str]:
         return [
@@ -112,14 +113,14 @@ def plan_pools(
                 PoolSpec(
                     name, (FETCH_QUEUE,), "threads",
                     fetch_pool_threads(fetch_threads or settings.fetch_concurrency, settings.fetch_batch),
-                    settings.ingest_niceness,
+                    settings.ingest_niceness, settings.ingest_sched_idle,
                 )
             )
     if EMBED_QUEUE in queues:
         pools.append(
             PoolSpec(
                 "embed", (EMBED_QUEUE,), "prefork", concurrency or settings.effective_embed_concurrency,
-                settings.ingest_niceness,
+                settings.ingest_niceness, settings.ingest_sched_idle,
             )
         )
     if ENCODE_QUEUE in queues:
@@ -190,11 +191,17 @@ class _LastLine:
         self._source.close()
         if self._own_sink:
             self._sink.close()
-def _nicer(increment: int) -> Callable[[], None]:
-    """What the child runs before it starts Celery: lower its own CPU priority (async-signal-safe: one call)."""
+def _nicer(increment: int, idle_class: bool = False) -> Callable[[], None]:
+    """What the child runs before it starts Celery: lower its own CPU priority (async-signal-safe: plain system
+    calls), inherited by its threads and prefork children."""
+    idle = getattr(os, "SCHED_IDLE", None) if idle_class else None
 
     def nice() -> None:
-        os.nice(increment)
+        if increment:
+            os.nice(increment)
+        if idle is not None:
+            with contextlib.suppress(OSError):  # a sandbox that refuses it: niceness alone still applies
+                os.sched_setscheduler(0, idle, os.sched_param(0))
 
     return nice
 
@@ -226,7 +233,7 @@ class WorkerGroup:
 
     def _spawn(self, spec: PoolSpec) -> subprocess.Popen[bytes]:
         sink = self.log_path.open("ab") if self.log_path is not None else sys.stderr.buffer
-        niced = _nicer(spec.niceness) if spec.niceness else None
+        niced = _nicer(spec.niceness, spec.idle_class) if spec.niceness or spec.idle_class else None
         process = subprocess.Popen(
             spec.command(self.loglevel), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=niced,
             env=self.env,
