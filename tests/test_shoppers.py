@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,12 @@ def test_the_default_worker_runs_shoppers_on_their_own_processes_ahead_of_a_nice
     assert set(pools) == {"lookalike.fetch", "lookalike.embed", "lookalike.encode", "lookalike.query,lookalike.index"}
     base = _niceness(worker.process.pid)  # the test itself may run niced
     for queues, pids in pools.items():
-        wanted = min(19, base + 10) if queues in ("lookalike.fetch", "lookalike.embed") else base
+        catalogue = queues in ("lookalike.fetch", "lookalike.embed")
+        wanted = min(19, base + 10) if catalogue else base
         for process in pids + [child for pid in pids for child in _descendants(pid)]:  # prefork children inherit it
             assert _niceness(process) == wanted, (queues, process)
+            # ... and the scheduling class: the catalogue's only when nothing else wants a core.
+            assert (os.sched_getscheduler(process) == os.SCHED_IDLE) == catalogue, (queues, process)
 
 
 def test_the_store_owner_takes_waiting_queries_before_the_next_index_batch(
