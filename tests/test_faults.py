@@ -100,7 +100,7 @@ def assert_all_indexed_once(run_id: str, count: int, lost: int = 0) -> None:
 def test_worker_killed_mid_run_ends_with_every_image_indexed_once(
     cli, env, monkeypatch, image_server, tmp_path, start_worker
 ):
-    set_env(monkeypatch, env, LOOKALIKE_VISIBILITY_TIMEOUT="20")
+    set_env(monkeypatch, env, LOOKALIKE_VISIBILITY_TIMEOUT="60")
     first, run_id = run_in_progress(cli, image_server, tmp_path, start_worker, 500)
     os.killpg(first.process.pid, signal.SIGKILL)  # the supervisor, the pools and the prefork children
     first.process.wait()
@@ -110,7 +110,7 @@ def test_worker_killed_mid_run_ends_with_every_image_indexed_once(
     assert in_flight > 0, "nothing was in flight when the worker died"
 
     second = start_worker()
-    run = wait_until_settled(run_id, timeout=240)  # redelivery after the 20 s visibility timeout
+    run = wait_until_settled(run_id, timeout=240)  # redelivery after the 60 s visibility timeout
     assert pipeline.current_context().redis.hlen("unacked") == 0
     # kombu pops a message and then records it as unacknowledged, in two commands: a job popped in the instant
     # the worker dies is gone (seen once in about ten runs). `lookalike reconcile` is the recovery; with it,
