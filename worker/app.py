@@ -153,6 +153,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
         "health_check_interval": 15,
+        # How long an idle consumer's BRPOP blocks (kombu's default: 1 s). A message still wakes it at once;
+        # this bounds how long a stopping worker waits for its last BRPOP to return (1.1 -> 0.35 s for the store
+        # owner and the fetch pool, measured), for five idle BRPOPs a second per pool.
+        "polling_interval": 0.2,
     }
     config: dict[str, Any] = {
         "broker_url": url,
