@@ -153,8 +153,9 @@ def worker(
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Start Celery workers: a thread pool for downloads and a process pool for embedding (both niced, see
-    LOOKALIKE_INGEST_NICENESS), the shoppers' own query encoding processes, and the store owner (queries first).
+    """Start Celery workers: a thread pool for downloads and a process pool for embedding (both at idle priority,
+    see LOOKALIKE_INGEST_SCHED_IDLE and LOOKALIKE_INGEST_NICENESS), the shoppers' own query encoding processes,
+    and the store owner (queries first).
 
     With no options it consumes every queue, so one command runs a complete system on one machine.
     Start more of them (on this or other machines, against the same broker and a Qdrant server) to scale out.
