@@ -202,3 +202,30 @@ def test_the_embedding_cache_is_keyed_by_the_models_files_not_its_directory(env,
     assert cache_for(other_model).get("ab" * 32) is None  # other weights: never handed out
     # The worker's own cache uses the configured model's fingerprint.
     assert pipeline.current_context().cache.get("ab" * 32) is not None
+
+
+def test_a_models_fingerprint_is_read_from_its_files_once_per_version_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lookalike.testing.tiny_model import build_tiny_text_model
+    from lookalike.worker import fingerprint
+    from lookalike.worker.fingerprint import TEXT_FILES
+
+    directory = build_tiny_text_model(tmp_path / "text")
+    first = model_id("text", directory, TEXT_FILES).fingerprint
+    parsed: list[str] = []
+    real_loads = json.loads
+    monkeypatch.setattr(fingerprint.json, "loads", lambda text: parsed.append(text) or real_loads(text))
+    # Every word query asks for it: a real tokenizer.json is megabytes of JSON, read only when it changes.
+    for _ in range(3):
+        assert model_id("text", directory, TEXT_FILES).fingerprint == first
+    assert parsed == []
+    tokenizer = directory / "tokenizer.json"
+    vocabulary = real_loads(tokenizer.read_text())
+    vocabulary["added_tokens"] = [*vocabulary.get("added_tokens", []), {
+        "id": 999_999, "content": "<extra>", "single_word": False, "lstrip": False, "rstrip": False,
+        "normalized": False, "special": True,
+    }]
+    tokenizer.write_text(json.dumps(vocabulary))
+    changed = model_id("text", directory, TEXT_FILES).fingerprint
+    assert changed != first and parsed  # another tokenizer: read again, another fingerprint

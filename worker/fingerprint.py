@@ -27,6 +27,7 @@ GRAPH = "model.onnx"
 DIGEST_CHARS = 16
 
 _digests: dict[tuple[str, int, int], str] = {}
+_fingerprints: dict[tuple[Any, ...], str] = {}
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,14 @@ class ModelId:
         return f"{self.fingerprint} ({self.directory or self.name})"
 
 
-def _file_digest(path: Path) -> str:
+def _version(path: Path) -> tuple[str, int, int]:
+    """A file's version as far as a digest cache is concerned: where it is, its size, when it last changed."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _file_digest(path: Path) -> str:
+    key = _version(path)
     if key not in _digests:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -62,22 +68,26 @@ def _file_digest(path: Path) -> str:
 
 
 def directory_fingerprint(directory: Path, extra_files: tuple[str, ...]) -> str:
-    """The digest of ``directory``'s model.onnx and of those of ``extra_files`` it holds."""
-    digest = hashlib.sha256()
-    digest.update(b"graph\0" + _file_digest(directory / GRAPH).encode())
-    for name in extra_files:
-        path = directory / name
-        if not path.is_file():
-            continue
-        if name.endswith(".json"):
-            try:
-                content = json.dumps(json.loads(path.read_text()), sort_keys=True, separators=(",", ":")).encode()
-            except ValueError:
+    """The digest of ``directory``'s model.onnx and of those of ``extra_files`` it holds; computed once per
+    version of those files per process (every word query asks: a real CLIP tokenizer.json is ~2 MB of JSON)."""
+    present = [directory / name for name in extra_files if (directory / name).is_file()]
+    key = (str(directory.resolve()), *(_version(path) for path in [directory / GRAPH, *present]))
+    if key not in _fingerprints:
+        digest = hashlib.sha256()
+        digest.update(b"graph\0" + _file_digest(directory / GRAPH).encode())
+        for path in present:
+            if path.name.endswith(".json"):
+                try:
+                    content = json.dumps(
+                        json.loads(path.read_text()), sort_keys=True, separators=(",", ":")
+                    ).encode()
+                except ValueError:
+                    content = path.read_bytes()
+            else:
                 content = path.read_bytes()
-        else:
-            content = path.read_bytes()
-        digest.update(f"\0{name}\0".encode() + hashlib.sha256(content).hexdigest().encode())
-    return digest.hexdigest()[:DIGEST_CHARS]
+            digest.update(f"\0{path.name}\0".encode() + hashlib.sha256(content).hexdigest().encode())
+        _fingerprints[key] = digest.hexdigest()[:DIGEST_CHARS]
+    return _fingerprints[key]
 
 
 def name_fingerprint(name: str) -> str:
