@@ -427,4 +427,6 @@ def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[
         answer = flow.apply_async(argsrepr=request.describe())
     else:
         answer = app.send_task(SEARCH_TASK, args=[request.to_message()], argsrepr=request.describe(), expires=expires)
-    return dict(answer.get(timeout=max(0.1, deadline - time.monotonic())))
+    # Only the last link stores a result: the encode step's state is never written (it stores none, not even a
+    # failure), so asking for it on every wake-up, as Celery does by default, cost a Redis round trip each time.
+    return dict(answer.get(timeout=max(0.1, deadline - time.monotonic()), follow_parents=False))

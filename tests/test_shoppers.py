@@ -68,6 +68,8 @@ def test_the_default_worker_runs_shoppers_on_their_own_processes_ahead_of_a_nice
             assert _niceness(process) == wanted, (queues, process)
             # ... and the scheduling class: the catalogue's only when nothing else wants a core.
             assert (os.sched_getscheduler(process) == os.SCHED_IDLE) == catalogue, (queues, process)
+    # A shopper's query runs in the process that took it off the queue: no prefork child to hand it to and back.
+    assert [_descendants(pid) for pid in pools["lookalike.encode"]] == [[]]
 
 
 def test_the_store_owner_takes_waiting_queries_before_the_next_index_batch(
@@ -118,6 +120,66 @@ def test_a_photo_query_is_one_message_and_one_result_for_its_sender(
     assert answer["results"][0]["product_id"] == "k1"
     # The encode step handed its vector to the search itself: only the search's answer was stored.
     assert _result_keys(redis_client) == before + 1
+
+
+def _commands_during(url: str, db: int, action: Any) -> list[list[str]]:
+    """Every command database ``db`` received while ``action`` ran (Redis MONITOR), as lists of words."""
+    import threading
+
+    marker = f"monitor-end-{time.time_ns()}"
+    seen: list[list[str]] = []
+    started = threading.Event()
+
+    def listen() -> None:
+        with redis.Redis.from_url(url).monitor() as monitor:
+            started.set()
+            for command in monitor.listen():
+                if command["db"] != db:
+                    continue
+                if marker in command["command"]:
+                    return
+                seen.append(command["command"].split())
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert started.wait(5)
+    time.sleep(0.2)  # MONITOR is registered once the server has answered it
+    client = redis.Redis.from_url(url)
+    action()
+    client.get(marker)
+    thread.join(10)
+    assert not thread.is_alive()
+    return seen
+
+
+def test_a_shoppers_query_leaves_no_unacknowledged_record_and_sends_no_task_event(
+    cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any
+) -> None:
+    from lookalike.app.gateway import Gateway
+    from lookalike.config.settings import get_settings
+
+    start_worker()
+    photo = _catalogue(cli, image_server, tmp_path)
+    gateway = Gateway(get_settings())
+    gateway.search(SearchRequest(image=photo, k=3), timeout=20)  # warm: the workers read, the models loaded
+    answers: list[dict[str, Any]] = []
+    url = env["LOOKALIKE_BROKER_URL"]
+    commands = _commands_during(
+        url, int(url.rsplit("/", 1)[1]), lambda: answers.append(gateway.search(SearchRequest(image=photo, k=3)))
+    )
+    assert answers[0]["results"][0]["product_id"] == "k1"
+    verbs = [words[0].upper() for words in commands]
+    # The query crossed the broker: sent to the encode processes, handed on to the store owner, answered.
+    pushed = sorted(words[1] for words in commands if words[0].upper() == "LPUSH")
+    assert pushed == ["lookalike.encode", "lookalike.query"] and "SETEX" in verbs, verbs
+    # ... but neither step was recorded as unacknowledged (nor removed from that record), and no task event
+    # went out (worker heartbeats may): its tasks are acknowledged on arrival and expire with the sender's patience.
+    recorded = [
+        words for words in commands
+        if words[0].upper() in ("ZADD", "HSET", "ZREM", "HDEL") and words[1] in ("unacked", "unacked_index")
+    ]
+    assert recorded == [], verbs
+    assert not [words for words in commands if words[0].upper() == "PUBLISH" and "celeryev/task." in words[1]], verbs
 
 
 def test_a_query_the_sender_gave_up_on_expires_unrun_and_its_photo_crossed_redis_reduced(

@@ -7,9 +7,11 @@ so they never share a slot, and shoppers' work has its own processes:
   model size, batching), niced;
 * ``embed``  - prefork pool, one process per core (ONNX threads x processes <= cores), model loaded after fork,
   niced (``LOOKALIKE_INGEST_NICENESS``): the catalogue's batches get every cycle shoppers leave idle;
-* ``encode`` - the shoppers' own prefork pool (``LOOKALIKE_QUERY_CONCURRENCY`` processes, not niced, each with
-  the usable CPUs as ONNX threads): a query's image or words become a vector here, never behind a 32-image
-  batch; it then hands the vector to the store owner's search itself (one round trip for the API);
+* ``encode`` - the shoppers' own processes (``LOOKALIKE_QUERY_CONCURRENCY`` of them, not niced, each with the
+  usable CPUs as ONNX threads): a query's image or words become a vector here, never behind a 32-image batch;
+  it then hands the vector to the store owner's search itself (one round trip for the API). Each is a solo
+  Celery worker that runs the query in the process that took it off the queue (no hand-over to a prefork
+  child and back on the shopper's path);
 * ``store``  - the ``query`` and ``index`` queues, queries first (the broker pops ``lookalike.query`` before
   ``lookalike.index``, see ``queue_order_strategy`` in :mod:`lookalike.worker.app`); a query there only
   searches, with the vector it is given. With the embedded store it is a single process (solo pool), because an
@@ -126,7 +128,9 @@ def plan_pools(
     if ENCODE_QUEUE in queues:
         # Shoppers' encoding on processes of their own: a query never waits for a catalogue batch to finish
         # (a 32-image batch at ViT-B/32 cost is over a second), and, not niced, it takes the CPU first.
-        pools.append(PoolSpec("encode", (ENCODE_QUEUE,), "prefork", settings.query_concurrency))
+        for index in range(settings.query_concurrency):
+            name = "encode" if index == 0 else f"encode{index + 1}"
+            pools.append(PoolSpec(name, (ENCODE_QUEUE,), "solo", 1))
     # Queries first: with the "priority" queue order the store owner pops a waiting query before the next batch.
     store_queues = tuple(q for q in (QUERY_QUEUE, INDEX_QUEUE) if q in queues)
     if store_queues:

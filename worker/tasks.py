@@ -499,7 +499,14 @@ def optimize() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- query
-@app.task(name=ENCODE_TASK, acks_late=False)
+# A shopper's query sends no task events (``send_events=False``): three event messages per task, two tasks a
+# query, were a third of the CPU its encode and search steps spent outside the model and the store (measured
+# with py-spy), on the path a shopper waits on. Queries are watched through the API's own
+# ``lookalike_api_request_seconds`` histogram instead; Flower still sees every catalogue stage.
+QUERY_TASK_OPTIONS: dict[str, Any] = {"acks_late": False, "send_events": False}
+
+
+@app.task(name=ENCODE_TASK, **QUERY_TASK_OPTIONS)
 def encode(request: dict[str, Any]) -> dict[str, Any]:
     """A query's embedding, on the shoppers' encode processes: ``{"vector": base64 or None}``, or a refusal as
     data (``{"error": reason, "detail": ...}``); words whose text model cannot load come back as
@@ -516,7 +523,7 @@ def encode(request: dict[str, Any]) -> dict[str, Any]:
     return {"vector": None if vector is None else encode_vector(vector), "model": model}
 
 
-@app.task(name=SEARCH_TASK, ignore_result=False, acks_late=False)
+@app.task(name=SEARCH_TASK, ignore_result=False, **QUERY_TASK_OPTIONS)
 def search(request: dict[str, Any], vector: str | None = None, model: str | None = None) -> dict[str, Any]:
     """A search request (and its vector and model fingerprint from ``encode``) in, a response out, on the store
     owner: it never downloads and never runs the model. A refusal comes back as data (``{"error": reason,
@@ -532,7 +539,7 @@ def search(request: dict[str, Any], vector: str | None = None, model: str | None
         return {"error": "store_error", "detail": str(exc)}
 
 
-@app.task(name=SEARCH_ENCODED_TASK, ignore_result=False, acks_late=False)
+@app.task(name=SEARCH_ENCODED_TASK, ignore_result=False, **QUERY_TASK_OPTIONS)
 def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """The second link of a query's chain (``encode | search_encoded``): the encode step's result in, the
     search's answer out, so the sender waits on one result. A refusal from the encode step passes through."""
@@ -559,14 +566,24 @@ def _remember_queues(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     configure_logging(get_settings().log_level)
 
 
-@signals.worker_process_init.connect
-def _load_model_after_fork(**_: Any) -> None:
-    # Prefork children: load the model here, after the fork, never in the parent.
+def _load_model() -> None:
     if EMBED_QUEUE in _consumes or ENCODE_QUEUE in _consumes:
         ctx = pipeline.current_context()
         if EMBED_QUEUE not in _consumes:
             ctx.serve_queries()  # the shoppers' own processes: every usable CPU for one query
         ctx.embedder  # noqa: B018
+
+
+@signals.worker_process_init.connect
+def _load_model_after_fork(**_: Any) -> None:
+    # Prefork children: load the model here, after the fork, never in the parent.
+    _load_model()
+
+
+def _runs_tasks_itself(consumer: Any) -> bool:
+    """The worker runs its tasks in its own process (the solo pool: the store owner, the shoppers' encode
+    processes), not in prefork children."""
+    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.solo"
 
 
 @signals.worker_ready.connect
@@ -577,6 +594,8 @@ def _open_store(sender: Any = None, **_: Any) -> None:
         ctx = pipeline.current_context()
         ctx.ready_store(model_dimension(ctx.settings.model))
         ctx.owning_model()  # a collection without a model record adopts the configured models now, and says so
+    if _runs_tasks_itself(sender):
+        _load_model()  # a solo encode process: its model is loaded before it says it is alive
     # Only now, ready to consume, does the worker say it is alive (see lookalike.state.presence).
     ctx = pipeline.current_context()
     beating = Presence(ctx.redis, ctx.settings.key_prefix).keep_beating(
