@@ -742,6 +742,20 @@ def test_recommend_from_a_products_own_vectors_leaves_it_out(store: VectorStore)
     assert store.product_vectors("no-such-product") == []
 
 
+def test_the_vectors_of_several_products_in_one_read_are_each_products_own(store: VectorStore) -> None:
+
+    shop(store)
+    together = store.products_vectors(["kettle", "no-such-product", "kettle"])
+    assert set(together) == {"kettle"}
+    assert sorted(map(tuple, together["kettle"])) == sorted(map(tuple, store.product_vectors("kettle")))
+    ids = sorted({str(payload["product_id"]) for _id, payload, _v in store.scroll()})
+    together = store.products_vectors(ids)
+    assert set(together) == set(ids)
+    for product_id in ids:
+        assert sorted(map(tuple, together[product_id])) == sorted(map(tuple, store.product_vectors(product_id)))
+    assert store.products_vectors([]) == {}
+
+
 def test_mmr_diversity_returns_the_same_set_size(store: VectorStore) -> None:
 
     shop(store)

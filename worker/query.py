@@ -157,8 +157,13 @@ def _searcher(
     return lambda limit: store.query_dense(vector, limit, narrowing, score_threshold=threshold, diversity=diversity)
 
 
-def _rated(request: SearchRequest, vector: np.ndarray | None, store: VectorStore, hit: Hit) -> SearchHit:
-    """The hit as a result: which signals found it, and its match value (``worker/relevance.py``)."""
+def _product(hit: Hit) -> str:
+    return str(hit.payload.get("product_id"))
+
+
+def _rated(request: SearchRequest, vector: np.ndarray | None, vectors: list[list[float]], hit: Hit) -> SearchHit:
+    """The hit as a result: which signals found it, and its match value (``worker/relevance.py``); ``vectors``
+    are its product's (hybrid words only)."""
     if request.kind != "text":
         return to_result(hit, (IMAGE,), relevance.image_match(hit.score))
     if request.mode == "semantic":
@@ -169,7 +174,6 @@ def _rated(request: SearchRequest, vector: np.ndarray | None, store: VectorStore
     if request.mode == "keyword":
         return to_result(hit, (KEYWORD,), keyword)
     assert vector is not None
-    vectors = store.product_vectors(str(hit.payload.get("product_id")))
     text = relevance.text_match(relevance.best_cosine(vector, vectors))
     return to_result(hit, (TEXT, KEYWORD) if keyword > 0 else (TEXT,), max(text, keyword))
 
@@ -198,7 +202,10 @@ def search_request(request: SearchRequest, vector: np.ndarray | None, *, store: 
     try:
         search = _searcher(request, vector, store, narrowing, diverse=request.diverse)
         products = paged_products(search, k=request.k, offset=request.offset)
-        results = tuple(_rated(request, vector, store, hit) for hit in products)
+        # Hybrid words rate each product by its best image against the words: its vectors, all read at once.
+        rating_hybrid = request.kind == "text" and request.mode == "hybrid"
+        vectors = store.products_vectors([_product(hit) for hit in products]) if rating_hybrid else {}
+        results = tuple(_rated(request, vector, vectors.get(_product(hit), []), hit) for hit in products)
         facets = None
         if request.facets:
             matches = _matches(request, vector, store, replace(narrowing, category=None))

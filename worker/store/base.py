@@ -75,13 +75,21 @@ class Match:
 
 
 @dataclass(frozen=True)
+class MatchAny:
+    """``key`` equals one of ``values``."""
+
+    key: str
+    values: tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
 class Range:
     key: str
     gte: float | None = None
     lte: float | None = None
 
 
-Condition = Match | Range
+Condition = Match | MatchAny | Range
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,11 @@ class Where:
 def of_product(product_id: str) -> Where:
     """The points of one product."""
     return Where(must=(Match("product_id", product_id),))
+
+
+def of_products(product_ids: Sequence[str]) -> Where:
+    """The points of any of these products."""
+    return Where(must=(MatchAny("product_id", tuple(product_ids)),))
 
 
 @dataclass(frozen=True)
@@ -325,9 +338,13 @@ class VectorStore(ABC):
         self, product_id: str | None = None, with_vectors: bool = False
     ) -> Iterator[tuple[str, dict[str, Any], list[float] | None]]:
         """Every point (of one product), as (id, payload, dense vector or None), a page at a time."""
+        yield from self._scroll(of_product(product_id) if product_id else None, with_vectors)
+
+    def _scroll(
+        self, where: Where | None, with_vectors: bool
+    ) -> Iterator[tuple[str, dict[str, Any], list[float] | None]]:
         if not self._exists():
             return
-        where = of_product(product_id) if product_id else None
         offset = None
         while True:
             rows, offset = self._scroll_page(where, offset, with_vectors)
@@ -360,6 +377,17 @@ class VectorStore(ABC):
     def product_vectors(self, product_id: str) -> list[list[float]]:
         """The dense vectors of the product's points (empty when it has none)."""
         return [vector for _id, _payload, vector in self.scroll(product_id=product_id, with_vectors=True) if vector]
+
+    def products_vectors(self, product_ids: Sequence[str]) -> dict[str, list[list[float]]]:
+        """The dense vectors of each product's points, read in one filtered pass instead of one per product (a
+        page of word results rates each product by its best image); a product with none is absent."""
+        found: dict[str, list[list[float]]] = {}
+        if not product_ids:
+            return found
+        for _id, payload, vector in self._scroll(of_products(sorted(set(product_ids))), True):
+            if vector:
+                found.setdefault(str(payload.get("product_id")), []).append(vector)
+        return found
 
     # -- queries --------------------------------------------------------------------------------------
     def query_dense(

@@ -149,6 +149,8 @@ class ClientStore(VectorStore):
 
         if isinstance(condition, base.Match):
             return models.FieldCondition(key=condition.key, match=models.MatchValue(value=condition.value))
+        if isinstance(condition, base.MatchAny):
+            return models.FieldCondition(key=condition.key, match=models.MatchAny(any=list(condition.values)))
         return models.FieldCondition(key=condition.key, range=models.Range(gte=condition.gte, lte=condition.lte))
 
     def _filter(self, where: base.Where | None) -> Any:

@@ -122,10 +122,12 @@ class EdgeStore(VectorStore):
     # -- translation ---------------------------------------------------------------------------------
     @staticmethod
     def _condition(condition: base.Condition) -> Any:
-        from qdrant_edge import FieldCondition, MatchValue, RangeFloat
+        from qdrant_edge import FieldCondition, MatchAny, MatchValue, RangeFloat
 
         if isinstance(condition, base.Match):
             return FieldCondition(condition.key, match=MatchValue(condition.value))
+        if isinstance(condition, base.MatchAny):
+            return FieldCondition(condition.key, match=MatchAny(list(condition.values)))
         return FieldCondition(condition.key, range=RangeFloat(gte=condition.gte, lte=condition.lte))
 
     def _filter(self, where: base.Where | None) -> Any:
