@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from lookalike.app.admission import Admission
+    from lookalike.state.replies import Replies
     from lookalike.worker.pipeline import WorkerContext
     from lookalike.worker.prepare import QueryPreparer
 
@@ -115,6 +116,14 @@ class Gateway:
     def reduce_upload(self, file: BinaryIO) -> bytes:
         """An uploaded photo, read from its spool file once a decode slot is free, as the transport JPEG."""
         return self.preparer.reduce_upload(file)
+
+    @cached_property
+    def replies(self) -> Replies:
+        """Where the store owner hands this process its queries' answers (one client, shared by its threads)."""
+        from lookalike.state.connection import redis_client
+        from lookalike.state.replies import Replies
+
+        return Replies(redis_client(self.settings), self.settings.key_prefix)
 
     @cached_property
     def celery(self) -> Celery:
@@ -212,7 +221,10 @@ class Gateway:
 
             return self.in_process(lambda ctx: answer_query(ctx, request).to_data())
         answer = self._wait(
-            "the query", QUERY_QUEUE, lambda: ask_workers(self.celery, request, timeout=timeout), timeout
+            "the query",
+            QUERY_QUEUE,
+            lambda: ask_workers(self.celery, request, timeout=timeout, replies=self.replies),
+            timeout,
         )
         if answer.get("error") == "store_error":
             raise BackendUnavailable(str(answer.get("detail") or "the store failed"))
@@ -401,32 +413,41 @@ def live_workers(app: Celery, timeout: float = 1.0, *, prefix: str | None = None
         client.close()
 
 
-def ask_workers(app: Celery, request: SearchRequest, *, timeout: float) -> dict[str, Any]:
+def ask_workers(app: Celery, request: SearchRequest, *, timeout: float, replies: Replies) -> dict[str, Any]:
     """A search through the workers, as data (``SearchResponse.to_data()`` or ``{"error", "detail"}``).
 
     A query that needs a vector is sent as one chain, ``lookalike.encode | lookalike.search_encoded``: the
     shoppers' encode processes embed it and hand the vector to the store owner's search themselves, so this
-    process sends one message and waits on one result. The store owner never downloads and never runs the
-    model. An image must be prepared already (the transport JPEG, :meth:`QueryPreparer.prepare
+    process sends one message and waits on one answer, which the store owner pushes to a list of this query's
+    own (``replies``, :mod:`lookalike.state.replies`; Celery stores no result). The store owner never downloads
+    and never runs the model. An image must be prepared already (the transport JPEG, :meth:`QueryPreparer.prepare
     <lookalike.worker.prepare.QueryPreparer.prepare>`): the encode processes never download nor take a
     full-size photo. Every task carries ``expires`` at this process's deadline: a worker that reaches it later
     drops it instead of working for nobody. Raises Celery's TimeoutError when no answer comes within ``timeout``
     seconds in all.
     """
     from celery import chain
+    from celery.exceptions import TimeoutError as CeleryTimeout
 
     deadline = time.monotonic() + timeout
     expires = (datetime.now(UTC) + timedelta(seconds=timeout)).isoformat()
+    options = {"expires": expires, "ignore_result": True}
+    reply = replies.new_key()
     if request.needs_vector:
-        flow = chain(
-            app.signature(ENCODE_TASK, args=[request.to_message()], options={"expires": expires}),
+        chain(
+            app.signature(ENCODE_TASK, args=[request.to_message()], options=options),
             app.signature(
-                SEARCH_ENCODED_TASK, args=[request.encoded_form().to_message()], options={"expires": expires}
+                SEARCH_ENCODED_TASK,
+                args=[request.encoded_form().to_message()],
+                kwargs={"reply": reply},
+                options=options,
             ),
-        )
-        answer = flow.apply_async(argsrepr=request.describe())
+        ).apply_async(argsrepr=request.describe())
     else:
-        answer = app.send_task(SEARCH_TASK, args=[request.to_message()], argsrepr=request.describe(), expires=expires)
-    # Only the last link stores a result: the encode step's state is never written (it stores none, not even a
-    # failure), so asking for it on every wake-up, as Celery does by default, cost a Redis round trip each time.
-    return dict(answer.get(timeout=max(0.1, deadline - time.monotonic()), follow_parents=False))
+        app.send_task(
+            SEARCH_TASK, args=[request.to_message()], kwargs={"reply": reply}, argsrepr=request.describe(), **options
+        )
+    answer = replies.wait(reply, max(0.1, deadline - time.monotonic()))
+    if answer is None:
+        raise CeleryTimeout(f"no answer within {timeout:g}s")
+    return answer

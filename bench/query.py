@@ -158,12 +158,13 @@ def bench_broker(env: dict[str, str], source: SearchRequest, queries: int) -> di
         from lookalike.app.gateway import Gateway
         from lookalike.config.settings import get_settings
 
-        source = Gateway(get_settings()).preparer.prepare(source)  # as the gateway sends it: the transport JPEG
-        ask_workers(app, source, timeout=60)  # warm
+        gateway = Gateway(get_settings())
+        source = gateway.preparer.prepare(source)  # as the gateway sends it: the transport JPEG
+        ask_workers(app, source, timeout=60, replies=gateway.replies)  # warm
         samples = []
         for _ in range(queries):
             started = time.perf_counter()
-            ask_workers(app, source, timeout=30)
+            ask_workers(app, source, timeout=30, replies=gateway.replies)
             samples.append(time.perf_counter() - started)
         return percentiles(samples)
     finally:

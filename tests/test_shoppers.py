@@ -105,6 +105,10 @@ def _result_keys(client: redis.Redis) -> int:
     return sum(1 for _ in client.scan_iter("celery-task-meta-*"))
 
 
+def _reply_lists(client: redis.Redis) -> int:
+    return sum(1 for _ in client.scan_iter("*:reply:*"))
+
+
 def test_a_photo_query_is_one_message_and_one_result_for_its_sender(
     cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any, redis_client: Any
 ) -> None:
@@ -118,8 +122,9 @@ def test_a_photo_query_is_one_message_and_one_result_for_its_sender(
     before = _result_keys(redis_client)
     answer = gateway.search(SearchRequest(image=photo, k=3), timeout=20)
     assert answer["results"][0]["product_id"] == "k1"
-    # The encode step handed its vector to the search itself: only the search's answer was stored.
-    assert _result_keys(redis_client) == before + 1
+    # The encode step handed its vector to the search itself, and the search its answer to the sender's own
+    # reply list, which the sender took: no Celery result stored, nothing left behind.
+    assert _result_keys(redis_client) == before and _reply_lists(redis_client) == 0
 
 
 def _commands_during(url: str, db: int, action: Any) -> list[list[str]]:
@@ -171,7 +176,8 @@ def test_a_shoppers_query_leaves_no_unacknowledged_record_and_sends_no_task_even
     verbs = [words[0].upper() for words in commands]
     # The query crossed the broker: sent to the encode processes, handed on to the store owner, answered.
     pushed = sorted(words[1] for words in commands if words[0].upper() == "LPUSH")
-    assert pushed == ["lookalike.encode", "lookalike.query"] and "SETEX" in verbs, verbs
+    assert pushed == ["lookalike.encode", "lookalike.query"] and "RPUSH" in verbs and "BLPOP" in verbs, verbs
+    assert "SETEX" not in verbs and "SUBSCRIBE" not in verbs, verbs  # the answer went to its reply list
     # ... but neither step was recorded as unacknowledged (nor removed from that record), and no task event
     # went out (worker heartbeats may): its tasks are acknowledged on arrival and expire with the sender's patience.
     recorded = [
@@ -199,8 +205,9 @@ def test_a_query_the_sender_gave_up_on_expires_unrun_and_its_photo_crossed_redis
     assert len(photo) > 5_000_000
     with pytest.raises(CeleryTimeout):
         # What the gateway sends once its routing found the workers: the photo prepared here, then the chain.
-        prepared = Gateway(get_settings()).preparer.prepare(SearchRequest(image=photo, k=3))
-        ask_workers(app, prepared, timeout=1.0)
+        gateway = Gateway(get_settings())
+        prepared = gateway.preparer.prepare(SearchRequest(image=photo, k=3))
+        ask_workers(app, prepared, timeout=1.0, replies=gateway.replies)
     waiting = redis_client.lrange("lookalike.encode", 0, -1)
     assert len(waiting) == 1
     envelope = json.loads(waiting[0])
@@ -217,7 +224,7 @@ def test_a_query_the_sender_gave_up_on_expires_unrun_and_its_photo_crossed_redis
     time.sleep(1.0)
     # Expired: not encoded, so no search was ever sent to the store owner and nothing answered.
     assert redis_client.llen("lookalike.query") == 0
-    assert _result_keys(redis_client) == 0
+    assert _result_keys(redis_client) == 0 and _reply_lists(redis_client) == 0
 
 
 def test_a_query_timeout_not_longer_than_the_shoppers_download_deadline_is_one_line_and_exit_2(cli: Any) -> None:

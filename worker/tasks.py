@@ -60,6 +60,7 @@ from lookalike.state.messages import (
 from lookalike.state.presence import Presence
 from lookalike.state.process import process_cache
 from lookalike.state.queues import EMBED_QUEUE, ENCODE_QUEUE, INDEX_QUEUE, QUERY_QUEUE, queue_depth, wait_below
+from lookalike.state.replies import send_reply
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.state.tasks import (
     AUDIT_TASK,
@@ -524,10 +525,31 @@ def encode(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.task(name=SEARCH_TASK, ignore_result=False, **QUERY_TASK_OPTIONS)
-def search(request: dict[str, Any], vector: str | None = None, model: str | None = None) -> dict[str, Any]:
+def search(
+    request: dict[str, Any], vector: str | None = None, model: str | None = None, reply: str | None = None
+) -> dict[str, Any]:
     """A search request (and its vector and model fingerprint from ``encode``) in, a response out, on the store
     owner: it never downloads and never runs the model. A refusal comes back as data (``{"error": reason,
-    "detail": ...}``)."""
+    "detail": ...}``). With ``reply``, the answer is also pushed to that list, where its sender waits
+    (:mod:`lookalike.state.replies`; it then sends the task with ``ignore_result``)."""
+    return _replied(reply, _search(request, vector, model))
+
+
+@app.task(name=SEARCH_ENCODED_TASK, ignore_result=False, **QUERY_TASK_OPTIONS)
+def search_encoded(encoded: dict[str, Any], request: dict[str, Any], reply: str | None = None) -> dict[str, Any]:
+    """The second link of a query's chain (``encode | search_encoded``): the encode step's result in, the
+    search's answer out (and to ``reply``, as for ``search``), so the sender waits on one answer. A refusal
+    from the encode step passes through."""
+    if "error" in encoded:
+        return _replied(reply, encoded)
+    if encoded.get("fallback") == "keyword":  # no text model: keywords only, and the answer says so
+        answer = _search({**request, "mode": "keyword"}, None, None)
+        answer = answer if "error" in answer else {**answer, "mode": "keyword", "note": encoded.get("note")}
+        return _replied(reply, answer)
+    return _replied(reply, _search(request, encoded.get("vector"), encoded.get("model")))
+
+
+def _search(request: dict[str, Any], vector: str | None, model: str | None) -> dict[str, Any]:
     ctx = pipeline.current_context()
     try:
         parsed = SearchRequest.from_message(request, max_image_bytes=ctx.settings.query_max_bytes)
@@ -539,16 +561,11 @@ def search(request: dict[str, Any], vector: str | None = None, model: str | None
         return {"error": "store_error", "detail": str(exc)}
 
 
-@app.task(name=SEARCH_ENCODED_TASK, ignore_result=False, **QUERY_TASK_OPTIONS)
-def search_encoded(encoded: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
-    """The second link of a query's chain (``encode | search_encoded``): the encode step's result in, the
-    search's answer out, so the sender waits on one result. A refusal from the encode step passes through."""
-    if "error" in encoded:
-        return encoded
-    if encoded.get("fallback") == "keyword":  # no text model: keywords only, and the answer says so
-        answer = search({**request, "mode": "keyword"}, None)
-        return answer if "error" in answer else {**answer, "mode": "keyword", "note": encoded.get("note")}
-    return search(request, encoded.get("vector"), encoded.get("model"))
+def _replied(reply: str | None, answer: dict[str, Any]) -> dict[str, Any]:
+    if reply:
+        ctx = pipeline.current_context()
+        send_reply(ctx.redis, reply, answer, ctx.settings.query_result_ttl)
+    return answer
 
 
 # ----------------------------------------------------------------------------------------- process setup
