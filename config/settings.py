@@ -303,7 +303,9 @@ class Settings(BaseSettings):
         description="Seconds without a shopper's query before the embedded store's store owner builds its search "
         "index (an optimize holds it for minutes at 100,000 points; until then new points are searched unindexed).",
     )
-    query_result_ttl: int = Field(300, ge=10, description="Seconds a query result is kept in Redis.")
+    query_result_ttl: int = Field(
+        300, ge=10, description="Seconds a query's answer is kept in Redis when nobody took it (its sender gave up)."
+    )
 
     # --- HTTP API and page -----------------------------------------------------------------------------
     api_address: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
