@@ -247,7 +247,8 @@ def _send_embed_batch(items: list[PreparedImage]) -> None:
 def _fetch_batcher() -> Batcher:
     settings = pipeline.current_context().settings
     return process_cache.get(
-        "fetch-batcher", lambda: Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger)
+        "fetch-batcher",
+        lambda: Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger, settings.batch_max_linger),
     )
 
 
