@@ -168,7 +168,16 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(32, ge=1, le=256, description="Images per embedding call.")
     batch_linger: float = Field(
-        0.1, ge=0, description="Seconds a fetch process waits to fill a batch before sending a partial one."
+        0.1,
+        ge=0,
+        description="Seconds a fetch process waits for another image before sending a partial batch (a batch that "
+        "keeps receiving images keeps filling, up to BATCH_MAX_LINGER).",
+    )
+    batch_max_linger: float = Field(
+        0.5,
+        ge=0,
+        description="Longest a partial batch waits from its first image, however steadily images keep coming "
+        "(never shorter than BATCH_LINGER; equal to it, a batch leaves BATCH_LINGER after its first image).",
     )
     embed_cache_ttl: int = Field(
         7 * 24 * 3600,

@@ -340,3 +340,21 @@ def test_broker_connections_retry_through_an_outage_but_not_a_refusal() -> None:
     except redis.exceptions.ConnectionError as wrapped:
         wrapped.__context__ = ssl.SSLCertVerificationError("certificate verify failed")
         assert not _is_outage(wrapped)
+
+
+def test_a_broker_channel_reuses_one_client_over_its_pool_and_a_new_pool_gets_a_new_one() -> None:
+    """kombu built a Redis client for every acknowledgement, delivery record and publish (~0.1 ms of CPU each);
+    the channel keeps one over its connection pool, with the outage retry still in place."""
+    from lookalike.worker.app import BROKER_COMMAND_RETRY, create_app
+
+    with create_app(get_settings()).connection_for_write() as connection:
+        channel = connection.default_channel
+        first = channel._create_client()
+        with channel.conn_or_acquire() as second:
+            assert second is first
+        assert first.ping()
+        assert first.connection_pool.connection_kwargs["retry"] is BROKER_COMMAND_RETRY
+        assert channel._create_client(asynchronous=True) is not first  # the BRPOP side is kombu's own, as before
+        channel._pool = None  # a reconnect's new pool
+        renewed = channel._create_client()
+        assert renewed is not first and renewed.connection_pool is channel.pool and renewed.ping()

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from email.utils import formatdate
 
 import pytest
-import requests
 
 from lookalike.testing import images
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker.fetch import (
     AddressPolicy,
+    DownloadClient,
     DownloadTooLarge,
     FetchLimits,
     ForbiddenAddress,
@@ -35,13 +35,13 @@ LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_by
 
 
 @pytest.fixture
-def session() -> Iterator[requests.Session]:
+def session() -> Iterator[DownloadClient]:
     with make_session(LOOPBACK, user_agent="t", max_redirects=3) as s:
         yield s
 
 
 # ------------------------------------------------------------------------------------------ status codes
-def test_ok_returns_exact_bytes(server: ImageServer, session: requests.Session) -> None:
+def test_ok_returns_exact_bytes(server: ImageServer, session: DownloadClient) -> None:
     body = images.product_bytes(1, "PNG")
     url = server.add("/images/I/a.png", Route(body=body, content_type="image/png"))
     fetched = fetch_image(url, session, LIMITS)
@@ -52,12 +52,12 @@ def test_ok_returns_exact_bytes(server: ImageServer, session: requests.Session) 
     assert server.hits("/images/I/a.png") == 1
 
 
-def test_empty_body_is_returned_as_is(server: ImageServer, session: requests.Session) -> None:
+def test_empty_body_is_returned_as_is(server: ImageServer, session: DownloadClient) -> None:
     url = server.add("/empty.jpg", Route(body=b""))
     assert fetch_image(url, session, LIMITS).data == b""
 
 
-def test_404_is_permanent(server: ImageServer, session: requests.Session) -> None:
+def test_404_is_permanent(server: ImageServer, session: DownloadClient) -> None:
     with pytest.raises(PermanentFetchError) as excinfo:
         fetch_image(server.url("/images/I/missing.jpg"), session, LIMITS)
     assert excinfo.value.reason == "http_404"
@@ -66,7 +66,7 @@ def test_404_is_permanent(server: ImageServer, session: requests.Session) -> Non
 
 
 @pytest.mark.parametrize("status", [403, 410])
-def test_other_4xx_are_permanent(server: ImageServer, session: requests.Session, status: int) -> None:
+def test_other_4xx_are_permanent(server: ImageServer, session: DownloadClient, status: int) -> None:
     url = server.add(f"/s{status}.jpg", Route(status=status))
     with pytest.raises(PermanentFetchError) as excinfo:
         fetch_image(url, session, LIMITS)
@@ -74,7 +74,7 @@ def test_other_4xx_are_permanent(server: ImageServer, session: requests.Session,
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
-def test_5xx_and_429_are_transient(server: ImageServer, session: requests.Session, status: int) -> None:
+def test_5xx_and_429_are_transient(server: ImageServer, session: DownloadClient, status: int) -> None:
     url = server.add(f"/s{status}.jpg", Route(status=status))
     with pytest.raises(TransientFetchError) as excinfo:
         fetch_image(url, session, LIMITS)
@@ -83,7 +83,7 @@ def test_5xx_and_429_are_transient(server: ImageServer, session: requests.Sessio
     assert excinfo.value.retry_after is None
 
 
-def test_429_retry_after_seconds(server: ImageServer, session: requests.Session) -> None:
+def test_429_retry_after_seconds(server: ImageServer, session: DownloadClient) -> None:
     url = server.add("/throttled.jpg", Route(status=429, headers={"Retry-After": "7"}))
     with pytest.raises(TransientFetchError) as excinfo:
         fetch_image(url, session, LIMITS)
@@ -91,7 +91,7 @@ def test_429_retry_after_seconds(server: ImageServer, session: requests.Session)
     assert excinfo.value.retry_after == 7
 
 
-def test_429_retry_after_http_date_and_cap(server: ImageServer, session: requests.Session) -> None:
+def test_429_retry_after_http_date_and_cap(server: ImageServer, session: DownloadClient) -> None:
     url = server.add("/date.jpg", Route(status=429, headers={"Retry-After": formatdate(time.time() + 60, usegmt=True)}))
     with pytest.raises(TransientFetchError) as excinfo:
         fetch_image(url, session, LIMITS)
@@ -103,7 +103,7 @@ def test_429_retry_after_http_date_and_cap(server: ImageServer, session: request
     assert excinfo.value.retry_after == LIMITS.retry_after_cap
 
 
-def test_fail_then_succeed(server: ImageServer, session: requests.Session) -> None:
+def test_fail_then_succeed(server: ImageServer, session: DownloadClient) -> None:
     body = images.product_bytes(2)
     url = server.add("/flaky.jpg", Route(body=body, fail_first=1))
     with pytest.raises(TransientFetchError):
@@ -113,7 +113,7 @@ def test_fail_then_succeed(server: ImageServer, session: requests.Session) -> No
 
 
 # ------------------------------------------------------------------------------------------ size cap
-def test_declared_content_length_over_cap_reads_only_headers(server: ImageServer, session: requests.Session) -> None:
+def test_declared_content_length_over_cap_reads_only_headers(server: ImageServer, session: DownloadClient) -> None:
     # Reading the body would take 5 s (it trickles): refusing within 1 s proves only the headers were read.
     url = server.add("/huge.jpg", Route(body=b"\xff" * (MAX_BYTES * 3), trickle_seconds=5))
     started = time.monotonic()
@@ -125,14 +125,14 @@ def test_declared_content_length_over_cap_reads_only_headers(server: ImageServer
     assert not excinfo.value.retryable
 
 
-def test_body_exactly_at_cap_is_accepted(server: ImageServer, session: requests.Session) -> None:
+def test_body_exactly_at_cap_is_accepted(server: ImageServer, session: DownloadClient) -> None:
     body = bytes(range(256)) * (MAX_BYTES // 256) + b"x" * (MAX_BYTES % 256)
     assert len(body) == MAX_BYTES
     url = server.add("/exact.bin", Route(body=body))
     assert fetch_image(url, session, LIMITS).data == body
 
 
-def test_chunked_over_cap_is_refused_while_streaming(server: ImageServer, session: requests.Session) -> None:
+def test_chunked_over_cap_is_refused_while_streaming(server: ImageServer, session: DownloadClient) -> None:
     url = server.add("/chunked-huge.jpg", Route(body=b"\x00" * (MAX_BYTES * 4), chunked=True))
     started = time.monotonic()
     with pytest.raises(DownloadTooLarge) as excinfo:
@@ -142,7 +142,7 @@ def test_chunked_over_cap_is_refused_while_streaming(server: ImageServer, sessio
     assert "Content-Length" not in str(excinfo.value)  # no header to go by: the stream was counted
 
 
-def test_chunked_under_cap_is_read(server: ImageServer, session: requests.Session) -> None:
+def test_chunked_under_cap_is_read(server: ImageServer, session: DownloadClient) -> None:
     body = images.product_bytes(3, size=(1200, 900))
     url = server.add("/chunked.jpg", Route(body=body, chunked=True))
     assert fetch_image(url, session, LIMITS).data == body
@@ -152,7 +152,7 @@ def test_chunked_under_cap_is_read(server: ImageServer, session: requests.Sessio
 SLOW_LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=0.5, deadline=1.0, max_bytes=MAX_BYTES)
 
 
-def _assert_deadline(server: ImageServer, session: requests.Session, path: str, size: int) -> None:
+def _assert_deadline(server: ImageServer, session: DownloadClient, path: str, size: int) -> None:
     # 20 pieces over 3 s: a piece every 0.15 s, so the read timeout (0.5 s) never fires; only the deadline can.
     url = server.add(path, Route(body=b"\x01" * size, trickle_seconds=3.0))
     started = time.monotonic()
@@ -163,15 +163,15 @@ def _assert_deadline(server: ImageServer, session: requests.Session, path: str, 
     assert elapsed <= SLOW_LIMITS.deadline + SLOW_LIMITS.read_timeout + 1.0, f"returned after {elapsed:.2f}s"
 
 
-def test_slow_large_body_hits_the_deadline(server: ImageServer, session: requests.Session) -> None:
+def test_slow_large_body_hits_the_deadline(server: ImageServer, session: DownloadClient) -> None:
     _assert_deadline(server, session, "/slow-large.jpg", 600_000)  # 30 kB pieces: 64 kB reads end often
 
 
-def test_slow_small_body_hits_the_deadline(server: ImageServer, session: requests.Session) -> None:
+def test_slow_small_body_hits_the_deadline(server: ImageServer, session: DownloadClient) -> None:
     _assert_deadline(server, session, "/slow-small.jpg", 30_000)  # under one 64 kB read
 
 
-def test_fast_body_within_the_deadline(server: ImageServer, session: requests.Session) -> None:
+def test_fast_body_within_the_deadline(server: ImageServer, session: DownloadClient) -> None:
     body = images.product_bytes(4)
     url = server.add("/slowish.jpg", Route(body=body, trickle_seconds=0.3))
     assert fetch_image(url, session, SLOW_LIMITS).data == body
@@ -186,7 +186,7 @@ def _chain(server: ImageServer, name: str, hops: int, body: bytes) -> str:
     return target
 
 
-def test_redirects_within_the_limit(server: ImageServer, session: requests.Session) -> None:
+def test_redirects_within_the_limit(server: ImageServer, session: DownloadClient) -> None:
     body = images.product_bytes(5)
     start = _chain(server, "ok", 3, body)
     fetched = fetch_image(start, session, LIMITS)
@@ -195,14 +195,14 @@ def test_redirects_within_the_limit(server: ImageServer, session: requests.Sessi
     assert fetched.final_url == server.url("/ok/final.jpg")
 
 
-def test_relative_redirect(server: ImageServer, session: requests.Session) -> None:
+def test_relative_redirect(server: ImageServer, session: DownloadClient) -> None:
     body = images.product_bytes(6)
     server.add("/rel/final.jpg", Route(body=body))
     url = server.add("/rel/start", Route(redirect_to="/rel/final.jpg"))
     assert fetch_image(url, session, LIMITS).data == body
 
 
-def test_too_many_redirects(server: ImageServer, session: requests.Session) -> None:
+def test_too_many_redirects(server: ImageServer, session: DownloadClient) -> None:
     start = _chain(server, "long", 4, b"never")
     with pytest.raises(PermanentFetchError) as excinfo:
         fetch_image(start, session, LIMITS)
@@ -210,7 +210,7 @@ def test_too_many_redirects(server: ImageServer, session: requests.Session) -> N
     assert server.hits("/long/final.jpg") == 0
 
 
-def test_redirect_loop(server: ImageServer, session: requests.Session) -> None:
+def test_redirect_loop(server: ImageServer, session: DownloadClient) -> None:
     server.add("/loop/a", Route(redirect_to=server.url("/loop/b")))
     url = server.add("/loop/b", Route(redirect_to=server.url("/loop/a")))
     with pytest.raises(PermanentFetchError) as excinfo:
@@ -218,7 +218,7 @@ def test_redirect_loop(server: ImageServer, session: requests.Session) -> None:
     assert excinfo.value.reason == "too_many_redirects"
 
 
-def test_redirect_to_file_scheme(server: ImageServer, session: requests.Session) -> None:
+def test_redirect_to_file_scheme(server: ImageServer, session: DownloadClient) -> None:
     url = server.add("/to-file", Route(redirect_to="file:///etc/passwd"))
     with pytest.raises(PermanentFetchError) as excinfo:
         fetch_image(url, session, LIMITS)
@@ -237,7 +237,7 @@ def test_redirect_to_file_scheme(server: ImageServer, session: requests.Session)
     ],
 )
 def test_bad_scheme_before_any_request(
-    server: ImageServer, session: requests.Session, monkeypatch: pytest.MonkeyPatch, template: str
+    server: ImageServer, session: DownloadClient, monkeypatch: pytest.MonkeyPatch, template: str
 ) -> None:
     server.add("/a.jpg", Route(body=b"x"))
     connects: list[object] = []
@@ -255,7 +255,7 @@ def test_bad_scheme_before_any_request(
     assert connects == []
 
 
-def test_connection_refused_is_transient(session: requests.Session) -> None:
+def test_connection_refused_is_transient(session: DownloadClient) -> None:
     # A socket bound but not listening: the port is ours, and connecting to it is refused at once.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
         held.bind(("127.0.0.1", 0))
@@ -281,7 +281,7 @@ def test_loopback_refused_without_an_allowed_network(server: ImageServer) -> Non
 
 # ------------------------------------------------------------------------------------------ pooling
 def test_session_reuses_connections(
-    server: ImageServer, session: requests.Session, monkeypatch: pytest.MonkeyPatch
+    server: ImageServer, session: DownloadClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     body = images.product_bytes(7)
     paths = [server.add(f"/pool/{i}.jpg", Route(body=body)) for i in range(4)]
@@ -377,7 +377,7 @@ TRICKLE_LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0
 
 
 def test_headers_trickled_a_byte_at_a_time_stop_at_the_deadline(
-    raw_server: Callable[[list[bytes], float], RawServer], session: requests.Session
+    raw_server: Callable[[list[bytes], float], RawServer], session: DownloadClient
 ) -> None:
     # A byte every 0.25 s never lets the read timeout (1 s) fire, and the headers never end: only the deadline
     # can stop it, and it must, although no body byte has arrived yet.
@@ -392,7 +392,7 @@ def test_headers_trickled_a_byte_at_a_time_stop_at_the_deadline(
 
 
 def test_a_body_trickled_without_a_length_stops_at_the_deadline_not_at_a_short_image(
-    raw_server: Callable[[list[bytes], float], RawServer], session: requests.Session
+    raw_server: Callable[[list[bytes], float], RawServer], session: DownloadClient
 ) -> None:
     # No Content-Length and no chunking: the body ends when the connection closes. Cutting the connection at
     # the deadline must not pass for the end of the image.
@@ -407,7 +407,7 @@ def test_a_body_trickled_without_a_length_stops_at_the_deadline_not_at_a_short_i
 
 
 def test_a_connection_left_in_the_pool_is_not_cut_by_an_earlier_download_deadline(
-    server: ImageServer, session: requests.Session
+    server: ImageServer, session: DownloadClient
 ) -> None:
     # The deadline of a finished download must not fire later on its pooled connection, now someone else's.
     body = images.product_bytes(8)
@@ -420,7 +420,7 @@ def test_a_connection_left_in_the_pool_is_not_cut_by_an_earlier_download_deadlin
 
 
 def test_a_tls_handshake_trickled_a_byte_at_a_time_stops_at_the_deadline(
-    raw_server: Callable[[list[bytes], float], RawServer], session: requests.Session
+    raw_server: Callable[[list[bytes], float], RawServer], session: DownloadClient
 ) -> None:
     # A handshake record announcing 16 kB that arrives a byte at a time: the client is inside the TLS handshake
     # (its socket object already detached by the ssl module) when the deadline comes, and is still cut. The
@@ -466,7 +466,7 @@ def cookie_server() -> Iterator[RawServer]:
     server.close()
 
 
-def test_a_cookie_set_by_a_server_is_never_sent_back(cookie_server: RawServer, session: requests.Session) -> None:
+def test_a_cookie_set_by_a_server_is_never_sent_back(cookie_server: RawServer, session: DownloadClient) -> None:
     fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
     fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
     assert len(cookie_server.requests) == 2
@@ -475,7 +475,7 @@ def test_a_cookie_set_by_a_server_is_never_sent_back(cookie_server: RawServer, s
 
 
 def test_a_cookie_set_by_a_redirect_is_not_sent_to_the_next_hop(
-    cookie_server: RawServer, session: requests.Session
+    cookie_server: RawServer, session: DownloadClient
 ) -> None:
     fetched = fetch_image(cookie_server.url("/redirect"), session, LIMITS)
     assert fetched.final_url.endswith("/image.jpg")
@@ -483,12 +483,12 @@ def test_a_cookie_set_by_a_redirect_is_not_sent_to_the_next_hop(
     assert [_header(request, "Cookie") for request in cookie_server.requests] == [None, None]
 
 
-def test_downloads_ask_for_the_bytes_as_stored(cookie_server: RawServer, session: requests.Session) -> None:
+def test_downloads_ask_for_the_bytes_as_stored(cookie_server: RawServer, session: DownloadClient) -> None:
     fetch_image(cookie_server.url("/image.jpg"), session, LIMITS)
     assert _header(cookie_server.requests[0], "Accept-Encoding") == "identity"
 
 
-def test_a_gzip_bomb_is_cut_at_the_byte_cap_without_inflating_it(session: requests.Session) -> None:
+def test_a_gzip_bomb_is_cut_at_the_byte_cap_without_inflating_it(session: DownloadClient) -> None:
     # 256 MiB of zeros in 250 kB of gzip, sent although identity was asked for: the cap (1 MB) counts inflated
     # bytes, and the download must stop at it quickly, having inflated about that much and not the whole bomb.
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing

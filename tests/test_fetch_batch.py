@@ -179,3 +179,40 @@ def test_a_batch_that_finds_the_broker_full_goes_back_whole_and_fails_nothing(
     assert isinstance(result.result, Reject) and result.result.requeue
     assert ctx.failures.entries() == []
     assert not ctx.ledger.run(jobs[0].run_id).get("failed")
+
+
+def test_an_embedding_batch_that_would_keep_one_process_busy_shares_its_second_half_when_none_waits() -> None:
+    from lookalike.worker.tasks import SHARE_ABOVE_SECONDS, share_point
+
+    assert share_point(32, 0.064, others_waiting=False) == 16  # int8 ViT-B/32 cost: 2 s for one process
+    assert share_point(5, 0.064, others_waiting=False) == 5  # 0.3 s: not worth a message
+    assert share_point(32, 0.002, others_waiting=False) == 32  # the tiny model
+    assert share_point(32, 0.064, others_waiting=True) == 32  # the siblings have work already
+    assert share_point(1, 10.0, others_waiting=False) == 1
+    assert share_point(3, SHARE_ABOVE_SECONDS, others_waiting=False) == 2
+
+
+def test_a_shared_half_goes_back_to_the_embed_queue_and_only_when_it_is_empty(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lookalike.state.messages import PreparedImage
+    from lookalike.worker import tasks
+
+    ctx = pipeline.current_context()
+    model = ctx.embedder
+    monkeypatch.setattr(model, "seconds", 2.0)  # 0.5 s an image, as this process measured it
+    monkeypatch.setattr(model, "items", 4)
+    jobs = _jobs("r", [f"http://127.0.0.1:1/share{i}.jpg" for i in range(4)])
+    items = [PreparedImage(job, f"{i:064x}", image=images.product_bytes(i)).to_message() for i, job in enumerate(jobs)]
+    cached = PreparedImage(_jobs("r", ["http://127.0.0.1:1/cached.jpg"])[0], "c" * 64, vector="AAAA").to_message()
+
+    kept = tasks._share_with_idle_siblings(ctx, [*items, cached])
+    assert [item["job"]["job_id"] for item in kept if "image" in item] == [job.job_id for job in jobs[:2]]
+    assert cached in kept  # a cached vector costs nothing: it stays
+    [(headers, shared)] = _messages(ctx.redis, EMBED_QUEUE)
+    assert headers["task"] == "lookalike.embed"
+    assert [item["job"]["job_id"] for item in shared] == [job.job_id for job in jobs[2:]]
+
+    # Another batch waits: the siblings have work, this process keeps its whole batch.
+    assert tasks._share_with_idle_siblings(ctx, items) == items
+    assert len(_messages(ctx.redis, EMBED_QUEUE)) == 1

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import requests
 
 from lookalike.state.search import QueryRejected, SearchRequest
 from lookalike.testing import images
@@ -32,6 +31,7 @@ from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
 from lookalike.worker.fetch import (
     AddressPolicy,
+    DownloadClient,
     FetchLimits,
     PermanentFetchError,
     fetch_image,
@@ -168,21 +168,21 @@ def net(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iter
 
 
 @pytest.fixture
-def strict_session() -> Iterator[requests.Session]:
+def strict_session() -> Iterator[DownloadClient]:
     """The production default: an empty allow list."""
     with make_session(AddressPolicy.from_networks([]), user_agent="t", max_redirects=3) as session:
         yield session
 
 
 @pytest.fixture
-def local_session() -> Iterator[requests.Session]:
+def local_session() -> Iterator[DownloadClient]:
     """Only 127.0.0.1 allowed (what a test or a dev box sets with LOOKALIKE_FETCH_ALLOW_NETWORKS)."""
     policy = AddressPolicy.from_networks([ipaddress.ip_network("127.0.0.1/32")])
     with make_session(policy, user_agent="t", max_redirects=3) as session:
         yield session
 
 
-def refused(url: str, session: requests.Session) -> PermanentFetchError:
+def refused(url: str, session: DownloadClient) -> PermanentFetchError:
     with pytest.raises(PermanentFetchError) as excinfo:
         fetch_image(url, session, LIMITS)
     return excinfo.value
@@ -248,7 +248,7 @@ FORBIDDEN = [
 
 @pytest.mark.parametrize("template", FORBIDDEN)
 def test_forbidden_address_is_refused_before_connecting(
-    template: str, server: ImageServer, strict_session: requests.Session, net: Net
+    template: str, server: ImageServer, strict_session: DownloadClient, net: Net
 ) -> None:
     server.add("/x.jpg", Route(body=images.product_bytes(1)))
     url = template.format(port=server.port)
@@ -274,7 +274,7 @@ BAD_SCHEME = [
 
 
 @pytest.mark.parametrize("url", BAD_SCHEME)
-def test_bad_scheme_is_refused_before_connecting(url: str, strict_session: requests.Session, net: Net) -> None:
+def test_bad_scheme_is_refused_before_connecting(url: str, strict_session: DownloadClient, net: Net) -> None:
     error = refused(url, strict_session)
     assert error.reason == "bad_scheme", error
     assert net.connects == []
@@ -292,7 +292,7 @@ EMBEDDED_IPV4 = [
 
 
 @pytest.mark.parametrize("url", EMBEDDED_IPV4)
-def test_ipv6_embedding_a_private_ipv4_address_is_refused(url: str, strict_session: requests.Session, net: Net) -> None:
+def test_ipv6_embedding_a_private_ipv4_address_is_refused(url: str, strict_session: DownloadClient, net: Net) -> None:
     try:
         error = refused(url, strict_session)
     except BaseException:
@@ -304,7 +304,7 @@ def test_ipv6_embedding_a_private_ipv4_address_is_refused(url: str, strict_sessi
 
 
 def test_public_name_resolving_partly_private_is_refused_even_when_public_answers_first(
-    strict_session: requests.Session, net: Net
+    strict_session: DownloadClient, net: Net
 ) -> None:
     error = refused("http://mixed.test:8080/x.jpg", strict_session)
     assert error.reason == "forbidden_address"
@@ -327,7 +327,7 @@ def test_public_name_resolving_partly_private_is_refused_even_when_public_answer
     ],
 )
 def test_redirect_to_forbidden_address_is_refused_at_the_hop(
-    target: str, server: ImageServer, local_session: requests.Session, net: Net
+    target: str, server: ImageServer, local_session: DownloadClient, net: Net
 ) -> None:
     name = "/redirect/" + re.sub(r"\W", "_", target)
     url = server.add(name, Route(redirect_to=target.format(port=server.port)))
@@ -339,7 +339,7 @@ def test_redirect_to_forbidden_address_is_refused_at_the_hop(
 
 
 def test_redirect_chain_through_allowed_hops_then_forbidden(
-    server: ImageServer, local_session: requests.Session, net: Net
+    server: ImageServer, local_session: DownloadClient, net: Net
 ) -> None:
     server.add("/chain/2", Route(redirect_to="http://10.0.0.1/x.jpg"))
     url = server.add("/chain/1", Route(redirect_to="/chain/2"))
@@ -353,7 +353,7 @@ def test_redirect_chain_through_allowed_hops_then_forbidden(
     "target", ["file:///etc/passwd", "gopher://127.0.0.1:6379/_INFO", "ftp://127.0.0.1/x", "dict://10.0.0.1:11211/"]
 )
 def test_redirect_to_another_scheme_is_bad_scheme(
-    target: str, server: ImageServer, local_session: requests.Session, net: Net
+    target: str, server: ImageServer, local_session: DownloadClient, net: Net
 ) -> None:
     name = f"/to-scheme-{target.split(':', 1)[0]}"
     url = server.add(name, Route(redirect_to=target))
@@ -366,7 +366,7 @@ def test_redirect_to_another_scheme_is_bad_scheme(
 
 # ------------------------------------------------------------------------------------------ one lookup, checked address
 def test_connects_to_the_address_that_was_checked(
-    server: ImageServer, local_session: requests.Session, net: Net
+    server: ImageServer, local_session: DownloadClient, net: Net
 ) -> None:
     body = images.product_bytes(2)
     server.add("/named.jpg", Route(body=body))
@@ -397,7 +397,7 @@ def test_dns_rebinding_gets_no_second_lookup(server: ImageServer, net: Net) -> N
 
 
 def test_every_new_connection_is_looked_up_and_checked_once(
-    server: ImageServer, local_session: requests.Session, net: Net
+    server: ImageServer, local_session: DownloadClient, net: Net
 ) -> None:
     body = images.product_bytes(4)
     server.add("/pooled.jpg", Route(body=body))
@@ -409,7 +409,7 @@ def test_every_new_connection_is_looked_up_and_checked_once(
 
 
 def test_proxy_variables_cannot_reroute_downloads(
-    server: ImageServer, local_session: requests.Session, net: Net, monkeypatch: pytest.MonkeyPatch
+    server: ImageServer, local_session: DownloadClient, net: Net, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.setenv(name, "http://10.0.0.1:3128")
@@ -500,7 +500,7 @@ DEPRECATED_IPV6 = [
 
 
 @pytest.mark.parametrize("url", DEPRECATED_IPV6)
-def test_deprecated_ipv6_ranges_are_refused(url: str, strict_session: requests.Session, net: Net) -> None:
+def test_deprecated_ipv6_ranges_are_refused(url: str, strict_session: DownloadClient, net: Net) -> None:
     try:
         error = refused(url, strict_session)
     except BaseException:
@@ -514,7 +514,7 @@ def test_an_allowed_network_covers_a_deprecated_ipv6_range() -> None:
     AddressPolicy.from_networks([ipaddress.ip_network("fec0::/10")]).check(ipaddress.ip_address("fec0::1"))
 
 
-def test_the_refusal_names_the_setting_that_allows_a_network(strict_session: requests.Session, net: Net) -> None:
+def test_the_refusal_names_the_setting_that_allows_a_network(strict_session: DownloadClient, net: Net) -> None:
     error = refused("http://10.0.0.1/x.jpg", strict_session)
     assert "LOOKALIKE_FETCH_ALLOW_NETWORKS" in error.detail, error.detail
     assert "10.0.0.1" in error.detail

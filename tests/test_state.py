@@ -112,6 +112,51 @@ def test_the_batcher_sends_a_partial_batch_after_its_linger() -> None:
     assert len(sent) <= 3
 
 
+def _submit_spaced(batcher: Batcher, items: list[int], gap: float) -> list[BaseException | None]:
+    """Each item from its own thread, ``gap`` seconds after the previous one (images coming back one by one)."""
+    errors: list[BaseException | None] = [None] * len(items)
+
+    def submit(index: int) -> None:
+        try:
+            batcher.submit(items[index])
+        except BaseException as exc:
+            errors[index] = exc
+
+    threads = []
+    for index in range(len(items)):
+        threads.append(threading.Thread(target=submit, args=(index,)))
+        threads[-1].start()
+        time.sleep(gap)
+    for thread in threads:
+        thread.join(10)
+    return errors
+
+
+def test_a_batch_that_keeps_receiving_images_keeps_filling_past_its_linger() -> None:
+    # Items 0.05 s apart for ~0.5 s with a 0.2 s linger: a fixed linger would send three or more partial
+    # batches; the batch waits for a 0.2 s quiet gap (or its 5 s ceiling), so it leaves once, whole.
+    sent: list[list[int]] = []
+    batcher = Batcher(sent.append, size=100, linger=0.2, max_linger=5.0)
+    assert _submit_spaced(batcher, list(range(10)), 0.05) == [None] * 10
+    assert [sorted(batch) for batch in sent] == [list(range(10))]
+
+
+def test_a_steady_trickle_still_leaves_within_the_max_linger() -> None:
+    sent: list[list[int]] = []
+    stamps: list[float] = []
+
+    def send(items: list[int]) -> None:
+        stamps.append(time.monotonic())
+        sent.append(items)
+
+    batcher = Batcher(send, size=100, linger=0.2, max_linger=0.3)
+    started = time.monotonic()
+    assert _submit_spaced(batcher, list(range(24)), 0.05) == [None] * 24  # ~1.2 s of images
+    assert sorted(item for batch in sent for item in batch) == list(range(24))
+    assert len(sent) >= 2, "a batch waited past its max linger"
+    assert stamps[0] - started < 1.0  # about max_linger after its first item (slack for a loaded machine)
+
+
 def test_an_error_sending_a_batch_reaches_every_caller_waiting_on_it() -> None:
     def send(items: list[int]) -> None:
         raise ConnectionError(f"broker gone with {len(items)} items")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import http.cookiejar
+import http.client
 import ipaddress
 import itertools
 import os
@@ -28,13 +28,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, DecodeError, HTTPError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    HTTPError,
+    LocationValueError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from lookalike.state.errors import FETCH, Rejected
 
@@ -330,21 +338,6 @@ def _guarded_pool_classes(policy: AddressPolicy) -> dict[str, type[HTTPConnectio
     return {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}
 
 
-class GuardedAdapter(HTTPAdapter):
-    """A requests adapter with connection pooling whose sockets are opened through an AddressPolicy."""
-
-    def __init__(self, policy: AddressPolicy, pool_maxsize: int = 64) -> None:
-        self._policy = policy
-        super().__init__(pool_connections=64, pool_maxsize=pool_maxsize, max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(self._policy)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        raise PermanentFetchError("proxy_refused", "downloads never go through a proxy")
-
-
 @dataclass(frozen=True)
 class FetchLimits:
     connect_timeout: float = 5.0
@@ -363,61 +356,87 @@ class FetchedImage:
     seconds: float
 
 
-class NoCookies(http.cookiejar.CookiePolicy):
-    """Refuses every cookie, to keep and to send: a download is not a browsing session.
+class DownloadClient:
+    """A pool of guarded connections for downloads, over urllib3 directly (requests' session machinery cost about
+    as much CPU per download as the request itself: setting merges, hooks, cookie jars, runtime protocol checks).
 
-    One image host must not be able to tag the requests of a worker to another (or to itself, later)."""
+    What it does not do is on purpose: no proxies (from the environment or otherwise), no netrc, no cookies (none
+    is kept or sent: one image host cannot tag a worker's requests to another, or to itself later), and redirects
+    are followed here, hop by hop, each hop's scheme checked and its connection opened through the address guard.
+    TLS certificates are verified against certifi's bundle (what requests used)."""
 
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = True
+    def __init__(self, policy: AddressPolicy, *, user_agent: str, max_redirects: int, pool_size: int = 64) -> None:
+        self.max_redirects = max_redirects
+        self.headers = {"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
+        options: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+        try:
+            import certifi
 
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+            options["ca_certs"] = certifi.where()
+        except ImportError:  # the system's store then (urllib3's default)
+            pass
+        self._pools = urllib3.PoolManager(num_pools=64, maxsize=pool_size, retries=False, **options)
+        self._pools.pool_classes_by_scheme = _guarded_pool_classes(policy)
+
+    @property
+    def cookies(self) -> tuple[()]:
+        """The cookies kept: never any."""
+        return ()
+
+    def get(self, url: str, timeout: urllib3.Timeout) -> urllib3.BaseHTTPResponse:
+        """The response to GET ``url`` after its redirects, its body not read (the caller streams it)."""
+        for _hop in range(self.max_redirects + 1):
+            response = self._pools.urlopen(
+                "GET", url, headers=self.headers, redirect=False, retries=False, preload_content=False, timeout=timeout
+            )
+            location = response.get_redirect_location()
+            if not location:
+                response.url = url
+                return response
+            response.release_conn() if _drained(response) else response.close()
+            url = urljoin(url, location)
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https"):
+                raise PermanentFetchError("bad_scheme", "redirected to a scheme other than http(s)")
+            if not parts.hostname:
+                raise PermanentFetchError("bad_url", "redirected to a URL with no host")
+        raise PermanentFetchError("too_many_redirects", f"more than {self.max_redirects}")
+
+    def close(self) -> None:
+        self._pools.clear()
+
+    def __enter__(self) -> DownloadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# A redirect's body worth reading to keep its connection (a short page); a longer one closes the connection.
+_REDIRECT_BODY_BYTES = 64 * 1024
+
+
+def _drained(response: urllib3.BaseHTTPResponse) -> bool:
+    """Read a redirect's short body so its connection can serve the next hop; False when it is not short."""
+    declared = response.headers.get("Content-Length", "")
+    if not declared.isdigit() or int(declared) > _REDIRECT_BODY_BYTES:
         return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+    try:
+        response.read(int(declared) + 1, decode_content=False)
+    except (HTTPError, OSError):
         return False
-
-    def domain_return_ok(self, domain: str, request: Any) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: Any) -> bool:
-        return False
-
-
-class DownloadSession(requests.Session):
-    """A session whose every cookie jar refuses cookies: the session's own, and the per-request jar requests
-    builds for each request and carries through redirects (which would otherwise keep a redirect's
-    Set-Cookie for the next hop)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cookies.set_policy(NoCookies())
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        prepared = super().prepare_request(request)
-        jar = getattr(prepared, "_cookies", None)
-        if jar is not None:
-            jar.set_policy(NoCookies())
-        return prepared
+    return True
 
 
 def make_session(
     policy: AddressPolicy, *, user_agent: str, max_redirects: int, pool_size: int = 64
-) -> requests.Session:
-    """A pooled session for downloads: guarded sockets, no proxies from the environment, no netrc, no cookies.
+) -> DownloadClient:
+    """A pooled client for downloads: guarded sockets, no proxies, no netrc, no cookies.
 
     It asks for the bytes as stored (``Accept-Encoding: identity``): images are compressed already, and a
     content encoding only adds inflation work and a bomb to defuse (a server may still send one: the byte cap
     counts inflated bytes, and urllib3 >= 2.6 inflates no more than each read asks for)."""
-    session = DownloadSession()
-    session.trust_env = False
-    session.max_redirects = max_redirects
-    session.headers.update({"User-Agent": user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"})
-    adapter = GuardedAdapter(policy, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+    return DownloadClient(policy, user_agent=user_agent, max_redirects=max_redirects, pool_size=pool_size)
 
 
 def _retry_after_seconds(value: str | None, cap: float) -> float | None:
@@ -445,7 +464,7 @@ def _check_url(url: str) -> None:
         raise PermanentFetchError("bad_url", "no host in URL")
 
 
-def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> FetchedImage:
+def fetch_image(url: str, session: DownloadClient, limits: FetchLimits) -> FetchedImage:
     """Download one image, streaming, within the byte cap and the overall deadline (connect to last byte).
 
     Raises :class:`TransientFetchError` for what a later retry may fix and :class:`PermanentFetchError` for
@@ -472,32 +491,36 @@ def fetch_image(url: str, session: requests.Session, limits: FetchLimits) -> Fet
     return fetched
 
 
-def _fetch(url: str, session: requests.Session, limits: FetchLimits, started: float) -> FetchedImage:
+def _request_error(exc: Exception, url: str) -> FetchError:
+    """What a failed request (connecting, sending, reading the status and headers) means for a retry."""
+    cause = exc.__context__ or exc.__cause__
+    if isinstance(cause, FetchError):
+        return cause
+    if isinstance(exc, SSLError):
+        return PermanentFetchError("tls_error", str(exc)[:200])
+    if isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: urllib3 makes it a subclass of it
+        return TransientFetchError("connection_error", str(exc)[:200])
+    if isinstance(exc, ConnectTimeoutError):
+        return TransientFetchError("connect_timeout", url)
+    if isinstance(exc, (ReadTimeoutError, TimeoutError)):
+        return TransientFetchError("read_timeout", url)
+    if isinstance(exc, LocationValueError):
+        return PermanentFetchError("bad_url", str(exc)[:200])
+    if isinstance(exc, ProtocolError) and any(isinstance(arg, http.client.InvalidURL) for arg in exc.args):
+        return PermanentFetchError("bad_url", str(exc)[:200])
+    return TransientFetchError("connection_error", str(exc)[:200])
+
+
+def _fetch(url: str, session: DownloadClient, limits: FetchLimits, started: float) -> FetchedImage:
     try:
-        response = session.get(
-            url, stream=True, timeout=(limits.connect_timeout, limits.read_timeout), allow_redirects=True
-        )
+        response = session.get(url, urllib3.Timeout(connect=limits.connect_timeout, read=limits.read_timeout))
     except FetchError:
         raise
-    except requests.TooManyRedirects as exc:
-        raise PermanentFetchError("too_many_redirects", f"more than {session.max_redirects}") from exc
-    except requests.exceptions.InvalidSchema as exc:
-        raise PermanentFetchError("bad_scheme", "redirected to a scheme other than http(s)") from exc
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
-        raise PermanentFetchError("bad_url", str(exc)) from exc
-    except requests.exceptions.SSLError as exc:
-        raise PermanentFetchError("tls_error", str(exc)[:200]) from exc
-    except requests.ConnectTimeout as exc:
-        raise TransientFetchError("connect_timeout", url) from exc
-    except requests.ReadTimeout as exc:
-        raise TransientFetchError("read_timeout", url) from exc
-    except requests.RequestException as exc:
-        if isinstance(exc.__context__, FetchError):
-            raise exc.__context__ from exc
-        raise TransientFetchError("connection_error", str(exc)[:200]) from exc
+    except (HTTPError, OSError, http.client.HTTPException) as exc:
+        raise _request_error(exc, url) from exc
 
-    with response:
-        status = response.status_code
+    try:
+        status = response.status
         if status == 429 or status >= 500:
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"), limits.retry_after_cap)
             raise TransientFetchError(f"http_{status}", url, retry_after=retry_after)
@@ -512,7 +535,7 @@ def _fetch(url: str, session: requests.Session, limits: FetchLimits, started: fl
             while True:
                 # read1 returns as soon as any data arrives, so a server trickling bytes just inside the read
                 # timeout still meets the deadline check; the byte cap counts decoded (decompressed) bytes.
-                chunk = response.raw.read1(CHUNK_BYTES, decode_content=True)
+                chunk = response.read1(CHUNK_BYTES, decode_content=True)
                 if not chunk:
                     break
                 received += len(chunk)
@@ -531,10 +554,16 @@ def _fetch(url: str, session: requests.Session, limits: FetchLimits, started: fl
             raise TransientFetchError("connection_error", str(exc)[:200]) from exc
         if time.monotonic() - started > limits.deadline:
             raise TransientFetchError(DEADLINE_EXCEEDED, f"download took over {limits.deadline:g}s")
-        return FetchedImage(
+        fetched = FetchedImage(
             url=url,
-            final_url=response.url,
+            final_url=response.url or url,
             data=b"".join(chunks),
             content_type=response.headers.get("Content-Type"),
             seconds=time.monotonic() - started,
         )
+    except BaseException:
+        response.close()  # a body not read to its end: its connection cannot serve another request
+        response.release_conn()
+        raise
+    response.release_conn()  # read to its end: the connection goes back to the pool
+    return fetched

@@ -248,7 +248,8 @@ def _send_embed_batch(items: list[PreparedImage]) -> None:
 def _fetch_batcher() -> Batcher:
     settings = pipeline.current_context().settings
     return process_cache.get(
-        "fetch-batcher", lambda: Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger)
+        "fetch-batcher",
+        lambda: Batcher(_send_embed_batch, settings.batch_size, settings.batch_linger, settings.batch_max_linger),
     )
 
 
@@ -328,6 +329,38 @@ def fetch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- embed
+# A batch whose images would take this process longer than this to embed is shared when no other batch waits in
+# the embed queue (the end of a run, a lull in the downloads): its second half goes back to the queue for an idle
+# sibling process, instead of one process working through all of it while the others wait. Below it (a small
+# model, a small batch) nothing is checked: no broker round trip.
+SHARE_ABOVE_SECONDS = 0.5
+
+
+def share_point(images: int, seconds_per_image: float, others_waiting: bool) -> int:
+    """How many of a batch's ``images`` (those to embed) this process keeps: all of them, or the first half when
+    they would take over :data:`SHARE_ABOVE_SECONDS` and no other batch waits for a process."""
+    if images < 2 or others_waiting or images * seconds_per_image <= SHARE_ABOVE_SECONDS:
+        return images
+    return (images + 1) // 2
+
+
+def _share_with_idle_siblings(ctx: pipeline.WorkerContext, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The part of the batch this process embeds; the rest, if any, sent back to the embed queue as its own
+    message (see :data:`SHARE_ABOVE_SECONDS`). The embedder's own average is the cost estimate (none before its
+    first batch: kept whole)."""
+    model = ctx.embedder
+    per_image = model.seconds / model.items if model.items else 0.0
+    to_embed = [item for item in items if not item.get("vector")]
+    if len(to_embed) < 2 or len(to_embed) * per_image <= SHARE_ABOVE_SECONDS:
+        return items
+    keep = share_point(len(to_embed), per_image, queue_depth(ctx.redis, EMBED_QUEUE) > 0)
+    if keep == len(to_embed):
+        return items
+    shared = to_embed[keep:]
+    embed.apply_async(args=[shared], argsrepr=describe_batch([PreparedImage.from_message(i) for i in shared], "images"))
+    return [item for item in items if not any(item is other for other in shared)]
+
+
 @app.task(name=EMBED_TASK, base=EmbedTask, bind=True)
 def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
     with redelivered_on_infrastructure_errors():
@@ -338,6 +371,7 @@ def embed(self: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
             for item in items:
                 embed.apply_async(args=[[item]], argsrepr=describe_batch([PreparedImage.from_message(item)], "images"))
             return {"embedded": 0, "split": len(items)}
+        items = _share_with_idle_siblings(ctx, items)
         prepared = [PreparedImage.from_message(item) for item in items]
         jobs = [item.job for item in prepared]
         if too_many_deliveries(self, EMBED, jobs):
