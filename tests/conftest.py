@@ -72,11 +72,6 @@ BASE_ENV = {
     # worker, and every wait for "nothing queued or running" would wait for it. The deferral itself is tested
     # with its own value (tests/test_shoppers.py).
     "LOOKALIKE_OPTIMIZE_QUIET": "2",
-    # The catalogue's pools run niced but not under SCHED_IDLE: on a machine busy with anything else (a CI runner,
-    # a developer's build) an idle-class process gets no CPU at all until it is otherwise idle, and every test that
-    # waits for ingestion waits on that instead of on the code. The scheduling class itself is tested with it on
-    # (tests/test_shoppers.py).
-    "LOOKALIKE_INGEST_SCHED_IDLE": "false",
 }
 for _name in [n for n in os.environ if n.startswith("LOOKALIKE_")]:
     del os.environ[_name]

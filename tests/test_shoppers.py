@@ -52,7 +52,7 @@ def _queues_of(pid: int) -> str | None:
 def test_the_default_worker_runs_shoppers_on_their_own_processes_ahead_of_a_niced_ingestion(
     env: dict[str, str], start_worker: Any
 ) -> None:
-    worker = start_worker(extra={"LOOKALIKE_INGEST_SCHED_IDLE": "true"})  # the default (the tests turn it off)
+    worker = start_worker()
     pools: dict[str, list[int]] = {}
     for pid in _descendants(worker.process.pid):
         queues = _queues_of(pid)
