@@ -276,6 +276,58 @@ def wait_for_run(run_id: str, timeout: float = 120) -> dict[str, Any]:
     raise TimeoutError(f"run {run_id} did not finish: {ctx.ledger.run(run_id)}")
 
 
+# ------------------------------------------------------------------------------------------ ingested worlds
+@dataclass
+class Snapshot:
+    """A world some tests share read from: a copy of a store directory and of every key in the test database
+    (DUMP form, with its remaining time to live), taken once, restored into each test's own directory and
+    freshly flushed database, so each test still starts from the same state whatever ran before it."""
+
+    store: Path
+    keys: dict[bytes, tuple[int, bytes]]
+
+
+def take_snapshot(client: redis.Redis, store: Path, into: Path) -> Snapshot:
+    """The store at ``store`` (its workers stopped) and the database as they are now. Workers' presence keys are
+    left out: the workers that wrote them are gone."""
+    shutil.copytree(store, into)
+    keys: dict[bytes, tuple[int, bytes]] = {}
+    for key in client.scan_iter(count=1000):
+        if b":workers:" in key:
+            continue
+        dumped = client.dump(key)
+        if dumped is not None:
+            keys[key] = (max(0, int(client.pttl(key))), dumped)
+    return Snapshot(into, keys)
+
+
+def restore_snapshot(snapshot: Snapshot, client: redis.Redis, store: Path) -> None:
+    """Into an empty ``store`` directory and a flushed database; the process's contexts read them afresh."""
+    shutil.copytree(snapshot.store, store)
+    for key, (ttl, dumped) in snapshot.keys.items():
+        client.restore(key, ttl, dumped, replace=True)
+    pipeline.reset_context()
+    reset_state()
+
+
+def ingested_world(directory: Path, ingest: Any) -> Snapshot:
+    """Run ``ingest(environment)`` (it starts and stops what it needs) against a store in ``directory`` and a
+    flushed database; returns the snapshot of the result, and leaves the database flushed."""
+    client = _redis_or_skip()
+    client.flushdb()
+    environment = {
+        **BASE_ENV,
+        "LOOKALIKE_QDRANT_PATH": str(directory / "qdrant"),
+        "LOOKALIKE_EMBEDDED_BROKER_DIR": str(directory / "broker"),
+    }
+    try:
+        ingest(environment)
+        return take_snapshot(client, directory / "qdrant", directory / "snapshot")
+    finally:
+        client.flushdb()
+        client.close()
+
+
 def open_test_store() -> Any:
     """The store the current settings name (the workers must have released it)."""
     from lookalike.worker.store import open_store

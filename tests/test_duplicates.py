@@ -26,7 +26,7 @@ from lookalike.testing.images import product_bytes
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
 
-from conftest import LOOKALIKE, set_env, wait_for_run
+from conftest import LOOKALIKE, Snapshot, ingested_world, restore_snapshot, run_cli, set_env, wait_for_run
 
 GOAL = 0.95
 
@@ -114,11 +114,31 @@ def two_listings_of_one_photo(server: ImageServer, directory: Path) -> Path:
     return write_catalog(directory / "catalog.csv", rows)
 
 
+@pytest.fixture(scope="module")
+def two_listings_indexed(shared_server: ImageServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Snapshot, Path]:
+    """The four listings ingested once, by the local workers `ingest --wait` starts (no worker running)."""
+    directory = tmp_path_factory.mktemp("two-listings")
+    catalog = two_listings_of_one_photo(shared_server, directory)
+
+    def ingest(environment: dict[str, str]) -> None:
+        done = run_cli(["ingest", str(catalog), "--wait", "--json"], environment)
+        assert done.code == 0, done.stderr
+
+    return ingested_world(directory, ingest), catalog
+
+
+@pytest.fixture
+def two_listings(env: dict[str, str], redis_client: Any, two_listings_indexed: tuple[Snapshot, Path]) -> Path:
+    """This test's own copy of the four listings' index and state (no worker running); the catalogue's path."""
+    snapshot, catalog = two_listings_indexed
+    restore_snapshot(snapshot, redis_client, Path(env["LOOKALIKE_QDRANT_PATH"]))
+    return catalog
+
+
 def test_a_pair_marked_distinct_never_comes_back_through_a_reingest_and_a_full_scan(
-    cli: Any, env: dict[str, str], server: ImageServer, tmp_path: Path
+    cli: Any, env: dict[str, str], two_listings: Path
 ) -> None:
-    catalog = two_listings_of_one_photo(server, tmp_path)
-    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+    catalog = two_listings
     assert product_groups(reported_groups(cli)) == [["seller-a", "seller-b"]]
 
     marked = cli("duplicates", "mark", "seller-b", "seller-a", "--distinct")
@@ -147,10 +167,8 @@ def test_a_pair_marked_distinct_never_comes_back_through_a_reingest_and_a_full_s
 
 
 def test_reconcile_forgets_the_pairs_of_the_orphan_points_it_deletes(
-    cli: Any, env: dict[str, str], server: ImageServer, tmp_path: Path
+    cli: Any, env: dict[str, str], two_listings: Path
 ) -> None:
-    catalog = two_listings_of_one_photo(server, tmp_path)
-    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
     assert recorded_products() == {frozenset({"seller-a", "seller-b"})}
     # The registry says seller-b is gone, but its delete never reached the store (a lost reconcile job).
     StateContext().registry.apply("seller-b", ProductState(2**52, True, {}, ()))
@@ -321,10 +339,8 @@ def test_a_malformed_category_threshold_is_one_line_and_exit_2(cli: Any) -> None
 
 
 def test_the_csv_report_has_one_row_per_product_with_the_threshold(
-    cli: Any, env: dict[str, str], server: ImageServer, tmp_path: Path
+    cli: Any, env: dict[str, str], two_listings: Path
 ) -> None:
-    catalog = two_listings_of_one_photo(server, tmp_path)
-    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
     done = cli("duplicates", "--csv")
     assert done.code == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))

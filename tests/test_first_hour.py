@@ -21,7 +21,7 @@ from lookalike.testing.catalogs import catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
 
 from api_support import serving
-from conftest import Result
+from conftest import Result, Snapshot, ingested_world, restore_snapshot, run_cli
 
 LONG_NAME = (
     "Jigsaw puzzle of a lighthouse on a rocky coast at dusk, one thousand pieces, with a poster of the "
@@ -44,10 +44,31 @@ def one_line_error(result: Result) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def shop_indexed(
+    shared_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Snapshot, dict[str, Any]]:
+    """The four products ingested once, by the local workers `ingest --wait` starts (no worker running)."""
+    directory = tmp_path_factory.mktemp("first-hour-shop")
+    made: dict[str, Any] = {}
+
+    def ingest(environment: dict[str, str]) -> None:
+        def cli(*args: str, extra: dict[str, str] | None = None) -> Result:
+            return run_cli(list(args), {**environment, **(extra or {})})
+
+        made.update(make_shop(cli, shared_server, directory))
+
+    return ingested_world(directory, ingest), made
+
+
 @pytest.fixture
-def shop(cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path) -> dict[str, Any]:
-    """Four products ingested by the local workers `ingest --wait` starts (no worker running)."""
-    return make_shop(cli, image_server, tmp_path)
+def shop(
+    env: dict[str, str], redis_client: Any, shop_indexed: tuple[Snapshot, dict[str, Any]]
+) -> dict[str, Any]:
+    """This test's own copy of the four products' index and state (no worker running)."""
+    snapshot, made = shop_indexed
+    restore_snapshot(snapshot, redis_client, Path(env["LOOKALIKE_QDRANT_PATH"]))
+    return made
 
 
 def make_shop(

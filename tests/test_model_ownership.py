@@ -24,7 +24,15 @@ from lookalike.worker.fingerprint import VISION_FILES, model_id
 from lookalike.worker.ownership import configured_models, write_record
 from lookalike.worker.store import live_collection
 
-from conftest import open_test_store, wait_for_run
+from conftest import (
+    Snapshot,
+    WorkerProcess,
+    ingested_world,
+    open_test_store,
+    restore_snapshot,
+    run_cli,
+    wait_for_run,
+)
 
 PRODUCTS = 6
 
@@ -42,6 +50,31 @@ def small_catalog(server: ImageServer, directory: Path) -> tuple[Path, dict[str,
 
 def fingerprint_of(directory: Path | str) -> str:
     return model_id("m", Path(directory), VISION_FILES).fingerprint
+
+
+@pytest.fixture(scope="module")
+def small_catalogue_indexed(shared_server: ImageServer, tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    """The small catalogue ingested once, through a worker with the configured model, which then stops."""
+    directory = tmp_path_factory.mktemp("own-indexed")
+
+    def ingest(environment: dict[str, str]) -> None:
+        catalog, _urls = small_catalog(shared_server, directory)
+        worker = WorkerProcess(environment)
+        try:
+            worker.wait_ready(5)
+            done = run_cli(["ingest", str(catalog), "--wait"], environment)
+            assert done.code == 0, done.stderr
+        finally:
+            assert worker.stop() == 0, worker.output()
+            Path(worker.log.name).unlink(missing_ok=True)
+
+    return ingested_world(directory, ingest)
+
+
+@pytest.fixture
+def indexed(env: dict[str, str], redis_client, small_catalogue_indexed: Snapshot) -> None:
+    """This test's own copy of the small catalogue's index and of its state in Redis (workers stopped)."""
+    restore_snapshot(small_catalogue_indexed, redis_client, Path(env["LOOKALIKE_QDRANT_PATH"]))
 
 
 @pytest.fixture
@@ -107,14 +140,11 @@ def test_a_worker_with_another_model_writes_nothing_and_says_why_in_status_failu
 
 
 def test_queries_embed_with_the_live_collections_model_not_the_workers_own(
-    cli, env, server, tmp_path, start_worker, other_model
+    cli, env, indexed, tmp_path, start_worker, other_model
 ):
-    catalog, _urls = small_catalog(server, tmp_path)
-    first = start_worker()
-    assert cli("ingest", str(catalog), "--wait").code == 0
-    # Restart the workers with another model configured: the collection still belongs to the first one, whose
-    # directory this machine still holds, so the query encoder loads that one.
-    first.stop()
+    # The catalogue was indexed by workers with the configured model. Start them with another model configured:
+    # the collection still belongs to the first one, whose directory this machine still holds, so the query
+    # encoder loads that one.
     cli_env = {"LOOKALIKE_MODEL_DIR": str(other_model)}
     worker = start_worker(extra=cli_env)
     query = tmp_path / "query.jpg"
@@ -125,11 +155,7 @@ def test_queries_embed_with_the_live_collections_model_not_the_workers_own(
     worker.stop()
 
 
-def test_a_query_vector_from_another_model_is_refused_by_the_store_side(env, server, tmp_path, start_worker, cli):
-    catalog, _urls = small_catalog(server, tmp_path)
-    worker = start_worker()
-    assert cli("ingest", str(catalog), "--wait").code == 0
-    worker.stop()
+def test_a_query_vector_from_another_model_is_refused_by_the_store_side(env, indexed):
     ctx = pipeline.current_context()
     request = ctx.query_preparer.prepare(SearchRequest(image=images.product_bytes(502), k=1))
     vector, model = pipeline.encode_query(ctx, request)
@@ -159,12 +185,8 @@ def test_a_collection_whose_model_is_not_on_this_machine_refuses_queries_instead
 
 
 def test_an_index_from_before_the_records_is_adopted_with_the_configured_model_and_says_so_once(
-    cli, env, server, tmp_path, start_worker, caplog
+    cli, env, indexed, caplog
 ):
-    catalog, _urls = small_catalog(server, tmp_path)
-    worker = start_worker()
-    assert cli("ingest", str(catalog), "--wait").code == 0
-    worker.stop()
     settings = get_settings()
     collection = live_collection(settings)
     record_file = settings.qdrant_path / f"{collection}.model.json"

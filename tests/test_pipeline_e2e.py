@@ -14,7 +14,7 @@ from lookalike.testing import images
 from lookalike.testing.catalogs import PLACEHOLDER_PATH, catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
 
-from conftest import open_test_store
+from conftest import Snapshot, ingested_world, open_test_store, restore_snapshot, run_cli
 
 PLACEHOLDER = "https://images-na.ssl-images-amazon.com" + PLACEHOLDER_PATH
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -143,9 +143,33 @@ def test_ingest_indexes_every_good_image_once_and_counts_every_bad_one(cli, env,
         store.close()
 
 
-def test_query_with_a_resized_reencoded_copy_ranks_its_product_first(cli, env, image_server, tmp_path):
-    catalog, good, _bad = build_catalog(image_server, tmp_path, faults=False)
-    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+@pytest.fixture(scope="module")
+def good_catalogue_indexed(
+    shared_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Snapshot, dict[str, list[str]]]:
+    """The 42 products with only good images, ingested once by the local workers `ingest --wait` starts."""
+    directory = tmp_path_factory.mktemp("good-catalogue")
+    catalog, good, _bad = build_catalog(shared_server, directory, faults=False)
+
+    def ingest(environment: dict[str, str]) -> None:
+        done = run_cli(["ingest", str(catalog), "--wait", "--json"], environment)
+        assert done.code == 0, done.stderr
+
+    return ingested_world(directory, ingest), good
+
+
+@pytest.fixture
+def good_catalogue(
+    env: dict[str, str], redis_client: Any, good_catalogue_indexed: tuple[Snapshot, dict[str, list[str]]]
+) -> dict[str, list[str]]:
+    """This test's own copy of the 42 good products' index and state (no worker running); product id -> URLs."""
+    snapshot, good = good_catalogue_indexed
+    restore_snapshot(snapshot, redis_client, Path(env["LOOKALIKE_QDRANT_PATH"]))
+    return good
+
+
+def test_query_with_a_resized_reencoded_copy_ranks_its_product_first(cli, env, good_catalogue, tmp_path):
+    good = good_catalogue
     for product in ("p03", "p18", "p40"):
         original = images.product_bytes(int(product[1:]) * 10, images.FORMATS[int(product[1:]) % 4])
         query = tmp_path / f"{product}.jpg"
@@ -189,15 +213,13 @@ def test_query_over_the_broker_with_a_running_worker(cli, env, image_server, tmp
     assert worker.process.poll() is None
 
 
-def test_query_task_accepts_base64_and_refuses_garbage(env, image_server, tmp_path, start_worker, cli):
+def test_query_task_accepts_base64_and_refuses_garbage(env, good_catalogue, start_worker):
     from lookalike.app.gateway import Gateway
     from lookalike.config.settings import get_settings
     from lookalike.state.search import QueryRejected, SearchRequest
     from lookalike.worker.app import app
 
-    catalog, _good, _bad = build_catalog(image_server, tmp_path, faults=False)
-    start_worker()
-    assert cli("ingest", str(catalog), "--wait", "--json").code == 0
+    start_worker()  # on the 42 good products, indexed
     gateway = Gateway(get_settings())
     data = images.resized_copy(images.product_bytes(50, images.FORMATS[5 % 4]), 0.8)
     answer = gateway.search(SearchRequest(image=data, k=2), timeout=20)

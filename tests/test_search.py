@@ -16,7 +16,7 @@ from lookalike.testing.catalogs import catalog_row, write_catalog
 from lookalike.testing.server import ImageServer, Route
 from lookalike.worker import pipeline
 
-from conftest import open_test_store, wait_for_run
+from conftest import Snapshot, WorkerProcess, ingested_world, open_test_store, restore_snapshot, run_cli, wait_for_run
 
 PRODUCTS = [
     # id, name, category, price, image seeds
@@ -31,15 +31,18 @@ PRODUCTS = [
 ]
 
 
-@pytest.fixture
-def shop(cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Path, start_worker: Any) -> dict[str, Any]:
-    start_worker()
+@pytest.fixture(scope="module")
+def shop_indexed(
+    shared_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Snapshot, dict[str, Any]]:
+    """The shop ingested once, through a worker that then stops."""
+    directory = tmp_path_factory.mktemp("search-shop")
     rows = [
         catalog_row(
             pid,
             name,
             [
-                image_server.add(f"/shop/{pid}/{seed}.jpg", Route(body=images.product_bytes(seed * 37)))
+                shared_server.add(f"/shop/{pid}/{seed}.jpg", Route(body=images.product_bytes(seed * 37)))
                 for seed in seeds
             ],
             category=category,
@@ -48,12 +51,32 @@ def shop(cli: Any, env: dict[str, str], image_server: ImageServer, tmp_path: Pat
         )
         for pid, name, category, price, seeds in PRODUCTS
     ]
-    catalog = write_catalog(tmp_path / "shop.csv", rows)
-    done = cli("ingest", str(catalog), "--wait", "--json")
-    assert done.code == 0, done.stderr
-    photo = tmp_path / "scarf.jpg"
+    catalog = write_catalog(directory / "shop.csv", rows)
+    photo = directory / "scarf.jpg"
     photo.write_bytes(images.resized_copy(images.product_bytes(8 * 37), 0.7, fmt="JPEG", quality=80))
-    return {"catalog": catalog, "photo": photo, "rows": rows}
+
+    def ingest(environment: dict[str, str]) -> None:
+        worker = WorkerProcess(environment)
+        try:
+            worker.wait_ready(5)
+            done = run_cli(["ingest", str(catalog), "--wait", "--json"], environment)
+            assert done.code == 0, done.stderr
+        finally:
+            assert worker.stop() == 0, worker.output()
+            Path(worker.log.name).unlink(missing_ok=True)
+
+    return ingested_world(directory, ingest), {"catalog": catalog, "photo": photo, "rows": rows}
+
+
+@pytest.fixture
+def shop(
+    env: dict[str, str], redis_client: Any, start_worker: Any, shop_indexed: tuple[Snapshot, dict[str, Any]]
+) -> dict[str, Any]:
+    """This test's own copy of the shop's index and state, and a worker on it; its images are on ``server``."""
+    snapshot, made = shop_indexed
+    restore_snapshot(snapshot, redis_client, Path(env["LOOKALIKE_QDRANT_PATH"]))
+    start_worker()
+    return made
 
 
 def ids(result: Any) -> list[str]:
@@ -61,7 +84,7 @@ def ids(result: Any) -> list[str]:
 
 
 def test_words_filters_facets_similar_and_pages_through_a_worker(
-    cli: Any, shop: dict[str, Any], image_server: ImageServer
+    cli: Any, shop: dict[str, Any], server: ImageServer
 ) -> None:
     photo = str(shop["photo"])
     # Words, keyword mode: a rare word finds its product first, and says which signal found it.
@@ -116,11 +139,11 @@ def test_words_filters_facets_similar_and_pages_through_a_worker(
     assert worded["facets"] == {"Toys & Games": 1, "Toys & Games | Puzzles": 1}
 
     # More like this: from the product's stored vectors, without it; an unknown id is an error.
-    hits_before = image_server.hits()
+    hits_before = server.hits()
     similar = cli("similar", "scarf", "-k", "7", "--json")
     assert similar.code == 0, similar.stderr
     assert "scarf" not in ids(similar) and len(ids(similar)) == 7
-    assert image_server.hits() == hits_before, "no download for more like this"
+    assert server.hits() == hits_before, "no download for more like this"
     unknown = cli("similar", "no-such-product")
     assert unknown.code == 2 and "unknown_product" in unknown.stderr
 
@@ -135,9 +158,9 @@ def test_words_filters_facets_similar_and_pages_through_a_worker(
 
 
 def test_a_name_change_updates_the_keyword_vector_in_place(
-    cli: Any, env: dict[str, str], shop: dict[str, Any], image_server: ImageServer, tmp_path: Path
+    cli: Any, env: dict[str, str], shop: dict[str, Any], server: ImageServer, tmp_path: Path
 ) -> None:
-    hits_before = image_server.hits()
+    hits_before = server.hits()
     embedded_before = pipeline.current_context().ledger.stats().get("embedded", 0)
     row = next(r for r in shop["rows"] if r["Uniq Id"] == "mug")
     renamed = {**row, "Product Name": "Ceramic thermos tumbler", "About Product": "Keeps coffee hot."}
@@ -149,7 +172,7 @@ def test_a_name_change_updates_the_keyword_vector_in_place(
     assert ids(cli("search", "--text", "tumbler", "--mode", "keyword", "--json")) == ["mug"]
     assert ids(cli("search", "--text", "travel", "--mode", "keyword", "--json")) == []
     assert (
-        image_server.hits() == hits_before
+        server.hits() == hits_before
         and pipeline.current_context().ledger.stats().get("embedded", 0) == embedded_before
     )
 
