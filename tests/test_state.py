@@ -76,7 +76,9 @@ def test_the_ledger_counts_deliveries_per_task_attempt(env: dict[str, str]) -> N
 
 
 # ----------------------------------------------------------------------------------------------- batcher
-def _submit_all(batcher: Batcher, items: list[int]) -> list[BaseException | None]:
+def _submit_all(batcher: Batcher, items: list[int], gap: float = 0.0) -> list[BaseException | None]:
+    """Each item from its own thread, ``gap`` seconds after the previous one (0: all at once; a gap: images
+    coming back one by one)."""
     errors: list[BaseException | None] = [None] * len(items)
 
     def submit(index: int) -> None:
@@ -85,9 +87,12 @@ def _submit_all(batcher: Batcher, items: list[int]) -> list[BaseException | None
         except BaseException as exc:
             errors[index] = exc
 
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(items))]
-    for thread in threads:
-        thread.start()
+    threads = []
+    for index in range(len(items)):
+        threads.append(threading.Thread(target=submit, args=(index,)))
+        threads[-1].start()
+        if gap:
+            time.sleep(gap)
     for thread in threads:
         thread.join(10)
     return errors
@@ -112,32 +117,12 @@ def test_the_batcher_sends_a_partial_batch_after_its_linger() -> None:
     assert len(sent) <= 3
 
 
-def _submit_spaced(batcher: Batcher, items: list[int], gap: float) -> list[BaseException | None]:
-    """Each item from its own thread, ``gap`` seconds after the previous one (images coming back one by one)."""
-    errors: list[BaseException | None] = [None] * len(items)
-
-    def submit(index: int) -> None:
-        try:
-            batcher.submit(items[index])
-        except BaseException as exc:
-            errors[index] = exc
-
-    threads = []
-    for index in range(len(items)):
-        threads.append(threading.Thread(target=submit, args=(index,)))
-        threads[-1].start()
-        time.sleep(gap)
-    for thread in threads:
-        thread.join(10)
-    return errors
-
-
 def test_a_batch_that_keeps_receiving_images_keeps_filling_past_its_linger() -> None:
     # Items 0.05 s apart for ~0.5 s with a 0.2 s linger: a fixed linger would send three or more partial
     # batches; the batch waits for a 0.2 s quiet gap (or its 5 s ceiling), so it leaves once, whole.
     sent: list[list[int]] = []
     batcher = Batcher(sent.append, size=100, linger=0.2, max_linger=5.0)
-    assert _submit_spaced(batcher, list(range(10)), 0.05) == [None] * 10
+    assert _submit_all(batcher, list(range(10)), gap=0.05) == [None] * 10
     assert [sorted(batch) for batch in sent] == [list(range(10))]
 
 
@@ -151,7 +136,7 @@ def test_a_steady_trickle_still_leaves_within_the_max_linger() -> None:
 
     batcher = Batcher(send, size=100, linger=0.2, max_linger=0.3)
     started = time.monotonic()
-    assert _submit_spaced(batcher, list(range(24)), 0.05) == [None] * 24  # ~1.2 s of images
+    assert _submit_all(batcher, list(range(24)), gap=0.05) == [None] * 24  # ~1.2 s of images
     assert sorted(item for batch in sent for item in batch) == list(range(24))
     assert len(sent) >= 2, "a batch waited past its max linger"
     assert stamps[0] - started < 1.0  # about max_linger after its first item (slack for a loaded machine)
