@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,22 @@ from api_support import BY_ID, CATALOGUE, FakeBackend, photo_of, serving
 ERROR_KEYS = {"error", "detail", "request_id"}
 
 
+_made: list[Any] = []  # the apps make_client built
+
+
 def make_client(backend: SearchBackend | None = None, **settings: Any) -> TestClient:
-    return TestClient(create_app(backend or FakeBackend(), Settings(**settings)), raise_server_exceptions=False)
+    app = create_app(backend or FakeBackend(), Settings(**settings))
+    _made.append(app)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _stop_readiness_readings() -> Iterator[None]:
+    """A client used without ``with`` never runs the app's shutdown: its /readyz reading thread is stopped here,
+    so it does not go on reading (and logging a broken backend's failure) for the rest of the session."""
+    yield
+    while _made:
+        _made.pop().state.readiness.stop()
 
 
 @pytest.fixture
