@@ -40,12 +40,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# The README shows both screenshots. A test run writes them to a scratch directory, so it never changes a tracked
-# file; `LOOKALIKE_UPDATE_SCREENSHOTS=1 pytest tests/test_browser.py` writes them to docs/ for the README.
+# The README shows both screenshots. A test run writes them to one scratch directory (overwritten by the next run),
+# so it never changes a tracked file; `LOOKALIKE_UPDATE_SCREENSHOTS=1 pytest tests/test_browser.py` writes them to
+# docs/ for the README.
 DOCS = (
     Path(__file__).resolve().parents[1] / "docs"
     if os.environ.get("LOOKALIKE_UPDATE_SCREENSHOTS") == "1"
-    else Path(tempfile.mkdtemp(prefix="lookalike-screenshots-"))
+    else Path(tempfile.gettempdir()) / "lookalike-screenshots"
 )
 SCREENSHOT = DOCS / "page.png"
 PHONE_SCREENSHOT = DOCS / "page-phone.png"
