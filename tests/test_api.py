@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -31,7 +32,7 @@ from api_support import BY_ID, CATALOGUE, FakeBackend, photo_of, serving
 ERROR_KEYS = {"error", "detail", "request_id"}
 
 
-_made: list[Any] = []  # the apps make_client built
+_made: list[FastAPI] = []  # the apps make_client built
 
 
 def make_client(backend: SearchBackend | None = None, **settings: Any) -> TestClient:

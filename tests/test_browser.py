@@ -43,13 +43,13 @@ CHROMIUM_ARGS = [
 # The README shows both screenshots. A test run writes them to one scratch directory (overwritten by the next run),
 # so it never changes a tracked file; `LOOKALIKE_UPDATE_SCREENSHOTS=1 pytest tests/test_browser.py` writes them to
 # docs/ for the README.
-DOCS = (
+SCREENSHOTS = (
     Path(__file__).resolve().parents[1] / "docs"
     if os.environ.get("LOOKALIKE_UPDATE_SCREENSHOTS") == "1"
     else Path(tempfile.gettempdir()) / "lookalike-screenshots"
 )
-SCREENSHOT = DOCS / "page.png"
-PHONE_SCREENSHOT = DOCS / "page-phone.png"
+SCREENSHOT = SCREENSHOTS / "page.png"
+PHONE_SCREENSHOT = SCREENSHOTS / "page-phone.png"
 LONG_NAME = (
     "Brass desk lamp with an adjustable arm, a weighted base, a warm white bulb included, a fabric cord and a "
     "dimmer switch, for reading, drawing and working late"
@@ -227,7 +227,7 @@ def test_photo_words_and_more_like_this(page: Page, site: Site) -> None:
     options = page.locator("#category option").all_text_contents()
     assert len(options) > 1, "the category control is filled from the facets"
     page.wait_for_function("() => [...document.images].every(image => image.complete)", timeout=10_000)
-    DOCS.mkdir(exist_ok=True)
+    SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
     # Words: Enter searches; their product is in the first three.
