@@ -82,6 +82,13 @@ def generate_images(count: int, seed: int) -> list[Path]:
     return paths
 
 
+def image_url(base_url: str, path: Path) -> str:
+    """Where ``serve`` serves a generated image: named by its set's folder too, since every set numbers its files
+    from 000000 (served by file name alone, a second set's images replaced the first's at the same URLs, and
+    its ingest found them in the embedding cache)."""
+    return f"{base_url}/img/{path.parent.name}/{path.name}"
+
+
 def write_catalog(paths: list[Path], base_url: str, target: Path, per_product: int = 3) -> None:
     from lookalike.testing.catalogs import PLACEHOLDER_PATH, catalog_row
     from lookalike.testing.catalogs import write_catalog as write
@@ -90,7 +97,7 @@ def write_catalog(paths: list[Path], base_url: str, target: Path, per_product: i
     rows = []
     for start in range(0, len(paths), per_product):
         group = paths[start : start + per_product]
-        urls = [f"{base_url}/img/{p.name}" for p in group]
+        urls = [image_url(base_url, p) for p in group]
         rows.append(catalog_row(f"bench-{start:06d}", f"Bench product {start}", [*urls, placeholder]))
     write(target, rows)
 
@@ -101,7 +108,7 @@ def serve(paths: list[Path], latency_ms: float) -> Any:
     mime = {".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif"}
     server = ImageServer(latency_ms=latency_ms).start()
     for path in paths:
-        server.add(f"/img/{path.name}", Route(body=path.read_bytes(), content_type=mime[path.suffix]))
+        server.add(image_url("", path), Route(body=path.read_bytes(), content_type=mime[path.suffix]))
     return server
 
 
@@ -542,9 +549,7 @@ def main() -> None:
         if "seed" not in args.skip:
             sample = paths[: args.seed_images]
             print(f"seed way on {len(sample)} images ...", file=sys.stderr)
-            report["seed"] = run_seed(
-                [f"{server.base_url}/img/{p.name}" for p in sample], settings, scratch / "seed-store"
-            )
+            report["seed"] = run_seed([image_url(server.base_url, p) for p in sample], settings, scratch / "seed-store")
         if "lookalike" not in args.skip:
             print("lookalike ...", file=sys.stderr)
             report["lookalike"] = run_lookalike(catalog, env, len(paths), args.workers)
