@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -97,20 +96,15 @@ class SearchRoutes:
         )
         return v1
 
-    async def answer(self, search: SearchRequest | Callable[[], SearchRequest]) -> JSONResponse:
-        """The backend's answer, with the time it took. ``search`` may be a function that makes the request on
-        the search's own worker thread (a photo reduced there first: one hand-over to a thread and back per
-        query, not two; each cost ~0.2 ms of the API's addition on a 2-core machine)."""
+    async def answer(self, search: SearchRequest) -> JSONResponse:
+        """The backend's answer, with the time it took."""
+        log.info("search %s", search.describe())
         started = time.perf_counter()
-
-        def ask() -> dict[str, Any]:
-            request = search() if callable(search) else search
-            log.info("search %s", request.describe())
-            return self.backend.search(request)
-
         try:
             with anyio.fail_after(self.deadline):
-                data = await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self.threads)
+                data = await anyio.to_thread.run_sync(
+                    self.backend.search, search, abandon_on_cancel=True, limiter=self.threads
+                )
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"no answer within {self.deadline:g} s") from exc
         data["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -128,7 +122,7 @@ class SearchRoutes:
             with self.backend.admit():  # before the body is read: a refused upload is never held in memory
                 if media_type == "application/json":
                     return await self.answer(await _json_request(request))
-                return await self._answer_form(request)
+                return await self.answer(await self._form_request(request))
         except Overloaded:
             await _drain(request)
             raise
@@ -142,44 +136,39 @@ class SearchRoutes:
         with self.backend.admit():
             return await self.answer(query.request(product_id))
 
-    async def _answer_form(self, request: Request) -> JSONResponse:
-        """A multipart search: the photo as its one file part, every option once, as text. The parts are read
-        here; the photo is reduced to the model's input and the search sent from one worker thread."""
+    async def _form_request(self, request: Request) -> SearchRequest:
+        """A multipart search: the photo as its one file part, every option once, as text."""
         try:
             form = await request.form(max_files=1, max_fields=len(SearchForm.model_fields))
         except StarletteHTTPException as exc:
             raise ApiError(422, "bad_multipart", str(exc.detail)) from exc
         try:
             fields: dict[str, Any] = {}
-            upload: UploadFile | None = None
             for name, value in form.multi_items():
-                if name in fields or (name == "image" and upload is not None):
+                if name in fields:
                     raise ApiError(422, "bad_query", f"{name}: given more than once")
                 if isinstance(value, UploadFile):
                     if name != "image":
                         raise ApiError(422, "bad_query", f"{name}: only the image is a file")
-                    upload = value
+                    fields[name] = await self._reduced(value)
                 elif name == "image":
                     raise ApiError(422, "bad_image_field", "image: send the photo as a file part")
                 else:
                     fields[name] = value
-            if upload is None:
-                raise ApiError(422, "bad_query", "image: a multipart search needs the photo as its image part")
-            photo = upload.file
-
-            def prepared() -> SearchRequest:
-                # The upload as the model's input (the 224x224 transport JPEG), made by the backend straight from
-                # its spool file, a few at a time: the full-size photo is in memory only while it is decoded, and
-                # never crosses Redis (lookalike.worker.prepare). A refusal is the decoder's own reason.
-                image = self.backend.reduce_upload(photo)
-                try:
-                    return SearchForm.model_validate({**fields, "image": image}).request()
-                except ValidationError as exc:
-                    raise ApiError(422, *reason_for_validation(exc.errors())) from exc
-
-            return await self.answer(prepared)
         finally:
             await form.close()
+        if "image" not in fields:
+            raise ApiError(422, "bad_query", "image: a multipart search needs the photo as its image part")
+        try:
+            return SearchForm.model_validate(fields).request()
+        except ValidationError as exc:
+            raise ApiError(422, *reason_for_validation(exc.errors())) from exc
+
+    async def _reduced(self, upload: UploadFile) -> bytes:
+        """The uploaded photo as the model's input (the 224x224 transport JPEG), made by the backend here, a
+        few at a time, straight from its spool file: the full-size photo is in memory only while it is decoded,
+        and never crosses Redis (lookalike.worker.prepare). A refusal is the decoder's own reason."""
+        return await anyio.to_thread.run_sync(self.backend.reduce_upload, upload.file, limiter=self.threads)
 
 
 async def _json_request(request: Request) -> SearchRequest:
@@ -227,3 +216,4 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
         if prop.get("default", ...) is None:
             del prop["default"]
     return schema
+
