@@ -10,8 +10,8 @@ With --vit the vision model is CLIP ViT-B/32's graph with random weights (bench/
 bench/ingest.py --vit or here), so an image query costs what a real one costs; word queries use the tiny text
 model (no real-cost text graph is built). Reports req/s, p50 and p99 per kind and concurrency, the errors, the
 in-process p50 (measured before the workers start and again after they stop), and what the API adds at one
-client: each API query paired with the same query in this process moments later, on a twin of the store
-(``paired``: the machine's drift cancels out). Writes bench/results/api[-vit].json.
+client: each API query paired with the same query in this process moments before or after it, on a twin of
+the store (``paired``: the machine's drift largely cancels). Writes bench/results/api[-vit].json.
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def in_process(queries: int) -> dict[str, float]:
     return result
 
 
-# A pause after each half of a pair, so that neither side runs while the other's processes are still busy.
-SETTLE = 0.01
+# A short pause between the two halves of a pair, so that neither starts while the other's processes still
+# finish their bookkeeping (long enough for that, short of letting them all go idle).
+SETTLE = 0.002
 
 
 def paired(port: int, kind: str, seconds: float, scratch: Path) -> dict[str, Any]:
@@ -155,11 +156,11 @@ def paired(port: int, kind: str, seconds: float, scratch: Path) -> dict[str, Any
 
     This machine's speed drifts by a fifth within seconds (a shared virtual CPU: the same ViT-B/32 call took
     41 ms, then 49 ms, in one idle process), more than the API's whole addition; measured in separate phases,
-    the in-process and API figures compare two machines. In turn, each API query has an in-process twin run
-    on the same machine moments later: the addition is the median of the pairs' differences. The in-process
-    side answers from its own copy of the store (the same points, built the same way), since the store
-    owner holds the served one."""
-    from lookalike.state.search import SearchRequest
+    the in-process and API figures compare two machines. Here each API query has an in-process twin run
+    moments before or after it (the order alternates, so neither side is always second): the addition is the
+    median of the pairs' differences, and the drift largely cancels. The in-process side answers from its own
+    copy of the store (the same points, built the same way), since the store owner holds the served one."""
+    from lookalike.state.search import QueryRejected, SearchRequest
     from lookalike.worker import pipeline
 
     settings = pipeline.current_context().settings.model_copy(update={"qdrant_path": scratch / "qdrant-twin"})
@@ -172,6 +173,32 @@ def paired(port: int, kind: str, seconds: float, scratch: Path) -> dict[str, Any
     api: list[float] = []
     local: list[float] = []
     errors: list[str] = []
+
+    def through_api(body: bytes, content_type: str) -> float | None:
+        nonlocal connection
+        started = time.perf_counter()
+        try:
+            connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(repr(exc))
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            return None
+        if response.status != 200:
+            errors.append(f"{response.status} {payload[:120]!r}")
+            return None
+        return time.perf_counter() - started
+
+    def in_this_process(request: SearchRequest) -> float | None:
+        started = time.perf_counter()
+        try:
+            pipeline.answer_query(ctx, request)
+        except QueryRejected as exc:
+            errors.append(f"in-process: {exc}")
+            return None
+        return time.perf_counter() - started
+
     n = 0
     deadline = time.monotonic() + seconds
     try:
@@ -183,25 +210,23 @@ def paired(port: int, kind: str, seconds: float, scratch: Path) -> dict[str, Any
                 body = json.dumps({"text": text, "k": 10}).encode()
                 content_type, request = "application/json", SearchRequest(text=text, k=10)
             n += 1
-            started = time.perf_counter()
-            connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
-            response = connection.getresponse()
-            payload = response.read()
-            through_api = time.perf_counter() - started
-            time.sleep(SETTLE)  # the workers' own bookkeeping after the answer must not slow the twin
-            started = time.perf_counter()
-            pipeline.answer_query(ctx, request)
-            in_process = time.perf_counter() - started
+            if n % 2:
+                remote = through_api(body, content_type)
+                time.sleep(SETTLE)
+                here = in_this_process(request)
+            else:
+                here = in_this_process(request)
+                time.sleep(SETTLE)
+                remote = through_api(body, content_type)
             time.sleep(SETTLE)
-            if response.status != 200:
-                errors.append(f"{response.status} {payload[:120]!r}")
-                continue
-            if n > 5:  # the first few warm both sides
-                api.append(through_api * 1000)
-                local.append(in_process * 1000)
+            if remote is not None and here is not None and n > 6:  # the first few warm both sides
+                api.append(remote * 1000)
+                local.append(here * 1000)
     finally:
         connection.close()
         ctx.close()
+    if not api:
+        return {"kind": kind, "pairs": 0, "errors": len(errors), "error_samples": errors[:5]}
     differences = np.array(api) - np.array(local)
     return {
         "kind": kind,
@@ -298,7 +323,8 @@ def main() -> None:
         **built,
     }
     # The in-process query is measured before the workers start and again after they stop (the same store, the
-    # same process): the API's figure is taken against their mean, and the two show how far the machine drifted.
+    # same process): the two show how far the machine drifted between phases; the phase-based figure of what
+    # the API adds is taken against their mean (the headline figure is the paired one).
     samples = 60 if args.vit else 100
     print("in-process queries ...", file=sys.stderr, flush=True)
     report["in_process_before"] = in_process(samples)
@@ -333,6 +359,9 @@ def main() -> None:
         for kind in ("image", "text"):
             pairs = paired(port, kind, args.seconds, scratch)
             report["paired"].append(pairs)
+            if not pairs["pairs"]:
+                print(f"{kind:5s} paired: no pair answered, errors {pairs['error_samples']}", flush=True)
+                continue
             print(
                 f"{kind:5s} paired, 1 client: API p50 {pairs['api_p50_ms']:6.1f} ms, in-process p50 "
                 f"{pairs['in_process_p50_ms']:6.1f} ms, the API adds {pairs['adds_p50_ms']:5.1f} ms "
@@ -355,7 +384,7 @@ def main() -> None:
     report["scaling_8_over_1"] = {k: round(eight[k]["req_per_s"] / one[k]["req_per_s"], 2) for k in one if k in eight}
     # Two ways to read what the API adds: the paired runs (the headline: both sides on the same machine moments
     # apart), and the 1-client load run against the mean in-process p50 (phases apart: drift included).
-    report["api_adds_p50_ms"] = {pairs["kind"]: pairs["adds_p50_ms"] for pairs in report["paired"]}
+    report["api_adds_p50_ms"] = {pairs["kind"]: pairs.get("adds_p50_ms") for pairs in report["paired"]}
     report["api_adds_p50_ms_phases"] = {
         k: round(one[k]["p50_ms"] - report["in_process"][f"{k}_p50_ms"], 1) for k in one
     }

@@ -251,6 +251,18 @@ def verdict(ok: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------ while ingesting
+def cpu_reading() -> tuple[int, int]:
+    """(all, idle) CPU time of the whole machine so far, in clock ticks (Linux's /proc/stat)."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]  # idle and iowait
+
+
+def busy_since(reading: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that was busy since ``reading``: what a phase left to the others."""
+    total, idle = cpu_reading()
+    return round(1 - (idle - reading[1]) / max(1, total - reading[0]), 3)
+
+
 def while_ingesting(
     env: dict[str, str], scratch: Path, *, images: int, seconds: float, model: str, rate: float
 ) -> dict[str, Any]:
@@ -260,19 +272,26 @@ def while_ingesting(
             ingest(seed, env)
             shop_for(deployment.port, 3)  # warm: models loaded in every process, connections open
             print("idle shopper ...", file=sys.stderr, flush=True)
+            started = cpu_reading()
             idle = shop_for(deployment.port, seconds, rate=rate)
+            machine = {"shopper_alone": busy_since(started)}
             print("ingestion alone ...", file=sys.stderr, flush=True)
+            started = cpu_reading()
             alone = ingest(first, env)
+            machine["ingestion_alone"] = busy_since(started)
             print("ingestion with a shopper ...", file=sys.stderr, flush=True)
             shopper = Shopper(deployment.port, rate=rate)
+            started = cpu_reading()
             shopper.start()
             together = ingest(second, env)
             shopper.stop()
+            machine["both"] = busy_since(started)
             busy = shopper.summary()
     finally:
         server.stop()
     report = {"model": model, "images_per_catalogue": images, "queries_per_second": rate, "idle": idle,
-              "ingest_alone": alone, "while_ingesting": busy, "ingest_with_shopper": together}  # fmt: skip
+              "ingest_alone": alone, "while_ingesting": busy, "ingest_with_shopper": together,
+              "machine_busy": machine}  # fmt: skip
     photo = busy["photo_p95_ms"] / idle["photo_p95_ms"]
     words = busy["words_p95_ms"] / idle["words_p95_ms"]
     kept = together["images_per_second"] / alone["images_per_second"]
@@ -287,6 +306,8 @@ def while_ingesting(
     print(f"| ingestion alone | - | - | - | - | - | {alone['images_per_second']:.1f} images/s |")
     print(f"| while ingesting | {busy['photo_p50_ms']} ms | {busy['photo_p95_ms']} ms | {busy['words_p50_ms']} ms | "
           f"{busy['words_p95_ms']} ms | {busy['errors']} | {together['images_per_second']:.1f} images/s |")  # fmt: skip
+    print(f"| machine busy (all CPUs, /proc/stat) | shopper alone {machine['shopper_alone']:.1%} | | | | | "
+          f"ingestion alone {machine['ingestion_alone']:.1%}, both {machine['both']:.1%} |")  # fmt: skip
     print(f"| while / idle | | **{photo:.2f}x** (goal <= 1.5x, {verdict(photo <= 1.5)}) | | "
           f"**{words:.2f}x** (goal <= 2x, {verdict(words <= 2)}) | {verdict(busy['errors'] == 0)} | "
           f"**{kept:.0%}** of alone (goal >= 80%, {verdict(kept >= 0.8)}) |")  # fmt: skip
