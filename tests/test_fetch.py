@@ -352,8 +352,10 @@ class RawServer:
 
     def close(self) -> None:
         self._stop.set()
-        self._listener.close()
+        # The serving thread sees the stop within one accept timeout; the listener is closed only after it has
+        # left accept(), never under it (that was an EBADF traceback in the thread at every teardown).
         self._thread.join(timeout=2)
+        self._listener.close()
 
 
 @pytest.fixture
