@@ -258,7 +258,7 @@ def cpu_reading() -> tuple[int, int]:
 
 
 def busy_since(reading: tuple[int, int]) -> float:
-    """The share of the machine's CPU time that was busy since ``reading``: what a phase left to the others."""
+    """The share of the machine's CPU time that was busy since ``reading``: what a phase used, all processes."""
     total, idle = cpu_reading()
     return round(1 - (idle - reading[1]) / max(1, total - reading[0]), 3)
 
