@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from common import bench_environment
+from shoppers import WORDS, SearchClient
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / "work"
@@ -66,43 +67,28 @@ def multipart(image: bytes) -> tuple[bytes, str]:
 
 def load(port: int, kind: str, clients: int, seconds: float) -> dict[str, Any]:
     photo_body, photo_type = multipart(query_photo())
-    words = [
-        b'{"text": "red kettle", "k": 10}',
-        b'{"text": "blue jacket", "k": 10}',
-        b'{"text": "wooden chair", "k": 10}',
-    ]
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def client(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        search = SearchClient(port)
         mine: list[float] = []
         n = 0
         while time.monotonic() < deadline:
             if kind == "image":
                 body, content_type = photo_body, photo_type
             else:
-                body, content_type = words[(index + n) % len(words)], "application/json"
+                body, content_type = WORDS[(index + n) % len(WORDS)], "application/json"
             n += 1
-            started = time.perf_counter()
-            try:
-                connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
-                response = connection.getresponse()
-                payload = response.read()
-                if response.status != 200:
-                    with lock:
-                        errors.append(f"{response.status} {payload[:120]!r}")
-                    continue
-            except (OSError, http.client.HTTPException) as exc:
-                with lock:
-                    errors.append(repr(exc))
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                continue
-            mine.append(time.perf_counter() - started)
+            answered = search.post(body, content_type)
+            if answered is not None:
+                mine.append(answered)
+        search.close()
         with lock:
             latencies.extend(mine)
+            errors.extend(search.errors)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     started = time.monotonic()
@@ -168,27 +154,10 @@ def paired(port: int, kind: str, seconds: float, scratch: Path) -> dict[str, Any
     ctx.serve_queries()
     photo = query_photo()
     photo_body, photo_type = multipart(photo)
-    words = ["red kettle", "blue jacket", "wooden chair"]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    search = SearchClient(port)
     api: list[float] = []
     local: list[float] = []
-    errors: list[str] = []
-
-    def through_api(body: bytes, content_type: str) -> float | None:
-        nonlocal connection
-        started = time.perf_counter()
-        try:
-            connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            errors.append(repr(exc))
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            return None
-        if response.status != 200:
-            errors.append(f"{response.status} {payload[:120]!r}")
-            return None
-        return time.perf_counter() - started
+    errors = search.errors  # the in-process side's refusals are counted with the API's
 
     def in_this_process(request: SearchRequest) -> float | None:
         started = time.perf_counter()
@@ -206,24 +175,23 @@ def paired(port: int, kind: str, seconds: float, scratch: Path) -> dict[str, Any
             if kind == "image":
                 body, content_type, request = photo_body, photo_type, SearchRequest(image=photo, k=10)
             else:
-                text = words[n % len(words)]
-                body = json.dumps({"text": text, "k": 10}).encode()
-                content_type, request = "application/json", SearchRequest(text=text, k=10)
+                body = WORDS[n % len(WORDS)]  # the shoppers' word queries, the same text on both sides
+                content_type, request = "application/json", SearchRequest(**json.loads(body))
             n += 1
             if n % 2:
-                remote = through_api(body, content_type)
+                remote = search.post(body, content_type)
                 time.sleep(SETTLE)
                 here = in_this_process(request)
             else:
                 here = in_this_process(request)
                 time.sleep(SETTLE)
-                remote = through_api(body, content_type)
+                remote = search.post(body, content_type)
             time.sleep(SETTLE)
             if remote is not None and here is not None and n > 6:  # the first few warm both sides
                 api.append(remote * 1000)
                 local.append(here * 1000)
     finally:
-        connection.close()
+        search.close()
         ctx.close()
     if not api:
         return {"kind": kind, "pairs": 0, "errors": len(errors), "error_samples": errors[:5]}

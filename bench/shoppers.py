@@ -50,6 +50,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class SearchClient:
+    """One keep-alive connection to the API's ``POST /v1/search``, as a storefront holds one: a request that fails
+    or is not answered 200 is counted in ``errors`` (and a broken connection replaced), never raised."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.errors: list[str] = []
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(self, body: bytes, content_type: str) -> float | None:
+        """Seconds until the whole answer was read; None when it was not a 200 (the reason is in ``errors``)."""
+        started = time.perf_counter()
+        try:
+            self.connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
+            response = self.connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.errors.append(repr(exc))
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            return None
+        if response.status != 200:
+            self.errors.append(f"{response.status} {payload[:120]!r}")
+            return None
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def multipart(image: bytes) -> tuple[bytes, str]:
     boundary = "lookalike-bench-boundary"
     head = (
@@ -110,7 +139,8 @@ class Shopper(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        client = SearchClient(self.port)
+        self.errors = client.errors
         n = 0
         next_start = time.perf_counter()
         while not self.stop_event.is_set():
@@ -119,19 +149,10 @@ class Shopper(threading.Thread):
             kind = "photo" if self.photos_only or n % 2 == 0 else "words"
             body, content_type = self.photo if kind == "photo" else (WORDS[n % len(WORDS)], "application/json")
             n += 1
-            started = time.perf_counter()
-            try:
-                connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
-                response = connection.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self.errors.append(repr(exc))
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                continue
-            if response.status != 200:
-                self.errors.append(f"{response.status} {payload[:120]!r}")
-                continue
-            self.samples[kind].append(time.perf_counter() - started)
+            seconds = client.post(body, content_type)
+            if seconds is not None:
+                self.samples[kind].append(seconds)
+        client.close()
 
     def stop(self) -> None:
         self.stop_event.set()
